@@ -1,0 +1,164 @@
+"""What SDPA buys: one forward+backward of the model with F.scaled_dot_product_attention vs an explicit-mask one.
+
+    python benchmarks/bench_model.py                   # CPU, "tiny" preset, B=1, T = 256 / 1024 / 4096, both attentions
+    python benchmarks/bench_model.py --cuda            # one GPU: bf16, "1b" preset, T = 2048, flash/efficient only
+
+CPU: each (T, attention) runs in a fresh process; peak memory is that process's max RSS (getrusage) minus its
+RSS just before the first step, so it is the step's own memory (activations, [T, T] scores, gradients).
+`--attention math` monkeypatches torch's SDPA with a plain implementation that materialises the [T, T] causal
+mask and scores (repeating K/V heads for GQA); the model itself has no such option.
+CUDA: runs under sdpa_kernel([FLASH_ATTENTION, EFFICIENT_ATTENTION]), so a silent fallback to the math kernel
+raises instead, and a profiler pass lists the attention kernels that ran (they must name flash).
+MFU = (6·N + 6·L·T·H·D) FLOPs per token (N = non-embedding parameters; causal attention's QK^T and PV are
+half of 12·L·T·H·D) x tokens/s / 989 TFLOP/s (H100 SXM dense bf16).
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from model import PRESETS, ModelArgs, Transformer  # noqa: E402
+
+PEAK_BF16 = 989e12  # H100 SXM dense bf16 FLOP/s
+
+
+def math_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """Attention the textbook way: [B, H, T, S] scores with a materialised causal mask (what SDPA avoids)."""
+    if enable_gqa:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, H, S, D]: a copy per query head
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    scores = q @ k.transpose(-2, -1) * (scale or 1 / math.sqrt(q.shape[-1]))  # [B, H, T, S]
+    if is_causal:
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()  # [T, S]
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v  # [B, H, T, D]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def one_cpu(seq: int, attention: str, steps: int) -> dict:
+    """Time `steps` forward+backward passes after one warm-up; runs in its own process."""
+    if attention == "math":
+        F.scaled_dot_product_attention = math_attention  # model.py looks it up at call time
+    torch.manual_seed(0)
+    model = Transformer.from_preset("tiny", seed=0, max_position_embeddings=seq)
+    tokens = torch.randint(0, model.args.vocab_size, (1, seq + 1))
+    before = rss_mb()
+
+    def step():
+        sum_nll, n = model.loss(tokens[:, :-1], tokens[:, 1:])
+        (sum_nll / n).backward()
+        model.zero_grad(set_to_none=True)
+
+    step()  # warm-up (allocator, kernels)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # The fastest step: on a shared box the others are slowed by whoever else is computing.
+    return {"seq": seq, "attention": attention, "tokens_per_s": seq / min(times),
+            "median_tokens_per_s": seq / sorted(times)[len(times) // 2], "step_mb": peak - before, "peak_rss_mb": peak}
+
+
+def bench_cpu(seqs, threads: int):
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    rows = []
+    for seq in seqs:
+        for attention in ("sdpa", "math"):
+            steps = max(3, 2048 // seq)
+            out = subprocess.run([sys.executable, __file__, "--one", str(seq), "--attention", attention,
+                                  "--steps", str(steps)], env=env, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"error: T={seq} {attention} failed:\n{out.stderr}")
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"  T={seq} {attention}: {rows[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={threads}, "
+          f"torch {torch.__version__}; tiny preset (B=1), forward+backward of model.loss\n")
+    print("| T | attention | tokens/s (best step) | tokens/s (median) | step memory (MB above pre-step RSS) "
+          "| peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['seq']} | {r['attention']} | {r['tokens_per_s']:.0f} | {r['median_tokens_per_s']:.0f} "
+              f"| {r['step_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
+
+
+def bench_cuda(seq: int, batch: int, steps: int):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.profiler import ProfilerActivity, profile
+
+    if not torch.cuda.is_available():
+        sys.exit("error: --cuda needs a CUDA device")
+    args = ModelArgs.from_config({**PRESETS["1b"], "max_position_embeddings": seq})
+    with torch.device("meta"):
+        model = Transformer(args)  # no host copy of 1.1B fp32 weights
+    model.to(torch.bfloat16).to_empty(device="cuda")  # bf16: flash takes no fp32, and enable_gqa needs flash
+    model.set_rope(args.rope)
+    model.init_weights(seed=0)
+    tokens = torch.randint(0, args.vocab_size, (batch, seq + 1), device="cuda")
+
+    def step():
+        sum_nll, n = model.loss(tokens[:, :-1], tokens[:, 1:])
+        (sum_nll / n).backward()
+        model.zero_grad(set_to_none=True)
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):  # math fallback -> error
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+    kernels = sorted({e.key for e in prof.key_averages()  # CUDA kernels (flash_fwd/bwd_kernel) and their aten ops
+                      if any(word in e.key.lower() for word in ("flash", "fmha", "efficient", "attention"))})
+    tokens_per_s = batch * seq * steps / elapsed
+    n = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
+    flops = 6 * n + 6 * args.n_layers * seq * args.n_heads * args.head_dim
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; 1b preset, bf16, B={batch}, T={seq}")
+    print(f"tokens/s {tokens_per_s:.0f}  MFU {flops * tokens_per_s / PEAK_BF16:.1%} (vs 989 TFLOP/s)  "
+          f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    print("attention kernels:", *kernels, sep="\n  ")
+    if not any("flash" in k.lower() for k in kernels):
+        sys.exit("error: no flash kernel ran")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cuda", action="store_true", help="GPU mode: 1b preset, bf16, flash/efficient SDPA only")
+    p.add_argument("--seq", type=int, nargs="+", default=None, help="CPU: 256 1024 4096; CUDA: 2048")
+    p.add_argument("--batch", type=int, default=4, help="CUDA batch size (CPU uses 1)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (CUDA; CPU: max(3, 2048 / T))")
+    p.add_argument("--threads", type=int, default=2, help="CPU: OMP_NUM_THREADS of each measured process")
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one CPU measurement in this process
+    p.add_argument("--attention", choices=("sdpa", "math"), default="sdpa", help=argparse.SUPPRESS)
+    o = p.parse_args()
+    if o.one:
+        print(json.dumps(one_cpu(o.one, o.attention, o.steps)))
+    elif o.cuda:
+        bench_cuda((o.seq or [2048])[0], o.batch, o.steps)
+    else:
+        bench_cpu(o.seq or [256, 1024, 4096], o.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,505 @@
+"""LLaMA-family transformer (LLaMA 1/2/3, Mistral) in plain PyTorch, reading and writing Hugging Face folders.
+
+    python -m pytest tests/test_model.py -x -q     # no CLI: train.py and evaluate.py import this file
+    python benchmarks/bench_model.py               # CPU: SDPA vs explicit-mask attention, one training step
+
+    from model import Transformer
+    model = Transformer.from_pretrained("Llama-2-7b-hf", rope_scaling={"type": "linear", "factor": 4.0})
+    logits = model(tokens, positions)              # positions: PoSE's skipped ids (Eq. 3-5), default arange
+
+Names. Modules carry Hugging Face's names (model.layers.{i}.self_attn.q_proj, ...), not Meta's (layers.{i}.
+attention.wq, ...), so `state_dict()` keys are the checkpoint keys: no key map to get wrong, and what we save
+loads elsewhere unchanged. Classes keep Meta's names (ModelArgs, RMSNorm, Attention, FeedForward, ...).
+q/k rows are in HF's rotate-half layout (see rope.py's docstring for why that equals the paper's Eq. 1).
+"""
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from rope import RotaryEmbedding, apply_rotary_emb, rope_parameters, scaling_to_config
+
+# ---------------------------------------------------------------- options
+
+# HF-style config.json dicts; callers may override vocab_size / max_position_embeddings.
+PRESETS = {
+    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                 intermediate_size=688, vocab_size=4096, max_position_embeddings=256),
+    "small": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2,
+                  intermediate_size=1024, vocab_size=4096, max_position_embeddings=256),
+    "1b": dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,  # TinyLlama
+               intermediate_size=5632, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5),
+}
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int = 32         # < n_heads: grouped-query attention (LLaMA-2 70B, LLaMA-3, Mistral)
+    head_dim: int = 128
+    hidden_dim: int = 11008      # SwiGLU inner size (intermediate_size)
+    vocab_size: int = 32000
+    norm_eps: float = 1e-6
+    max_position_embeddings: int = 2048  # the context this model is meant for (L_t after PoSE), not enforced
+    rope: dict = field(default_factory=lambda: rope_parameters({}))  # canonical dict, see rope.rope_parameters
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    sliding_window: int | None = None  # Mistral v0.1; sequences longer than it are refused (see Transformer.hidden)
+    bos_token_id: int | None = 1
+    eos_token_id: int | list | None = 2
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelArgs":
+        """From a config.json dict; omitted keys take HF LlamaConfig's defaults."""
+        if config.get("model_type", "llama") not in ("llama", "mistral"):
+            raise ValueError(f"model_type {config['model_type']!r} is not supported (llama, mistral)")
+        if config.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act {config['hidden_act']!r} is not supported (LLaMA's SwiGLU needs 'silu')")
+
+        def positive(key, default):
+            value = config.get(key) if config.get(key) is not None else default
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"config key {key!r} must be a positive integer, got {value!r}")
+            return value
+
+        dim, n_heads = positive("hidden_size", 4096), positive("num_attention_heads", 32)
+        n_kv_heads = positive("num_key_value_heads", n_heads)
+        if n_heads % n_kv_heads:
+            raise ValueError(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}")
+        if config.get("head_dim") is None and dim % n_heads:
+            raise ValueError(f"hidden_size {dim} is not divisible by num_attention_heads {n_heads} (set head_dim)")
+        window = config.get("sliding_window") if config.get("use_sliding_window", True) else None
+        return cls(dim=dim, n_layers=positive("num_hidden_layers", 32), n_heads=n_heads, n_kv_heads=n_kv_heads,
+                   head_dim=positive("head_dim", dim // n_heads), hidden_dim=positive("intermediate_size", 11008),
+                   vocab_size=positive("vocab_size", 32000), norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+                   max_position_embeddings=positive("max_position_embeddings", 2048), rope=rope_parameters(config),
+                   tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+                   attention_bias=bool(config.get("attention_bias", False)),
+                   mlp_bias=bool(config.get("mlp_bias", False)),
+                   sliding_window=None if window is None else positive("sliding_window", None),
+                   bos_token_id=config.get("bos_token_id", 1), eos_token_id=config.get("eos_token_id", 2))
+
+    def to_config(self, dtype: torch.dtype = torch.float32) -> dict:
+        """A Hugging Face config.json dict that makes other LLaMA tools compute what this model computes."""
+        rope = scaling_to_config(self.rope, self.head_dim)  # ntk -> raised rope_theta; yarn-revised -> refused type
+        # HF's dynamic NTK takes its original window from max_position_embeddings (see rope.scaling_to_config).
+        dynamic = self.rope["rope_type"] == "dynamic"
+        config = {
+            # A sliding window is only honoured by the Mistral class; as "llama" it would be silently dropped.
+            "architectures": ["MistralForCausalLM" if self.sliding_window else "LlamaForCausalLM"],
+            "model_type": "mistral" if self.sliding_window else "llama",
+            "hidden_size": self.dim, "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads, "head_dim": self.head_dim, "intermediate_size": self.hidden_dim,
+            "hidden_act": "silu", "vocab_size": self.vocab_size, "rms_norm_eps": self.norm_eps,
+            "max_position_embeddings": self.rope["original_max_position_embeddings"] if dynamic
+            else self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings, "attention_bias": self.attention_bias,
+            "mlp_bias": self.mlp_bias, "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
+            "torch_dtype": str(dtype).removeprefix("torch."), **rope}
+        if self.sliding_window:
+            config["sliding_window"] = self.sliding_window
+        return config
+
+
+# ---------------------------------------------------------------- layers
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # HF's order: normalise in float32 (bf16 sums of squares lose digits), cast back, then scale.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+# RoPE application (apply_rotary_emb, RotaryEmbedding) is imported from rope.py.
+
+class KVCache:
+    """One layer's keys/values for incremental decoding: [B, Hkv, max_len, D], allocated on first use."""
+
+    def __init__(self, max_len: int):
+        self.max_len, self.len, self.k, self.v = max_len, 0, None, None
+
+    def update(self, k, v):
+        """Append k, v [B, Hkv, T, D]; return all keys/values so far [B, Hkv, len, D] (views, no copy)."""
+        if self.k is None:
+            shape = (*k.shape[:2], self.max_len, k.shape[3])
+            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+        start, self.len = self.len, self.len + k.shape[2]
+        self.k[:, :, start:self.len], self.v[:, :, start:self.len] = k, v
+        return self.k[:, :, :self.len], self.v[:, :, :self.len]
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=args.attention_bias)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.attention_bias)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.attention_bias)
+        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=args.attention_bias)
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # [B, H, T, D]
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        # Rotate by the position ids, whatever they are (PoSE's jumps): scores depend on m - n only (Eq. 2).
+        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
+        if cache is not None:
+            if cache.len and T > 1:  # SDPA's causal mask is aligned top-left: right only if keys == queries
+                raise ValueError(f"{T} new tokens after {cache.len} cached: prefill once, then decode 1 at a time")
+            k, v = cache.update(k, v)  # [B, Hkv, S, D], S = tokens so far
+        # is_causal=True instead of a [T, T] mask keeps the flash / memory-efficient kernels eligible; a single
+        # decoded token (T = 1) sees every cached key. enable_gqa: each group of H / Hkv query heads shares
+        # one K/V head without copying K/V (repeat_kv in Meta's code).
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
+                                             enable_gqa=self.n_heads != self.n_kv_heads)  # [B, H, T, D]
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))  # [B, T, dim]
+
+
+class FeedForward(nn.Module):
+    """SwiGLU (Shazeer 2020, as in LLaMA): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gate_proj = nn.Linear(args.dim, args.hidden_dim, bias=args.mlp_bias)
+        self.up_proj = nn.Linear(args.dim, args.hidden_dim, bias=args.mlp_bias)
+        self.down_proj = nn.Linear(args.hidden_dim, args.dim, bias=args.mlp_bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.self_attn, self.mlp = Attention(args), FeedForward(args)
+        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x, cos, sin, cache=None):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)  # pre-norm residuals
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+# ---------------------------------------------------------------- model
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model = nn.ModuleDict(dict(  # the "model." prefix of HF keys
+            embed_tokens=nn.Embedding(args.vocab_size, args.dim),
+            layers=nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers)),
+            norm=RMSNorm(args.dim, args.norm_eps)))
+        self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self._tie()
+        self.set_rope(args.rope)
+
+    def _tie(self):
+        # Call again after to_empty()/load_state_dict(assign=True): both replace parameters and break the tie.
+        if self.args.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def set_rope(self, rope: dict):
+        """Switch the rope scaling (e.g. PI with alpha = L_t / L_c). RotaryEmbedding is a plain object holding
+        CPU float64 frequencies, so building the model on the meta device never touches it."""
+        rope = rope_parameters(rope)  # idempotent on a canonical dict; validates
+        self.args = dataclasses.replace(self.args, rope=rope)
+        self.rotary_emb = RotaryEmbedding(rope, self.args.head_dim)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None):
+        """From-scratch init: every matrix N(0, 0.02) (HF's initializer_range), norms 1, biases 0."""
+        device = self.lm_head.weight.device
+        g = torch.Generator(device=device)
+        g.manual_seed(seed) if seed is not None else g.seed()
+        for name, p in self.named_parameters():  # a tied matrix is listed once
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, 0.02, generator=g)
+
+    def hidden(self, tokens, positions=None, cache: list[KVCache] | None = None):
+        """Final-normed hidden states [B, T, dim] for tokens [B, T] at position ids [B, T] (default arange)."""
+        B, T = tokens.shape
+        start = cache[0].len if cache else 0
+        if positions is None:
+            positions = torch.arange(start, start + T, device=tokens.device)
+        positions = positions.expand(B, T)
+        if self.args.sliding_window is not None and start + T > self.args.sliding_window:
+            # A banded mask would have to be materialised (no fast SDPA kernel takes one): refuse, never drop it.
+            raise ValueError(f"sequence of {start + T} tokens exceeds the config's sliding_window "
+                             f"{self.args.sliding_window}; use at most that many tokens")
+        cos, sin = self.rotary_emb(positions)  # [B, T, head_dim] float32, angles in float64 (rope.py)
+        h = self.model.embed_tokens(tokens)  # [B, T, dim]
+        for i, layer in enumerate(self.model.layers):
+            h = layer(h, cos, sin, cache[i] if cache else None)
+        return self.model.norm(h)
+
+    def forward(self, tokens, positions=None):
+        """Logits [B, T, V] float32. For long T use loss() (no [T, V] tensor) or generate()."""
+        logits = self.lm_head(self.hidden(tokens, positions))
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32; a float64 model stays
+
+    def loss(self, tokens, targets, positions=None, chunk_size: int = 4096):
+        """(sum of next-token NLL float32, number of scored targets); targets == -100 are ignored.
+
+        Logits are formed chunk_size rows at a time and, under autograd, recomputed in backward
+        (checkpoint), so no [B*T, V] tensor ever exists: 128k tokens x 32k vocab in fp32 would be 16 GB.
+        """
+        h = self.hidden(tokens, positions).flatten(0, 1)  # [B*T, dim]
+        targets = targets.flatten().to(h.device)          # [B*T]
+        total = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
+        for i in range(0, h.shape[0], chunk_size):
+            args = (h[i:i + chunk_size], targets[i:i + chunk_size])
+            total = total + (checkpoint(self._chunk_nll, *args, use_reentrant=False)
+                             if torch.is_grad_enabled() else self._chunk_nll(*args))
+        return total, (targets != -100).sum()
+
+    def _chunk_nll(self, h, targets):
+        logits = self.lm_head(h)  # [chunk, V]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
+
+    @torch.no_grad()
+    def generate(self, tokens, max_new_tokens: int, positions=None):
+        """Greedy decoding with a KV cache: prefill the prompt, then one token at a time at the next position
+        id (last prompt position + 1, + 2, ...). Returns the new ids [B, max_new_tokens]."""
+        B, T = tokens.shape
+        if positions is None:
+            positions = torch.arange(T, device=tokens.device)
+        positions = positions.expand(B, T)
+        cache = [KVCache(T + max_new_tokens) for _ in self.model.layers]
+        logits = self.lm_head(self.hidden(tokens, positions, cache)[:, -1:])  # [B, 1, V]: no [T, V] prefill logits
+        new, pos = [], positions[:, -1:]
+        for step in range(max_new_tokens):
+            new.append(logits.argmax(-1))  # [B, 1]
+            if step + 1 < max_new_tokens:
+                pos = pos + 1
+                logits = self.lm_head(self.hidden(new[-1], pos, cache))
+        return torch.cat(new, dim=1) if new else tokens.new_empty(B, 0)
+
+    # ------------------------------------------------------------ loading / saving
+
+    @classmethod
+    def from_preset(cls, name: str, seed: int | None = None, **overrides) -> "Transformer":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        model = cls(ModelArgs.from_config({**PRESETS[name], **overrides}))
+        model.init_weights(seed)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu", dtype=torch.bfloat16, rope_scaling: dict | None = None):
+        """Load a Hugging Face LLaMA folder (config.json + model.safetensors, or shards + index).
+
+        rope_scaling (config.json's own form, e.g. {"type": "linear", "factor": 4.0}) overrides the config.
+        The model is built on the meta device, materialised once on `device` in `dtype`, and filled one
+        tensor at a time, so host memory holds the weights once plus the largest single tensor.
+        """
+        path = Path(path)
+        config = load_config(path)
+        try:
+            if rope_scaling is not None:
+                config = {**config, "rope_scaling": dict(rope_scaling)}
+            args = ModelArgs.from_config(config)
+        except ValueError as e:
+            raise ValueError(f"{path / 'config.json'}: {e}") from None
+        if rope_scaling is not None and args.rope["rope_type"] not in ("default", "dynamic"):
+            # The context the override is for: alpha x the original window (PI / YaRN's target L_t).
+            target = round(args.rope["factor"] * args.rope["original_max_position_embeddings"])
+            args = dataclasses.replace(args, max_position_embeddings=max(args.max_position_embeddings, target))
+        files = _checkpoint_files(path)  # before allocating gigabytes
+        with torch.device("meta"):
+            model = cls(args)
+        model.to(dtype).to_empty(device=device)  # uninitialised memory, every byte overwritten below
+        model._tie()
+        model.set_rope(args.rope)  # recomputed outside the meta context, whatever happened above
+        expected, tied = model.state_dict(), args.tie_word_embeddings  # name -> the parameter's own storage
+        if tied:
+            expected.pop("lm_head.weight")
+        seen = set()
+        with torch.no_grad():
+            for file in files:
+                header = read_safetensors_header(file)
+                try:
+                    with safe_open(file, framework="pt", device="cpu") as f:
+                        for name in f.keys():
+                            # Old checkpoints store the RoPE table; a tied head is the embedding (HF ties it too).
+                            if name.endswith("rotary_emb.inv_freq") or name == "lm_head.weight" and tied:
+                                continue
+                            if name not in expected:
+                                raise ValueError(f"{file}: unexpected tensor {name!r} (not a weight of this config)")
+                            shape, want = tuple(header[name]["shape"]), tuple(expected[name].shape)
+                            if shape != want:
+                                raise ValueError(f"{file}: tensor {name!r} has shape {shape}, config implies {want}")
+                            expected[name].copy_(f.get_tensor(name))  # casts to dtype and moves to device in place
+                            seen.add(name)
+                except (SafetensorError, OSError) as e:
+                    raise ValueError(f"{file}: unreadable safetensors ({str(e).splitlines()[0]})") from None
+        missing = [name for name in expected if name not in seen]
+        if missing:
+            raise ValueError(f"{path}: tensor {missing[0]!r} missing from the checkpoint ({len(missing)} missing)")
+        return model
+
+    def save_pretrained(self, path, max_shard_size: int = 5 * 2**30):
+        """Write config.json + model.safetensors (or model-0000i-of-0000n.safetensors + index) in HF's layout.
+
+        Everything is written into a sibling temp folder first; a failure leaves `path` as it was. Into an
+        existing folder, our files replace the old weights and config and leave others (tokenizer) alone.
+        """
+        path = Path(path).absolute()  # a sibling temp name needs a real last component ("." has none)
+        if max_shard_size <= 0:
+            raise ValueError(f"max_shard_size must be > 0, got {max_shard_size}")
+        if path.exists() and not path.is_dir():
+            raise FileExistsError(f"{path}: exists and is not a folder")
+        tensors = self.state_dict()
+        if self.args.tie_word_embeddings:
+            tensors.pop("lm_head.weight")  # HF omits the tied head; safetensors refuses shared storage anyway
+        shards, size = [[]], 0  # greedy, in module order: a new shard when the next tensor would overflow
+        for name, t in tensors.items():
+            nbytes = t.numel() * t.element_size()
+            if shards[-1] and size + nbytes > max_shard_size:
+                shards, size = shards + [[]], 0
+            shards[-1].append(name)
+            size += nbytes
+        tmp = path.with_name(f".tmp-{path.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir(parents=True)
+            config = self.args.to_config(self.model.embed_tokens.weight.dtype)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            names = ["model.safetensors"] if len(shards) == 1 else \
+                [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+            for shard, name in zip(shards, names):
+                save_file({k: tensors[k].detach().contiguous().cpu() for k in shard}, tmp / name,
+                          metadata={"format": "pt"})  # "pt": what HF's loader checks for
+            if len(shards) > 1:
+                index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                         "weight_map": {k: name for shard, name in zip(shards, names) for k in shard}}
+                (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+            if not path.exists():
+                os.replace(tmp, path)
+                return
+            for old in [*path.glob("model*.safetensors"), path / "model.safetensors.index.json"]:
+                old.unlink(missing_ok=True)  # stale shards of an earlier save would confuse loaders
+            for new in tmp.iterdir():
+                os.replace(new, path / new.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_config(path) -> dict:
+    """config.json of a checkpoint folder (or the file itself) as a dict."""
+    path = Path(path)
+    file = path if path.suffix == ".json" else path / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: not found (expected a Hugging Face LLaMA folder with config.json)")
+    try:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _checkpoint_files(path: Path) -> list[Path]:
+    """The safetensors files of a folder: the shards named by model.safetensors.index.json, else model.safetensors."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index}: not a safetensors index with a 'weight_map' ({e!r})") from None
+        for name in files:
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path / name}: shard listed in {index.name} not found")
+        return [path / name for name in files]
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json "
+                            f"(convert .bin checkpoints to safetensors first)")
+
+
+def read_safetensors_header(file: Path) -> dict:
+    """The JSON header of a safetensors file, checked before safetensors trusts it: 8-byte little-endian length
+    n, n bytes of JSON {name: {dtype, shape, data_offsets: [begin, end]}}, then the data; offsets relative to it."""
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        raw = fh.read(8)
+        n = int.from_bytes(raw, "little")
+        if len(raw) < 8 or n > size - 8:
+            raise ValueError(f"{file}: corrupt safetensors (header length {n} but the file has {size} bytes)")
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{file}: corrupt safetensors header (not JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{file}: corrupt safetensors header (not a JSON object)")
+    data = size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = info["data_offsets"]
+            ok = isinstance(info["shape"], list) and isinstance(begin, int) and isinstance(end, int)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{file}: tensor {name!r} has a malformed header entry {info!r}")
+        if not 0 <= begin <= end <= data:
+            raise ValueError(f"{file}: tensor {name!r} data_offsets [{begin}, {end}] run past the end of the "
+                             f"data ({data} bytes): truncated file?")
+    return header
+
+
+# ---------------------------------------------------------------- tokenizer
+
+class Tokenizer:
+    """sentencepiece tokenizer.model (LLaMA 1/2, Mistral). Llama-3 ships tokenizer.json (tiktoken BPE) only."""
+
+    def __init__(self, path):
+        path = Path(path)
+        if path.is_dir():
+            if not (path / "tokenizer.model").is_file():
+                raise FileNotFoundError(f"{path}: no tokenizer.model (sentencepiece); for a tokenizer.json-only "
+                                        f"checkpoint such as Llama-3, pass pre-tokenised input (--data *.npy)")
+            path = path / "tokenizer.model"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: tokenizer.model not found")
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.Load(str(path))
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"{path}: not a sentencepiece model ({str(e).splitlines()[0]})") from None
+        self.bos_id, self.eos_id, self.vocab_size = self.sp.bos_id(), self.sp.eos_id(), self.sp.vocab_size()
+
+    def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
+        ids = self.sp.encode(text)
+        return [self.bos_id] * (bos and self.bos_id >= 0) + ids + [self.eos_id] * (eos and self.eos_id >= 0)
+
+    def decode(self, ids) -> str:
+        return self.sp.decode([int(i) for i in ids])

@@ -1,0 +1,353 @@
+"""model.py against a plain float64 LLaMA written here (Meta's layout, the paper's Eq. 1), plus checkpoint I/O.
+
+    python -m pytest tests/test_model.py -x -q
+"""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import model as model_py
+from model import ModelArgs, Tokenizer, Transformer, load_config
+
+DIM, H, HKV, D, FFN, V, LAYERS = 64, 4, 2, 16, 96, 101, 2  # GQA: 2 query heads per K/V head
+POSE_POSITIONS = torch.tensor([list(range(16)) + list(range(5000, 5016)),       # two chunks, skip u_1 ~ 5000
+                               list(range(7, 19)) + list(range(3000, 3020))])   # another sample in the batch
+
+
+def config(**overrides):
+    """A minimal config.json: rms_norm_eps, head_dim and rope_theta omitted -> HF defaults (1e-6, 16, 10000)."""
+    return {"hidden_size": DIM, "num_hidden_layers": LAYERS, "num_attention_heads": H, "num_key_value_heads": HKV,
+            "intermediate_size": FFN, "vocab_size": V, "max_position_embeddings": 64, **overrides}
+
+
+def meta_weights(tied, seed=0):
+    """Random float64 weights in Meta's layout: q/k rows in interleaved pairs (2j, 2j+1) per head."""
+    g = torch.Generator().manual_seed(seed)
+
+    def mat(rows, cols):
+        return torch.randn(rows, cols, generator=g, dtype=torch.float64) / math.sqrt(cols)
+
+    def norm():
+        return 1 + 0.2 * torch.randn(DIM, generator=g, dtype=torch.float64)
+
+    W = {"emb": torch.randn(V, DIM, generator=g, dtype=torch.float64), "norm": norm(), "layers": []}
+    for _ in range(LAYERS):
+        W["layers"].append({"wq": mat(H * D, DIM), "wk": mat(HKV * D, DIM), "wv": mat(HKV * D, DIM),
+                            "wo": mat(DIM, H * D), "w1": mat(FFN, DIM), "w3": mat(FFN, DIM), "w2": mat(DIM, FFN),
+                            "attn_norm": norm(), "ffn_norm": norm()})
+    W["out"] = W["emb"] if tied else mat(V, DIM)
+    return W
+
+
+def reference_logits(W, tokens, positions, base=10000.0, eps=1e-6):
+    """Plain float64 LLaMA: explicit causal mask, softmax, K/V head repeat; RoPE as the paper's Eq. (1)."""
+    B, T = tokens.shape
+    theta = base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)  # θ_j = base^(-2j/d)
+    angle = positions.double()[:, :, None, None] * theta               # [B, T, 1, D/2]; float positions allowed
+    cos, sin = torch.cos(angle), torch.sin(angle)
+
+    def rope(x):  # x [B, T, heads, D]: rotate pair (x_2j, x_2j+1) by m·θ_j
+        even, odd = x[..., 0::2], x[..., 1::2]
+        out = torch.empty_like(x)
+        out[..., 0::2], out[..., 1::2] = even * cos - odd * sin, even * sin + odd * cos
+        return out
+
+    def rmsnorm(x, w):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
+
+    causal = torch.ones(T, T, dtype=torch.bool).triu(1)  # key s > query t is hidden
+    x = W["emb"][tokens]
+    for L in W["layers"]:
+        a = rmsnorm(x, L["attn_norm"])
+        q = rope((a @ L["wq"].T).view(B, T, H, D))
+        k = rope((a @ L["wk"].T).view(B, T, HKV, D))
+        v = (a @ L["wv"].T).view(B, T, HKV, D)
+        group = [h // (H // HKV) for h in range(H)]  # query head h reads K/V head h // (H / Hkv)
+        k, v = k[:, :, group], v[:, :, group]
+        scores = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(D)
+        scores = scores.masked_fill(causal, float("-inf"))
+        p = torch.exp(scores - scores.max(-1, keepdim=True).values)
+        p = p / p.sum(-1, keepdim=True)
+        x = x + torch.einsum("bhts,bshd->bthd", p, v).reshape(B, T, H * D) @ L["wo"].T
+        m = rmsnorm(x, L["ffn_norm"])
+        gate = m @ L["w1"].T
+        x = x + (gate / (1 + torch.exp(-gate)) * (m @ L["w3"].T)) @ L["w2"].T
+    return rmsnorm(x, W["norm"]) @ W["out"].T
+
+
+def to_hf(w, heads):
+    """HF's conversion-script permutation: per head, Meta rows 2j, 2j+1 -> HF rows j, j + D/2."""
+    return w.view(heads, D // 2, 2, w.shape[1]).transpose(1, 2).reshape(w.shape)
+
+
+def write_checkpoint(path, W, cfg, tied, dtype=torch.float32, extra=None):
+    """A HF folder written independently of model.py: config.json + model.safetensors with permuted q/k."""
+    path.mkdir(parents=True, exist_ok=True)
+    sd = {"model.embed_tokens.weight": W["emb"], "model.norm.weight": W["norm"]}
+    for i, L in enumerate(W["layers"]):
+        p = f"model.layers.{i}."
+        sd.update({p + "self_attn.q_proj.weight": to_hf(L["wq"], H), p + "self_attn.k_proj.weight": to_hf(L["wk"], HKV),
+                   p + "self_attn.v_proj.weight": L["wv"], p + "self_attn.o_proj.weight": L["wo"],
+                   p + "mlp.gate_proj.weight": L["w1"], p + "mlp.up_proj.weight": L["w3"],
+                   p + "mlp.down_proj.weight": L["w2"], p + "input_layernorm.weight": L["attn_norm"],
+                   p + "post_attention_layernorm.weight": L["ffn_norm"]})
+    if not tied:
+        sd["lm_head.weight"] = W["out"]
+    sd = {k: v.to(dtype).contiguous() for k, v in {**sd, **(extra or {})}.items()}
+    save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": tied}))
+    return path
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def tokens_for(positions, seed=1):
+    return torch.randint(0, V, positions.shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def tied_ckpt(tmp_path_factory):
+    W = meta_weights(tied=True)
+    old_rope_table = {"model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(D // 2)}  # must be ignored
+    return W, write_checkpoint(tmp_path_factory.mktemp("tied"), W, config(), tied=True, extra=old_rope_table)
+
+
+# ---------------------------------------------------------------- numerics
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_logits_match_float64_reference_for_gqa_and_pose_positions_that_jump_by_thousands(tmp_path, tied):
+    W = meta_weights(tied)
+    model = Transformer.from_pretrained(write_checkpoint(tmp_path, W, config(), tied), dtype=torch.float32)
+    assert model.args.norm_eps == 1e-6 and model.args.head_dim == D and model.args.rope["rope_theta"] == 10000.0
+    tokens = tokens_for(POSE_POSITIONS)
+    assert rel_err(model(tokens, POSE_POSITIONS), reference_logits(W, tokens, POSE_POSITIONS)) < 1e-4
+    contiguous = torch.arange(32).expand(2, 32)
+    assert rel_err(model(tokens), reference_logits(W, tokens, contiguous)) < 1e-4  # positions default to arange
+
+
+def test_linear_rope_override_equals_reference_at_positions_divided_by_alpha(tied_ckpt):
+    W, path = tied_ckpt
+    model = Transformer.from_pretrained(path, dtype=torch.float32, rope_scaling={"type": "linear", "factor": 4.0})
+    assert model.args.rope["rope_type"] == "linear" and model.args.max_position_embeddings == 4 * 64
+    tokens = tokens_for(POSE_POSITIONS)
+    assert rel_err(model(tokens, POSE_POSITIONS), reference_logits(W, tokens, POSE_POSITIONS / 4.0)) < 1e-4
+
+
+def test_kv_cache_decoding_equals_repeated_full_forwards(tied_ckpt):
+    model = Transformer.from_pretrained(tied_ckpt[1], dtype=torch.float32)
+    prompt, positions = tokens_for(POSE_POSITIONS)[:1], POSE_POSITIONS[:1]
+    new = model.generate(prompt, 6, positions)
+    seq, pos = prompt, positions
+    for _ in range(6):  # no cache: the whole sequence again each step, next position = last + 1
+        logits = model(seq, pos)
+        seq, pos = torch.cat([seq, logits[:, -1:].argmax(-1)], 1), torch.cat([pos, pos[:, -1:] + 1], 1)
+    assert torch.equal(new, seq[:, prompt.shape[1]:])
+    cache = [model_py.KVCache(seq.shape[1]) for _ in range(LAYERS)]  # and the cached hidden states themselves
+    model.hidden(seq[:, :-1], pos[:, :-1], cache)
+    last = model.hidden(seq[:, -1:], pos[:, -1:], cache)
+    assert rel_err(last, model.hidden(seq, pos)[:, -1:]) < 1e-5
+
+
+def test_chunked_loss_and_its_gradient_equal_plain_cross_entropy_in_float64(tied_ckpt):
+    model = Transformer.from_pretrained(tied_ckpt[1], dtype=torch.float64)
+    tokens = tokens_for(POSE_POSITIONS)
+    targets = tokens_for(POSE_POSITIONS, seed=2)
+    targets[0, :5] = targets[1, -3:] = -100  # ignored
+    rows = []  # rows of every lm_head call: never the whole [B*T, V]
+    hook = model.lm_head.register_forward_hook(lambda module, inputs, out: rows.append(inputs[0].shape[0]))
+    sum_nll, n = model.loss(tokens, targets, POSE_POSITIONS, chunk_size=7)  # 64 rows: 10 chunks, last partial
+    sum_nll.backward()
+    hook.remove()
+    assert max(rows) == 7 and sum(rows) == 2 * 64  # forward + the recompute in backward (checkpoint)
+    chunked_grad = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+    logits = model.hidden(tokens, POSE_POSITIONS).flatten(0, 1) @ model.lm_head.weight.T  # [B*T, V] in float64
+    plain = F.cross_entropy(logits, targets.flatten(), ignore_index=-100, reduction="sum")
+    plain.backward()
+    assert n.item() == 64 - 8 and not n.is_floating_point()
+    assert sum_nll.dtype == torch.float64 and abs(sum_nll.item() - plain.item()) < 1e-10 * plain.item()
+    assert torch.allclose(chunked_grad, model.lm_head.weight.grad, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- save / load
+
+def test_save_load_round_trip_is_bit_exact_with_biases_and_hf_metadata(tmp_path):
+    model = Transformer.from_preset("tiny", seed=0, num_hidden_layers=1, vocab_size=64,
+                                    attention_bias=True, mlp_bias=True)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.normal_()  # init gives zeros / ones: make a mix-up of tensors visible
+    model.save_pretrained(tmp_path / "out")
+    loaded = Transformer.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    assert loaded.args == model.args
+    assert model.state_dict().keys() == loaded.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    cfg = load_config(tmp_path / "out")
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
+    assert cfg["torch_dtype"] == "float32" and cfg["attention_bias"] and cfg["max_position_embeddings"] == 256
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp folder left behind
+
+
+def test_sharded_save_writes_an_index_and_loads_bit_exact_into_an_existing_folder(tmp_path, tied_ckpt):
+    model = Transformer.from_pretrained(tied_ckpt[1], dtype=torch.float32)
+    out = tmp_path / "out"
+    model.save_pretrained(out, max_shard_size=20_000)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 3 and set(index["weight_map"].values()) == {p.name for p in shards}
+    assert "lm_head.weight" not in index["weight_map"]  # tied: HF omits it
+    assert index["metadata"]["total_size"] == sum(t.numel() * 4 for t in model.model.state_dict().values())
+    loaded = Transformer.from_pretrained(out, dtype=torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    (out / "tokenizer.model").write_bytes(b"keep me")
+    model.save_pretrained(out)  # unsharded over the sharded save: old shards go, other files stay
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
+
+
+def test_bf16_load_holds_every_weight_rounded_once_and_stays_close_to_fp32(tied_ckpt):
+    fp32 = Transformer.from_pretrained(tied_ckpt[1], dtype=torch.float32)
+    bf16 = Transformer.from_pretrained(tied_ckpt[1])  # default dtype
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+    assert all(torch.equal(a.bfloat16(), b) for a, b in zip(fp32.state_dict().values(), bf16.state_dict().values()))
+    tokens = tokens_for(POSE_POSITIONS)
+    assert rel_err(bf16(tokens, POSE_POSITIONS), fp32(tokens, POSE_POSITIONS)) < 5e-2
+
+
+# ---------------------------------------------------------------- configs
+
+def test_both_rope_conventions_and_hf_defaults_give_the_same_args():
+    old = ModelArgs.from_config(config(rope_theta=5e5, rope_scaling={"type": "linear", "factor": 2.0}))
+    new = ModelArgs.from_config(config(rope_parameters={"rope_type": "linear", "rope_theta": 5e5, "factor": 2.0}))
+    assert old == new and old.rope["factor"] == 2.0 and old.rope["rope_theta"] == 5e5
+    bare = ModelArgs.from_config({"hidden_size": 64, "num_attention_heads": 4})
+    assert (bare.n_kv_heads, bare.head_dim, bare.norm_eps, bare.rope["rope_theta"]) == (4, 16, 1e-6, 10000.0)
+    assert (bare.n_layers, bare.hidden_dim, bare.vocab_size, bare.max_position_embeddings) == (32, 11008, 32000, 2048)
+    for rope in ({"type": "linear", "factor": 4.0}, {"rope_type": "yarn", "factor": 8.0,
+                                                     "original_max_position_embeddings": 64}):
+        args = ModelArgs.from_config(config(rope_scaling=rope))
+        assert ModelArgs.from_config(args.to_config()) == args  # the export reads back as the same model
+
+
+def test_ntk_exports_as_raised_rope_theta_and_sliding_window_as_mistral():
+    ntk = ModelArgs.from_config(config(rope_scaling={"type": "ntk", "factor": 4.0}))
+    exported = ntk.to_config(torch.bfloat16)
+    assert "rope_scaling" not in exported and exported["torch_dtype"] == "bfloat16"
+    assert exported["rope_theta"] == pytest.approx(10000 * 4 ** (D / (D - 2)))  # PoSE §3.1
+    mistral = ModelArgs.from_config(config(model_type="mistral", sliding_window=24)).to_config()
+    assert mistral["model_type"] == "mistral" and mistral["sliding_window"] == 24
+
+
+def test_sequences_longer_than_a_sliding_window_are_refused_not_silently_attended():
+    model = Transformer(ModelArgs.from_config(config(sliding_window=24)))
+    model(torch.zeros(1, 24, dtype=torch.long))  # within the window: plain causal attention is exact
+    with pytest.raises(ValueError, match="sliding_window 24"):
+        model(torch.zeros(1, 25, dtype=torch.long))
+    with pytest.raises(ValueError, match="hidden_act 'gelu'"):
+        ModelArgs.from_config(config(hidden_act="gelu"))
+
+
+# ---------------------------------------------------------------- bad input
+
+def _set_header_length(file, n):
+    data = bytearray(file.read_bytes())
+    data[:8] = n.to_bytes(8, "little")
+    file.write_bytes(bytes(data))
+
+
+def _garble_header(file):
+    data = bytearray(file.read_bytes())
+    data[8:16] = b"not json"
+    file.write_bytes(bytes(data))
+
+
+def _truncate(file, nbytes):
+    file.write_bytes(file.read_bytes()[:-nbytes])
+
+
+def _rewrite(path, drop=(), add=None):
+    with safe_open(path / "model.safetensors", "pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys() if k not in drop}
+    save_file({**sd, **(add or {})}, path / "model.safetensors", metadata={"format": "pt"})
+
+
+BAD_INPUTS = {  # case -> (break the folder, error type, words the one-line message must contain)
+    "missing config.json": (lambda p: (p / "config.json").unlink(), FileNotFoundError, ["config.json"]),
+    "missing weights": (lambda p: (p / "model.safetensors").unlink(), FileNotFoundError, ["model.safetensors"]),
+    "bad header length": (lambda p: _set_header_length(p / "model.safetensors", 2**40),
+                          ValueError, ["model.safetensors", "header length"]),
+    "header not JSON": (lambda p: _garble_header(p / "model.safetensors"), ValueError, ["model.safetensors", "JSON"]),
+    "truncated data": (lambda p: _truncate(p / "model.safetensors", 64),
+                       ValueError, ["model.safetensors", "data_offsets", "past the end"]),
+    "missing tensor": (lambda p: _rewrite(p, drop=["model.norm.weight"]),
+                       ValueError, ["'model.norm.weight'", "missing"]),
+    "unexpected tensor": (lambda p: _rewrite(p, add={"model.layers.0.mlp.extra": torch.ones(3)}), ValueError,
+                          ["model.safetensors", "'model.layers.0.mlp.extra'", "unexpected"]),
+    "shape mismatch": (lambda p: _rewrite(p, add={"model.norm.weight": torch.ones(DIM + 1)}),
+                       ValueError, ["model.safetensors", "'model.norm.weight'", "(65,)", "(64,)"]),
+    "unknown rope type": (lambda p: (p / "config.json").write_text(json.dumps(config(
+        rope_scaling={"type": "banana", "factor": 2.0}))), ValueError, ["config.json", "banana"]),
+    "config not JSON": (lambda p: (p / "config.json").write_text("{"), ValueError, ["config.json", "JSON"]),
+    "index names a lost shard": (lambda p: (p / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"model.norm.weight": "model-00002-of-00002.safetensors"}})),
+        FileNotFoundError, ["model-00002-of-00002.safetensors"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_each_bad_checkpoint_raises_one_line_error_naming_the_file_tensor_or_key(tmp_path, case):
+    path = write_checkpoint(tmp_path / "ckpt", meta_weights(tied=True), config(), tied=True)
+    breaks, error, words = BAD_INPUTS[case]
+    breaks(path)
+    with pytest.raises(error) as info:
+        Transformer.from_pretrained(path, dtype=torch.float32)
+    message = str(info.value)
+    assert "\n" not in message and all(w in message for w in words), message
+
+
+def test_a_failed_save_leaves_nothing_written_and_an_existing_folder_untouched(tmp_path, monkeypatch):
+    model = Transformer.from_preset("tiny", seed=0, num_hidden_layers=1, vocab_size=64)
+
+    def disk_full(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(model_py, "save_file", disk_full)
+    with pytest.raises(OSError):
+        model.save_pretrained(tmp_path / "new", max_shard_size=50_000)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model.safetensors").write_bytes(b"previous weights")
+    with pytest.raises(OSError):
+        model.save_pretrained(tmp_path / "old")
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]
+    assert (tmp_path / "old" / "model.safetensors").read_bytes() == b"previous weights"
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def test_tokenizer_round_trips_text_with_bos_eos_and_points_json_only_folders_to_pretokenised_data(tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(f"the quick brown fox {i} jumps over the lazy dog" for i in range(200)))
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "tokenizer"), vocab_size=40,
+                                   model_type="bpe", minloglevel=2)
+    tok = Tokenizer(tmp_path)  # the folder; finds tokenizer.model
+    ids = tok.encode("the lazy fox", bos=True, eos=True)
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and tok.vocab_size == 40
+    assert tok.decode(ids) == "the lazy fox" and tok.encode("dog", bos=False)[0] != tok.bos_id
+    llama3 = tmp_path / "llama3"
+    llama3.mkdir()
+    (llama3 / "tokenizer.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="pre-tokenised"):
+        Tokenizer(llama3)
