@@ -93,9 +93,9 @@ def scaling_to_config(rope: dict, head_dim: int) -> dict:
     if rope_type == "ntk":
         return {"rope_theta": theta * factor ** (head_dim / (head_dim - 2))}
     # "type" too: pre-4.43 transformers and the PoSE/YaRN repos read only that key.
-    scaling = {"rope_type": rope_type, "type": rope_type, "factor": factor}
-    if rope_type != "linear":
-        scaling["original_max_position_embeddings"] = int(rope["original_max_position_embeddings"])
+    # original_max_position_embeddings is recorded for linear too (HF ignores it there): the export says L_c.
+    scaling = {"rope_type": rope_type, "type": rope_type, "factor": factor,
+               "original_max_position_embeddings": int(rope["original_max_position_embeddings"])}
     scaling.update({k: rope[k] for k in _EXTRA.get(rope_type, ()) if k in rope and k != "truncate"})
     if rope.get("truncate") is False:  # only write it when it differs from HF's default
         scaling["truncate"] = False

@@ -1,0 +1,270 @@
+"""train.py: options, data readers, the example stream, and real runs (1 process in-process, 2 under torchrun).
+
+    python -m pytest tests/test_train.py -x -q
+
+The runs use a micro LLaMA (2 layers, width 64) written with model.save_pretrained, and a synthetic
+pre-tokenised corpus, so the file takes well under a minute on two CPU cores.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from model import PRESETS, ModelArgs, Transformer
+
+ROOT = Path(__file__).resolve().parent.parent
+MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             head_dim=16, intermediate_size=128, max_position_embeddings=16)
+RUN = ["--window", "16", "--target", "64", "--batch-size", "4", "--micro-batch-size", "2", "--log-every", "1",
+       "--lr", "1e-3"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two OpenMP threads on a shared two-core box run ~8x slower than one; one thread is also bitwise stable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def micro_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("micro") / "model"
+    model = Transformer(ModelArgs.from_config(MICRO))
+    model.init_weights(seed=0)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """40 documents of random ids, each ending with EOS (= 2): the .npy layout train.py documents."""
+    rng = np.random.default_rng(0)
+    docs = [np.append(rng.integers(3, 4096, size=rng.integers(30, 200)), 2) for _ in range(40)]
+    path = tmp_path_factory.mktemp("corpus") / "ids.npy"
+    np.save(path, np.concatenate(docs).astype(np.int32))
+    return path
+
+
+def run_in_process(argv):
+    """One training run in this process (world size 1, gloo); returns the rows of metrics.jsonl."""
+    with train.distributed() as device:
+        train.train(train.parse_args(argv), device)
+    out = Path(argv[argv.index("--out") + 1])
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+class CharTokenizer:
+    """Stand-in with model.Tokenizer's encode(): one id per character, so lengths are known exactly."""
+    def encode(self, text, bos=True, eos=False):
+        return [1] * bos + [3 + ord(c) % 200 for c in text] + [2] * eos
+
+
+def test_lr_factor_warms_up_linearly_then_decays_linearly_to_near_zero():
+    got = [train.lr_factor(s, warmup=4, steps=10) for s in range(10)]
+    want = [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]
+    assert got == pytest.approx(want, abs=1e-12)
+    assert train.lr_factor(0, warmup=0, steps=5) == 1.0
+
+
+def test_every_issue_flag_exists_and_defaults_are_the_papers_recipe_for_a_checkpoint(micro_model, tmp_path):
+    flags = ["--model", str(micro_model), "--data", "x.npy", "--out", str(tmp_path), "--window", "16", "--target",
+             "128", "--method", "pose", "--chunks", "2", "--content", "uniform", "--rope", "linear", "--steps", "1000",
+             "--batch-size", "64", "--micro-batch-size", "1", "--lr", "2e-5", "--warmup", "10", "--seed", "0",
+             "--save-every", "100", "--log-every", "10", "--resume"]
+    assert train.parse_args(flags).resume
+    opts, _ = train.resolve(train.parse_args(["--model", str(micro_model), "--out", str(tmp_path / "o")]), 8)
+    assert (opts.window, opts.target, opts.method, opts.chunks, opts.content, opts.rope) == \
+        (16, 128, "pose", 2, "uniform", "linear")  # L_c from config.json, L_t = 8 L_c (Table 1's 2k -> 16k)
+    assert (opts.steps, opts.batch_size, opts.lr, opts.warmup) == (1000, 64, 2e-5, 10)  # §4.1
+
+
+def test_embedded_default_is_small_enough_for_a_cpu(tmp_path):
+    opts, config = train.resolve(train.parse_args(["--out", str(tmp_path)]), 1)
+    assert (opts.window, opts.target, opts.steps, opts.batch_size) == (128, 1024, 100, 8)
+    assert config["vocab_size"] == 4096
+
+
+def test_readers_split_npy_at_eos_and_read_jsonl_txt_and_folders(tmp_path):
+    np.save(tmp_path / "ids.npy", np.array([5, 6, 2, 7, 2, 8, 9], dtype=np.int64))
+    docs, skipped = train.read_documents(tmp_path / "ids.npy", eos_id=2)
+    assert [d.tolist() for d in docs] == [[5, 6, 2], [7, 2], [8, 9]] and skipped == 0
+    docs, skipped = train.read_documents(tmp_path / "ids.npy", eos_id=2, min_len=3)
+    assert [d.tolist() for d in docs] == [[5, 6, 2]] and skipped == 2
+    (tmp_path / "d.jsonl").write_text('{"text": "abc"}\n\n{"body": "hello", "text": "hi"}\n')
+    (tmp_path / "e.jsonl").write_text('{"body": "hello"}\n')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.txt").write_text("first")
+    (tmp_path / "sub" / "b.md").write_text("second!")
+    (tmp_path / "sub" / "skip.bin.gz").write_bytes(b"\0")
+    tok = CharTokenizer()
+    assert [len(d) for d in train.read_documents(tmp_path / "d.jsonl", tok)[0]] == [5, 4]  # BOS + text + EOS
+    assert [len(d) for d in train.read_documents(tmp_path / "e.jsonl", tok, text_field="body")[0]] == [7]
+    (tmp_path / "sub" / "c.jsonl").write_text('{"text": "x"}\n')
+    assert [len(d) for d in train.read_documents(tmp_path / "sub", tok)[0]] == [7, 9, 3]
+    (tmp_path / "f.jsonl").write_text('{"text": "a"}\n\nnot json\n')
+    with pytest.raises(ValueError, match=r"f.jsonl:3: .*'text'"):
+        train.read_documents(tmp_path / "f.jsonl", tok)
+
+
+def test_ranks_read_disjoint_shards_that_cover_the_corpus(corpus):
+    shards = [train.read_documents(corpus, rank=r, world_size=3)[0] for r in range(3)]
+    whole = train.read_documents(corpus)[0]
+    assert sorted(len(s) for s in shards) == [13, 13, 14]
+    assert [d.tolist() for r in range(3) for d in whole[r::3]] == [d.tolist() for s in shards for d in s]
+
+
+@pytest.mark.parametrize("method", ["pose", "randpos", "plain", "full"])
+def test_every_label_is_the_documents_true_next_token(method):
+    docs = [np.arange(1000), np.arange(2000, 2600)]  # token id = its offset (+2000): labels are checkable by eye
+    opts, _ = train.resolve(train.parse_args(["--window", "32", "--target", "256", "--method", method,
+                                              "--batch-size", "4", "--out", "/tmp/unused"]), 1)
+    tokens, targets, positions = train.make_batch(docs, opts, rank=0, step=3, micro=0, accum=1)
+    length = 256 if method == "full" else 32
+    assert tokens.shape == targets.shape == positions.shape == (4, length)
+    assert torch.equal(targets, tokens + 1)  # x[index + 1], also across a chunk boundary that skips text
+    assert (positions[:, 1:] > positions[:, :-1]).all() and (positions < 256).all()
+    if method == "pose":
+        skipped = (tokens[:, 1:] - tokens[:, :-1] != 1).any()
+        assert skipped  # Eq. 5 does skip text in some row, which is where the label choice matters
+
+
+def test_example_stream_is_a_function_of_seed_rank_step_and_ranks_differ():
+    docs = [np.arange(5000)]
+    opts, _ = train.resolve(train.parse_args(["--window", "64", "--target", "512", "--out", "/tmp/unused"]), 1)
+    batch = lambda rank, step, micro=0: torch.stack(train.make_batch(docs, opts, rank, step, micro, 2))
+    assert torch.equal(batch(0, 5), batch(0, 5))
+    assert not torch.equal(batch(0, 5), batch(1, 5))
+    assert not torch.equal(batch(0, 5), batch(0, 6))
+    assert not torch.equal(batch(0, 5, 0), batch(0, 5, 1))
+
+
+def test_single_process_run_logs_finite_losses_and_exports_the_live_models_logits(micro_model, corpus, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), "--steps", "3", *RUN]
+    with train.distributed() as device:
+        live = train.train(train.parse_args(argv), device)
+        tokens = torch.randint(0, 4096, (1, 40), generator=torch.Generator().manual_seed(0))
+        positions = torch.tensor([[*range(20), *range(44, 64)]])  # a PoSE-like jump
+        with torch.no_grad():
+            want = live(tokens, positions)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert config["max_position_embeddings"] == 64
+    scaling = config["rope_scaling"]  # alpha = L_t / L_c = 64 / 16, and the window L_c is recorded (issue 5)
+    assert scaling["rope_type"] == scaling["type"] == "linear" and scaling["factor"] == 4.0
+    assert scaling["original_max_position_embeddings"] == 16
+    exported = Transformer.from_pretrained(out / "final", dtype=torch.float32)
+    assert exported.args.rope["factor"] == 4.0
+    with torch.no_grad():
+        torch.testing.assert_close(exported(tokens, positions), want, rtol=0, atol=1e-5)
+
+
+def test_activation_checkpointing_changes_no_loss(micro_model, corpus, tmp_path):
+    argv = ["--model", str(micro_model), "--data", str(corpus), "--steps", "2", *RUN]
+    plain = run_in_process([*argv, "--out", str(tmp_path / "a")])
+    recomputed = run_in_process([*argv, "--out", str(tmp_path / "b"), "--activation-checkpointing"])
+    assert [r["loss"] for r in recomputed] == [r["loss"] for r in plain]
+
+
+def test_loss_decreases_on_a_repeated_batch(micro_model, tmp_path):
+    np.save(tmp_path / "one.npy", np.append(np.arange(3, 19), 2))  # one document of exactly L_c + 1 = 17 tokens
+    rows = run_in_process(["--model", str(micro_model), "--data", str(tmp_path / "one.npy"), "--out",
+                           str(tmp_path / "out"), "--method", "plain", "--steps", "8", "--warmup", "1", *RUN,
+                           "--lr", "1e-2"])
+    losses = [r["loss"] for r in rows]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0] - 2  # nats: it memorises the one sequence
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoints(micro_model, corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:  # lr 1e30 blows the weights up after the first update
+        train.main(["--model", str(micro_model), "--data", str(corpus), "--out", str(out), "--steps", "4",
+                    "--save-every", "1", *RUN, "--lr", "1e30", "--warmup", "0"])
+    err = capsys.readouterr().err.strip()
+    match = re.fullmatch(r"error: loss is (nan|inf|-inf) at step (\d); stopped before the update, .*(step_00000\d)", err)
+    assert exit_.value.code == 1 and match, err
+    bad_step, newest = int(match[2]), match[3]  # nothing saved or updated after the bad loss
+    assert newest == f"step_{bad_step - 1:06d}" == sorted(p.name for p in (out / "checkpoints").iterdir())[-1]
+    assert not (out / "final").exists()
+
+
+def torchrun(*args, check=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "train.py"), *map(str, args)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 or not check, done.stderr[-3000:]
+    return done
+
+
+def test_two_process_torchrun_resume_from_a_checkpoint_replays_the_uninterrupted_losses(micro_model, corpus, tmp_path):
+    common = ["--model", micro_model, "--data", corpus, "--steps", "4", "--save-every", "2", *RUN]
+    torchrun(*common, "--out", tmp_path / "a")
+    whole = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in whole] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in whole)
+    # "Kill" run b right after its step-2 save: its out/ holds exactly what a's held then, plus the debris of
+    # a save the kill interrupted, which --resume must ignore.
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step_000002", tmp_path / "b" / "checkpoints" / "step_000002")
+    (tmp_path / "b" / "checkpoints" / ".tmp-step_000004").mkdir()
+    (tmp_path / "b" / "checkpoints" / ".tmp-step_000004" / "__0_0.distcp").write_bytes(b"torn")
+    (tmp_path / "b" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in whole[:3]))  # 3 logged
+    torchrun(*common, "--out", tmp_path / "b", "--resume")
+    resumed = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]  # the killed run's step-3 row was dropped, then redone
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step_000002", "step_000004"]
+
+
+def bad_inputs(micro_model, corpus, tmp_path):
+    short = tmp_path / "short.npy"
+    np.save(short, np.array([5, 6, 2, 7, 8, 2]))
+    (tmp_path / "empty.jsonl").write_text("")
+    np.save(tmp_path / "empty.npy", np.array([], dtype=np.int32))
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "used" / "checkpoints" / "step_000001").mkdir(parents=True)
+    model = ["--model", str(micro_model), "--data", str(corpus)]
+    return {
+        "missing model dir": (["--model", str(tmp_path / "nope")], "--model"),
+        "target < window": ([*model, "--window", "16", "--target", "8"], "--target 8 < --window 16"),
+        "batch not divisible": ([*model, "--batch-size", "5", "--micro-batch-size", "2"], "not divisible"),
+        "missing data": ([*model[:2], "--data", str(tmp_path / "nope.jsonl")], "--data"),
+        "all documents too short": ([*model[:2], "--data", str(short), "--window", "16"], "no document"),
+        "empty .npy": ([*model[:2], "--data", str(tmp_path / "empty.npy")], "no document"),
+        "empty .jsonl, from scratch": (["--data", str(tmp_path / "empty.jsonl")], "no document"),
+        "unwritable out": ([*model, "--out", str(tmp_path / "a_file" / "out")], "not writable"),
+        "out holds an earlier run": ([*model, "--out", str(tmp_path / "used")], "--resume"),
+        "unknown method": ([*model, "--method", "magic"], "invalid choice"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing model dir", "target < window", "batch not divisible", "missing data",
+                                  "all documents too short", "empty .npy", "empty .jsonl, from scratch",
+                                  "unwritable out", "out holds an earlier run", "unknown method"])
+def test_bad_input_prints_one_error_line_exits_2_and_writes_nothing(case, micro_model, corpus, tmp_path, capsys):
+    argv, needle = bad_inputs(micro_model, corpus, tmp_path)[case]
+    out = tmp_path / "fresh-out"
+    if "--out" not in argv:
+        argv = [*argv, "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_:
+        train.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err, err
+    assert not out.exists()
+
+
+def test_the_command_line_reports_bad_input_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: --model")
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
