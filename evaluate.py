@@ -1,0 +1,467 @@
+"""The PoSE paper's two evaluations: sliding-window perplexity (§4.2, Table 1, App. C) and passkey retrieval (§4.3).
+
+    python evaluate.py ppl --model DIR --data FILE --lengths 2048 4096 8192 16384 --stride 1024 --out ppl.json
+    python evaluate.py passkey --model DIR --lengths 2048 4096 8192 16384 32768 --trials 50 --out passkey.json
+    python evaluate.py plot original.json pi-only.json pose.json passkey.json --out fig.png  # as Fig. 2b
+    python evaluate.py ppl --model out/final --lengths 128 256 512 1024 --stride 256 --docs 10  # after train.py
+    python evaluate.py passkey --model out/final --lengths 128 256 512 1024 --trials 10
+
+The paper's rows on a real checkpoint. --rope replaces the checkpoint's rope scaling, so "Original" (plain RoPE)
+and "PI-only" (interpolation without training) come from the base checkpoint itself (App. C, Table 6):
+    D="--data govreport.jsonl --docs 50 --min-tokens 32768 --lengths 2048 4096 8192 16384 --stride 1024"
+    python evaluate.py ppl --model llama-7b --rope none $D --out original.json
+    python evaluate.py ppl --model llama-7b --rope linear --factor 8 $D --out pi-only.json   # alpha = 16k / 2k
+    python evaluate.py ppl --model runs/pose16k/final $D --out pose.json                     # its own scaling
+    python evaluate.py passkey --model runs/pose16k/final --lengths 2048 4096 8192 16384 32768 --out pk.json
+--rope ntk / yarn --factor 8 give App. C's other PI-only rows; §5.3 uses books of > 128k tokens, --stride 16384.
+On CUDA the default is bf16 with SDPA's flash kernel; the progress lines on stderr give an ETA (a 50-document,
+5-length run of a 7B model takes hours). The results JSON is written atomically at the end.
+
+Perplexity (Press et al. 2021; the windows of the paper's released evaluation). A window holds L tokens
+including the BOS prepended to it, i.e. W = L - 1 document tokens (W = L with --no-bos), so position ids stay
+within 0..L-1. With stride s (clamped to L - 1, so that no token is skipped) window k feeds document tokens
+x[k*s : min(k*s + W, n)]; the last window ends at the document's end and may be shorter. Each window scores
+the tokens no earlier window scored: the first all of its tokens (x_0 predicted from BOS alone), each later one
+its last s (fewer in the last). So every token is scored exactly once, with all the preceding tokens its window
+holds as context; without BOS, x_0 is never scored. A document of fewer than W tokens is scored whole in one
+window ("short" in the table); the default --min-tokens, the largest L, admits none, so that every length scores
+the same tokens. --truncate (Fig. 4) scores one window of each document's first W tokens. A document's own
+BOS/EOS are dropped (the released evaluation tokenises without them). PPL = exp(total NLL / scored tokens).
+
+Passkey (Mohtashami & Jaggi 2023; the template of Fig. 2a): the longest prompt of at most L tokens (BOS
+included), found by bisection on the number of filler sentences, with the key line after a fraction `depth` of
+them (uniform per trial, or each of --depths). Greedy decoding of --new-tokens tokens with the KV cache; a trial
+passes when the first integer in the answer equals the random 5-digit key. Keys and depths depend only on
+(--seed, L, depth), so every model is asked the same questions.
+"""
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from model import Tokenizer, Transformer, load_config
+from rope import ROPE_TYPES, rope_parameters
+from train import read_documents
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+# ---------------------------------------------------------------- options (the fields are the flags)
+
+
+@dataclass
+class Options:
+    model: str = field(default="out/final", metadata=dict(help="Hugging Face LLaMA folder (+ tokenizer.model)"))
+    lengths: list[int] | None = field(default=None, metadata=dict(type=int, nargs="+", help="evaluation lengths L "
+                                      "in tokens (default: L_c, 2 L_c, ... up to the config's max_position_embeddings)"))
+    rope: str | None = field(default=None, metadata=dict(choices=("none",) + ROPE_TYPES[1:], help="replace the "
+                             "checkpoint's rope scaling: none = Original (plain RoPE), linear = PI, ... (with --factor)"))
+    factor: float | None = field(default=None, metadata=dict(type=float, help="alpha = L_t / L_c for --rope"))
+    original_window: int | None = field(default=None, metadata=dict(type=int, help="L_c for --rope (default: the "
+                                        "checkpoint's original_max_position_embeddings)"))
+    label: str | None = field(default=None, metadata=dict(help="legend name in plots (default: folder + rope)"))
+    out: str | None = field(default=None, metadata=dict(help="write the results JSON here"))
+    plot: str | None = field(default=None, metadata=dict(help="also draw the results as this PNG (matplotlib)"))
+    device: str | None = field(default=None, metadata=dict(help="cuda if available, else cpu"))
+    dtype: str | None = field(default=None, metadata=dict(choices=DTYPES, help="bfloat16 on cuda, float32 on cpu"))
+
+
+@dataclass
+class PplOptions(Options):
+    data: str | None = field(default=None, metadata=dict(help=".jsonl | .txt | folder | .npy | .bin, as train.py "
+                             "reads (default: the embedded stdlib eval split)"))
+    text_field: str = field(default="text", metadata=dict(help="the .jsonl field holding the text"))
+    stride: int = field(default=1024, metadata=dict(type=int, help="sliding-window step (§4.2: 1,024; §5.3: 16k)"))
+    docs: int = field(default=50, metadata=dict(type=int, help="first N long-enough documents (§4.2: 50)"))
+    min_tokens: int | None = field(default=None, metadata=dict(type=int, help="keep documents of >= this many "
+                                   "tokens (§4.2: 32,768; default: the largest length)"))
+    truncate: bool = field(default=False, metadata=dict(action="store_true", help="one window of the first L "
+                           "tokens per document (Fig. 4)"))
+    no_bos: bool = field(default=False, metadata=dict(action="store_true", help="do not prepend BOS to windows"))
+
+
+@dataclass
+class PasskeyOptions(Options):
+    trials: int = field(default=50, metadata=dict(type=int, help="prompts per length (and depth) (§4.3: 50)"))
+    depths: list[float] | None = field(default=None, metadata=dict(type=float, nargs="+", help="depth x length "
+                                       "grid: key-line depths in [0, 1] (default: uniform at random)"))
+    new_tokens: int = field(default=10, metadata=dict(type=int, help="greedy tokens decoded per prompt"))
+    seed: int = field(default=0, metadata=dict(type=int))
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line on stderr and exit 2, like every other bad input
+        fail(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, cls in (("ppl", PplOptions), ("passkey", PasskeyOptions)):
+        sub = commands.add_parser(name, help=f"{name} vs length")
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            sub.add_argument("--" + f.name.replace("_", "-"), default=default, **f.metadata)
+    sub = commands.add_parser("plot", help="overlay results JSON files in one PNG")
+    sub.add_argument("files", nargs="+")
+    sub.add_argument("--out", required=True)
+    return parser
+
+
+def check(opts: Options):
+    """Refuse bad values before any weights load."""
+    load_config(opts.model)  # a missing or broken checkpoint folder: one line naming it
+    if opts.lengths is not None and min(opts.lengths) < 2:
+        raise ValueError(f"--lengths must be >= 2 tokens, got {min(opts.lengths)}")
+    if opts.rope is None and (opts.factor is not None or opts.original_window is not None):
+        raise ValueError("--factor / --original-window replace the checkpoint's scaling: give --rope too")
+    for name in ("stride", "docs", "trials", "new_tokens", "min_tokens", "original_window"):
+        if getattr(opts, name, None) is not None and getattr(opts, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
+    if getattr(opts, "seed", 0) < 0:
+        raise ValueError(f"--seed must be >= 0, got {opts.seed}")
+    if not all(0 <= d <= 1 for d in getattr(opts, "depths", None) or ()):
+        raise ValueError(f"--depths must lie in [0, 1], got {opts.depths}")
+    if getattr(opts, "data", None) is not None and not Path(opts.data).exists():
+        raise FileNotFoundError(f"--data {opts.data}: not found")
+    if opts.plot:
+        _pyplot()  # fail now, not after hours of evaluation
+
+
+# ---------------------------------------------------------------- model
+
+
+def rope_override(opts: Options, config: dict) -> dict | None:
+    """config.json-style rope_scaling replacing the checkpoint's (None: keep it). App. C's baselines."""
+    if opts.rope is None:
+        return None
+    if opts.rope == "none":  # "Original": plain RoPE, whatever scaling the checkpoint carries
+        return {"rope_type": "default"}
+    if opts.factor is None:
+        raise ValueError(f"--rope {opts.rope} needs --factor (alpha = target / original window)")
+    original = opts.original_window or rope_parameters(config)["original_max_position_embeddings"]
+    scaling = {"rope_type": opts.rope, "factor": opts.factor, "original_max_position_embeddings": original}
+    if opts.rope == "llama3":
+        scaling.update(low_freq_factor=1.0, high_freq_factor=4.0)  # Llama 3.1's values
+    return scaling
+
+
+def load_model(opts: Options):
+    """(model in eval mode, device). Long sequences: bf16 + SDPA flash on CUDA (see attention())."""
+    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {opts.device}: torch sees no CUDA device")
+    dtype = getattr(torch, opts.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    scaling = rope_override(opts, load_config(opts.model))
+    model = Transformer.from_pretrained(opts.model, device=device, dtype=dtype, rope_scaling=scaling)
+    return model.eval(), device
+
+
+def attention(model, device):
+    # On GPU only flash / memory-efficient SDPA fit 128k tokens, in bf16/fp16 only (and only flash takes
+    # enable_gqa): a silent fall-back to the math kernel would allocate [H, T, T] scores, so it is made an error.
+    # float32 on GPU (short checks) may use math; the CPU picks its own flash kernel.
+    if torch.device(device).type == "cuda" and model.lm_head.weight.dtype in (torch.bfloat16, torch.float16):
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION])
+    return contextlib.nullcontext()
+
+
+def default_lengths(model) -> list[int]:
+    """L_c, 2 L_c, ... up to max_position_embeddings (L_t), with L_c = L_t / alpha."""
+    rope, top = model.args.rope, model.args.max_position_embeddings
+    lo = min(rope["original_max_position_embeddings"], max(2, round(top / rope["factor"])))
+    return [lo * 2**i for i in range(64) if lo * 2**i <= top] or [top]
+
+
+class Progress:
+    """Work done of a known total on stderr, with speed and ETA, at most every `every` seconds."""
+
+    def __init__(self, total: float, unit: str, every: float = 10.0):
+        self.total, self.unit, self.every, self.done = max(total, 1), unit, every, 0.0
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, work: float, note: str, final: bool = False):
+        self.done += work
+        now = time.perf_counter()
+        if final or now - self.last >= self.every:
+            self.last, rate = now, self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / max(rate, 1e-9)
+            print(f"{note}: {100 * self.done / self.total:.0f}% {rate:,.0f} {self.unit}/s "
+                  f"ETA {eta // 3600:.0f}h{eta % 3600 // 60:02.0f}m{eta % 60:02.0f}s", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- perplexity (§4.2, App. C)
+
+
+def window_plan(n: int, length: int, stride: int, bos: bool = True, truncate: bool = False):
+    """[(begin, end, first)] for a document of n tokens: a window feeds x[begin:end] (after BOS) and scores
+    x[first:end]. See the module docstring; tests/test_evaluate.py spells the rule out independently."""
+    width = length - bos  # document tokens per window: BOS takes one of the L slots
+    if truncate:
+        return [(0, min(n, width), int(not bos))]
+    stride = min(stride, length - 1)  # a window predicts L - 1 tokens; a longer step would skip some
+    plan, prev_end = [], 0
+    for begin in range(0, n, stride):
+        end = min(begin + width, n)
+        plan.append((begin, end, max(prev_end, begin + (not bos))))  # without BOS x_begin has no context
+        prev_end = end
+        if end == n:
+            break
+    return plan
+
+
+@torch.inference_mode()
+def window_nll(model, doc: np.ndarray, begin: int, end: int, first: int, bos_id: int | None, device):
+    """(sum of NLL, tokens) of x[first:end] given BOS + x[begin:end]: one forward, no KV cache, chunked loss."""
+    bos = [bos_id] if bos_id is not None else []
+    tokens = torch.tensor(bos + doc[begin:end].tolist(), device=device)  # [T]
+    offset = len(bos) - begin  # x_j sits at input index j + offset and is predicted from index j + offset - 1
+    targets = torch.full_like(tokens, -100)
+    targets[first + offset - 1:end + offset - 1] = tokens[first + offset:end + offset]
+    nll, n = model.loss(tokens[None], targets[None])  # never [T, V] fp32 logits (model.py)
+    return float(nll), int(n)
+
+
+def perplexity(model, documents, lengths, stride, bos_id, truncate=False, device="cpu", every=10.0):
+    """One row per length: ppl = exp(sum NLL / tokens) over every scored token of every document."""
+    bos = bos_id is not None
+    plans = {L: [window_plan(len(d), L, stride, bos, truncate) for d in documents] for L in lengths}
+    work = {L: sum(e - b + bos for plan in plans[L] for b, e, _ in plan) for L in lengths}  # tokens fed
+    progress, rows = Progress(sum(work.values()), "tok", every), []
+    for L in lengths:
+        t0, nll, tokens, windows = time.perf_counter(), 0.0, 0, 0
+        with attention(model, device):
+            for i, (doc, plan) in enumerate(zip(documents, plans[L])):
+                for begin, end, first in plan:
+                    s, n = window_nll(model, doc, begin, end, first, bos_id, device)
+                    nll, tokens, windows = nll + s, tokens + n, windows + 1
+                    progress(end - begin + bos, f"ppl L={L} doc {i + 1}/{len(documents)}")
+        seconds = time.perf_counter() - t0
+        progress(0, f"ppl L={L} done", final=True)
+        rows.append(dict(length=L, ppl=math.exp(nll / max(tokens, 1)), nll=nll, tokens=tokens, windows=windows,
+                         documents=len(documents), short=sum(len(d) < L - bos for d in documents),
+                         seconds=seconds, tokens_per_s=work[L] / max(seconds, 1e-9)))
+    return rows
+
+
+def load_documents(opts: PplOptions, args, min_tokens: int):
+    """(the first --docs documents of >= min_tokens tokens without their own BOS/EOS, the windows' BOS id)."""
+    pretokenised = opts.data is not None and Path(opts.data).suffix in (".npy", ".bin")
+    tokenizer = None if pretokenised else Tokenizer(opts.model)  # a clear error if the folder has none
+    eos = args.eos_token_id[0] if isinstance(args.eos_token_id, list) else args.eos_token_id
+    bos_id, eos_id = (tokenizer.bos_id, tokenizer.eos_id) if tokenizer else (args.bos_token_id, eos)
+    raw, skipped = read_documents(opts.data, tokenizer, opts.text_field, min_len=min_tokens, split="eval",
+                                  eos_id=2 if eos_id is None else eos_id)
+    documents = []
+    for doc in raw:
+        doc = doc[1:] if len(doc) and doc[0] == bos_id else doc  # each window gets its own BOS instead
+        doc = doc[:-1] if len(doc) and doc[-1] == eos_id else doc  # no EOS target, as the released code
+        if len(doc) < min_tokens:
+            skipped += 1
+        elif len(documents) < opts.docs:  # the first --docs in file order
+            documents.append(np.asarray(doc, dtype=np.int64))
+    name = opts.data or "the embedded stdlib eval split"
+    if not documents:
+        raise ValueError(f"--data {name}: no document with >= {min_tokens} tokens ({skipped} shorter; a lower "
+                         f"--min-tokens scores short ones in one window each)")
+    top = max(int(d.max()) for d in documents)
+    if top >= args.vocab_size:
+        raise ValueError(f"--data {name}: token id {top} >= the model's vocab_size {args.vocab_size}")
+    return documents, None if opts.no_bos or bos_id is None or bos_id < 0 else int(bos_id)
+
+
+def run_ppl(opts: PplOptions) -> tuple[dict, Transformer]:
+    model, device = load_model(opts)
+    lengths = opts.lengths or default_lengths(model)
+    documents, bos_id = load_documents(opts, model.args, opts.min_tokens or max(lengths))
+    print(f"ppl: {len(documents)} documents, {sum(map(len, documents)):,} tokens, rope {model.args.rope}",
+          file=sys.stderr)
+    rows = perplexity(model, documents, lengths, opts.stride, bos_id, opts.truncate, device)
+    return dict(data=opts.data or "stdlib-eval", bos=bos_id is not None, results=rows), model
+
+
+# ---------------------------------------------------------------- passkey retrieval (§4.3, Fig. 2a)
+
+TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+        "I will quiz you about the important information there.")
+FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
+QUESTION = "What is the pass key? The pass key is"
+
+
+def passkey_text(key: int, n: int, before: int) -> str:
+    """The Fig. 2a prompt with n filler sentences, `before` of them ahead of the key line."""
+    filler = [FILLER[i % len(FILLER)] for i in range(n)]
+    info = f"The pass key is {key}. Remember it. {key} is the pass key."
+    return "\n".join([TASK, " ".join(filler[:before]), info, " ".join(filler[before:]), QUESTION])
+
+
+def passkey_prompt(tokenizer, length: int, key: int, depth: float) -> list[int]:
+    """Token ids (BOS first) of the longest prompt of <= length tokens: bisection on the filler count, since
+    the length in the model's tokens is only known by tokenising (it grows ~5 tokens per sentence)."""
+    def encode(n):
+        return tokenizer.encode(passkey_text(key, n, round(depth * n)), bos=True)
+
+    if len(encode(0)) > length:
+        raise ValueError(f"passkey length {length} is shorter than the bare template ({len(encode(0))} tokens)")
+    lo, hi = 0, max(1, length // 8)
+    while len(encode(hi)) <= length:  # invariant: encode(lo) fits, encode(hi) does not
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if len(encode(mid)) <= length else (lo, mid)
+    return encode(lo)
+
+
+def first_integer(text: str) -> int | None:
+    match = re.search(r"\d+", text)
+    return int(match.group()) if match else None
+
+
+def passkey(model, tokenizer, lengths, trials, depths=None, seed=0, new_tokens=10, device="cpu", every=10.0):
+    """One row per (length, depth): accuracy of greedy retrieval over `trials` prompts (depth None: uniform)."""
+    grid = [(L, d) for d in (depths or [None]) for L in lengths]
+    progress, rows = Progress(sum(L for L, _ in grid) * trials, "tok", every), []
+    for L, depth in grid:
+        rng = np.random.default_rng([seed, L, 0 if depth is None else 1 + round(depth * 1e6)])
+        t0, cases = time.perf_counter(), []
+        for _ in range(trials):
+            key, d = int(rng.integers(10_000, 100_000)), float(rng.random()) if depth is None else depth
+            ids = passkey_prompt(tokenizer, L, key, d)
+            with attention(model, device):
+                out = model.generate(torch.tensor([ids], device=device), new_tokens)  # KV cache, greedy
+            answer = tokenizer.decode(out[0].tolist())
+            cases.append(dict(key=key, depth=d, tokens=len(ids), answer=answer, passed=first_integer(answer) == key))
+            progress(L, f"passkey L={L}" + ("" if depth is None else f" depth={depth}"))
+        rows.append(dict(length=L, depth=depth, accuracy=sum(c["passed"] for c in cases) / trials, trials=trials,
+                         prompt_tokens=round(float(np.mean([c["tokens"] for c in cases]))),
+                         seconds=time.perf_counter() - t0, cases=cases))
+    progress(0, "passkey done", final=True)
+    return rows
+
+
+def run_passkey(opts: PasskeyOptions) -> tuple[dict, Transformer]:
+    tokenizer = Tokenizer(opts.model)
+    model, device = load_model(opts)
+    lengths = opts.lengths or default_lengths(model)
+    rows = passkey(model, tokenizer, lengths, opts.trials, opts.depths, opts.seed, opts.new_tokens, device)
+    return dict(seed=opts.seed, results=rows), model
+
+
+# ---------------------------------------------------------------- output
+
+
+def print_table(result: dict):
+    if result["task"] == "ppl":
+        print(f"{'length':>7} {'ppl':>10} {'tokens':>11} {'docs':>5} {'short':>5} {'windows':>7} {'tok/s':>8}")
+        for r in result["results"]:
+            print(f"{r['length']:>7} {r['ppl']:>10.4f} {r['tokens']:>11,} {r['documents']:>5} {r['short']:>5} "
+                  f"{r['windows']:>7} {r['tokens_per_s']:>8,.0f}")
+    else:
+        print(f"{'length':>7} {'depth':>6} {'accuracy':>8} {'trials':>6} {'prompt tokens':>13}")
+        for r in result["results"]:
+            depth = "rand" if r["depth"] is None else f"{r['depth']:.2f}"
+            print(f"{r['length']:>7} {depth:>6} {r['accuracy']:>8.2f} {r['trials']:>6} {r['prompt_tokens']:>13}")
+
+
+def write_atomic(path, write):
+    """write(tmp_path), then rename: a reader never sees half a file, a failure leaves none."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("plotting needs matplotlib, which is not installed (pip install matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot(files, out):
+    """`evaluate.py plot`: overlay results JSON files."""
+    results = []
+    for file in files:
+        try:
+            results.append(json.loads(Path(file).read_text()))
+            assert results[-1]["task"] in ("ppl", "passkey") and results[-1]["results"]
+        except (OSError, ValueError, AssertionError, KeyError, TypeError) as e:
+            raise ValueError(f"{file}: not a results JSON written by evaluate.py ({type(e).__name__})") from None
+    plot_results(results, out)
+
+
+def plot_results(results, out):
+    """Perplexity vs length and passkey accuracy vs length, one line per result (Fig. 2b, Table 1)."""
+    plt = _pyplot()
+    tasks = [t for t in ("ppl", "passkey") if any(r["task"] == t for r in results)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for r in (r for r in results if r["task"] == task):
+            by_length = {}
+            for row in r["results"]:  # passkey with a depth grid: mean over depths
+                by_length.setdefault(row["length"], []).append(row["ppl" if task == "ppl" else "accuracy"])
+            xs = sorted(by_length)
+            ax.plot(xs, [float(np.mean(by_length[x])) for x in xs], marker="o", label=r["label"])
+        ax.set_xscale("log", base=2)
+        ticks = sorted({row["length"] for r in results if r["task"] == task for row in r["results"]})
+        ax.set_xticks(ticks, [f"{x // 1024}k" if x % 1024 == 0 else str(x) for x in ticks])
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("perplexity" if task == "ppl" else "passkey accuracy")
+        ax.set_yscale("log") if task == "ppl" else ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    write_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv=None) -> dict | None:
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    try:
+        if command == "plot":
+            return plot(args["files"], args["out"])
+        opts = (PplOptions if command == "ppl" else PasskeyOptions)(**args)
+        check(opts)
+        start = time.perf_counter()
+        result, model = (run_ppl if command == "ppl" else run_passkey)(opts)
+        rope = f"{opts.rope} x{opts.factor:g}" if opts.factor else opts.rope
+        label = opts.label or f"{'/'.join(Path(opts.model).resolve().parts[-2:])} ({'rope ' + rope if rope else 'its rope'})"
+        result = dict(task=command, label=label, model=str(opts.model), rope=model.args.rope,
+                      max_position_embeddings=model.args.max_position_embeddings, options=dataclasses.asdict(opts),
+                      **result, device=str(next(model.parameters()).device), dtype=str(model.lm_head.weight.dtype),
+                      torch=torch.__version__, wall_s=time.perf_counter() - start)
+        print_table(result)
+        if opts.out:
+            write_atomic(opts.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+        if opts.plot:
+            plot_results([result], opts.plot)
+        return result
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e).splitlines()[0])
+
+
+if __name__ == "__main__":
+    main()

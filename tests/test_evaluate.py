@@ -1,0 +1,273 @@
+"""evaluate.py: sliding-window perplexity against a float64 reference, passkey prompts and scoring, the CLI.
+
+    python -m pytest tests/test_evaluate.py -x -q
+
+A micro LLaMA (2 layers, width 64, vocab 512) saved with save_pretrained and a 400-piece sentencepiece model
+trained on a few KB of text in a temp folder keep the file to seconds on two CPU cores.
+"""
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import evaluate
+from model import PRESETS, ModelArgs, Tokenizer, Transformer
+
+ROOT = Path(__file__).resolve().parent.parent
+MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             head_dim=16, intermediate_size=128, vocab_size=512, max_position_embeddings=32)
+BOS = 1
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two OpenMP threads on a shared two-core box are several times slower
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    """A random micro model with a sentencepiece tokenizer.model beside it; weights scaled up so that the
+    next-token distributions are far from uniform and a wrongly scored token changes the perplexity."""
+    import sentencepiece as spm
+
+    path = tmp_path_factory.mktemp("micro") / "model"
+    model = Transformer(ModelArgs.from_config(MICRO))
+    model.init_weights(seed=0)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(20)
+        model.lm_head.weight.mul_(20)
+    model.save_pretrained(path)
+    text = [line for f in ("model.py", "train.py", "rope.py") for line in (ROOT / f).read_text().splitlines()]
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text + [evaluate.TASK, " ".join(evaluate.FILLER), evaluate.QUESTION] * 20),
+        model_writer=proto, vocab_size=400, model_type="bpe", byte_fallback=True, split_digits=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    (path / "tokenizer.model").write_bytes(proto.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def model64(micro):
+    return Transformer.from_pretrained(micro, dtype=torch.float64)
+
+
+def reference_nll(model, doc, length, stride, bos):
+    """Plain float64 sliding-window NLL. Windows start at k*s (s = min(stride, L - 1)) and hold L tokens with
+    the BOS (L - 1 of the document's). Token j is scored once, in the first window that holds it with at least
+    one token before it (BOS counts), i.e. the smallest k with k*s + (0 if bos else 1) <= j < k*s + width."""
+    width, s = length - bos, min(stride, length - 1)
+    total, count = 0.0, 0
+    for j in range(0 if bos else 1, len(doc)):
+        k = next(k for k in range(len(doc)) if k * s + (not bos) <= j < k * s + width)
+        window = ([BOS] if bos else []) + list(doc[k * s:min(k * s + width, len(doc))])
+        logp = torch.log_softmax(model(torch.tensor([window]))[0].double(), dim=-1)  # full forward, [T, V]
+        i = j - k * s + bos  # x_j's index in the window, predicted by the row before it
+        total -= logp[i - 1, window[i]].item()
+        count += 1
+    return total, count
+
+
+@pytest.mark.parametrize("bos", [True, False])
+@pytest.mark.parametrize("length,stride", [(16, 4), (16, 7), (12, 1024), (9, 1)])
+def test_perplexity_equals_a_float64_full_forward_per_window_scoring_each_token_once(model64, bos, length, stride):
+    rng = np.random.default_rng(length + stride)
+    docs = [rng.integers(3, 512, size=n) for n in (40, 23, length - 1)]  # the last one fits one window
+    rows = evaluate.perplexity(model64, docs, [length], stride, BOS if bos else None)
+    nll, count = zip(*(reference_nll(model64, d, length, stride, bos) for d in docs))
+    assert rows[0]["tokens"] == sum(count) == sum(len(d) - (not bos) for d in docs)
+    assert rows[0]["nll"] == pytest.approx(sum(nll), rel=1e-10)
+    assert rows[0]["ppl"] == pytest.approx(np.exp(sum(nll) / sum(count)), rel=1e-10)
+
+
+def test_stride_equal_to_length_is_disjoint_windows(model64):
+    doc, L = np.random.default_rng(1).integers(3, 512, size=50), 16  # chunks of 15 tokens + BOS: 15, 15, 15, 5
+    total = 0.0
+    for c in range(0, len(doc), L - 1):
+        window = [BOS] + list(doc[c:c + L - 1])
+        logp = torch.log_softmax(model64(torch.tensor([window]))[0].double(), -1)
+        total -= sum(logp[i, window[i + 1]].item() for i in range(len(window) - 1))
+    row = evaluate.perplexity(model64, [doc], [L], L, BOS)[0]
+    assert row["windows"] == 4 and row["tokens"] == 50
+    assert row["nll"] == pytest.approx(total, rel=1e-10)
+
+
+def test_a_document_shorter_than_the_window_is_scored_whole_in_one_window_and_counted_short(model64):
+    doc = np.random.default_rng(2).integers(3, 512, size=10)
+    assert evaluate.window_plan(10, 32, 4) == [(0, 10, 0)]
+    window = [BOS] + list(doc)
+    logp = torch.log_softmax(model64(torch.tensor([window]))[0].double(), -1)
+    expected = -sum(logp[i, window[i + 1]].item() for i in range(10))
+    row = evaluate.perplexity(model64, [doc], [32], 4, BOS)[0]
+    assert (row["windows"], row["tokens"], row["short"]) == (1, 10, 1)
+    assert row["nll"] == pytest.approx(expected, rel=1e-10)
+
+
+@given(st.integers(1, 300), st.integers(2, 64), st.integers(1, 80), st.booleans(), st.booleans())
+def test_windows_hold_at_most_L_tokens_and_score_every_token_exactly_once(n, length, stride, bos, truncate):
+    plan = evaluate.window_plan(n, length, stride, bos, truncate)
+    scored = [j for begin, end, first in plan for j in range(first, end)]
+    assert all(end - begin + bos <= length and begin + (not bos) <= first for begin, end, first in plan)
+    if truncate:
+        assert scored == list(range(int(not bos), min(n, length - bos)))
+    else:
+        assert scored == list(range(int(not bos), n))  # in order, so each exactly once
+
+
+@pytest.mark.parametrize("length", [1024, 3000])
+@pytest.mark.parametrize("depth", [0.0, 0.37, 1.0])
+def test_passkey_prompt_has_the_requested_token_length_and_holds_its_key_at_the_depth(micro, length, depth):
+    tokenizer = Tokenizer(micro)
+    ids = evaluate.passkey_prompt(tokenizer, length, 31415, depth)
+    assert 0.99 * length <= len(ids) <= length and ids[0] == tokenizer.bos_id
+    text = tokenizer.decode(ids)
+    assert text.startswith(evaluate.TASK) and text.endswith(evaluate.QUESTION)
+    assert "The pass key is 31415. Remember it. 31415 is the pass key." in text
+    before, after = text.split("The pass key is 31415")
+    ahead, behind = before.count(".") - 3, after.count(".") - 3  # filler sentences (TASK and key line: 3 each)
+    fraction = ahead / (ahead + behind)
+    assert fraction == pytest.approx(depth, abs=0.02)
+
+
+class Oracle:
+    """A stand-in for Transformer.generate that reads the key from the prompt and answers it (or key + 1)."""
+
+    def __init__(self, tokenizer, wrong=False):
+        self.tokenizer, self.wrong = tokenizer, wrong
+
+    def generate(self, tokens, max_new_tokens):
+        key = int(re.search(r"The pass key is (\d+)", self.tokenizer.decode(tokens[0].tolist())).group(1))
+        ids = self.tokenizer.encode(f" {key + self.wrong}. Remember it.", bos=False)[:max_new_tokens]
+        return torch.tensor([ids])
+
+
+@pytest.mark.parametrize("wrong,accuracy", [(False, 1.0), (True, 0.0)])
+def test_scorer_gives_one_to_a_model_that_answers_the_key_and_zero_to_one_that_does_not(micro, wrong, accuracy):
+    tokenizer = Tokenizer(micro)
+    rows = evaluate.passkey(Oracle(tokenizer, wrong), tokenizer, [300, 600], trials=5, seed=3)
+    assert [r["accuracy"] for r in rows] == [accuracy, accuracy]
+    keys = [c["key"] for c in rows[0]["cases"]]
+    assert all(10_000 <= k < 100_000 for k in keys) and len(set(keys)) == 5  # 5-digit keys, §4.3
+    again = evaluate.passkey(Oracle(tokenizer, wrong), tokenizer, [300], trials=5, seed=3)
+    assert [c["key"] for c in again[0]["cases"]] == keys  # seeded: every model gets the same prompts
+    assert evaluate.first_integer(" 4711. Remember") == 4711 and evaluate.first_integer("no digits") is None
+
+
+def test_every_issue_flag_exists_and_the_defaults_are_the_papers():
+    parse = evaluate.build_parser().parse_args
+    ppl = parse(["ppl"])
+    assert (ppl.stride, ppl.docs, ppl.truncate, ppl.no_bos, ppl.rope, ppl.factor) == (1024, 50, False, False, None, None)
+    assert parse(["passkey"]).trials == 50
+    ppl = parse(["ppl", "--model", "m", "--data", "d", "--text-field", "t", "--lengths", "64", "128", "--min-tokens",
+                 "5", "--truncate", "--no-bos", "--rope", "yarn", "--factor", "4", "--original-window", "7", "--out",
+                 "o", "--plot", "p", "--device", "cpu", "--dtype", "float64"])
+    assert (ppl.lengths, ppl.min_tokens, ppl.truncate, ppl.no_bos, ppl.factor, ppl.dtype) == (
+        [64, 128], 5, True, True, 4.0, "float64")
+    passkey = parse(["passkey", "--depths", "0", "0.5", "--seed", "3", "--trials", "7", "--rope", "none"])
+    assert (passkey.depths, passkey.seed, passkey.trials, passkey.rope) == ([0.0, 0.5], 3, 7, "none")
+
+
+def test_ppl_and_passkey_commands_write_results_json_with_rope_override(micro, tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    ids = np.concatenate([np.append(rng.integers(3, 512, size=n), 2) for n in (40, 70, 9)]).astype(np.int32)
+    np.save(tmp_path / "ids.npy", ids)
+    out = tmp_path / "r" / "ppl.json"
+    evaluate.main(["ppl", "--model", str(micro), "--data", str(tmp_path / "ids.npy"), "--lengths", "16", "32",
+                   "--stride", "8", "--rope", "linear", "--factor", "2", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["rope"]["rope_type"] == "linear" and result["rope"]["factor"] == 2.0
+    assert [r["documents"] for r in result["results"]] == [2, 2]  # the 9-token document is below --min-tokens 32
+    assert [r["tokens"] for r in result["results"]] == [110, 110] and result["bos"] is True
+    assert "ppl" in capsys.readouterr().out
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"body": " ".join(evaluate.FILLER) * k}) + "\n"
+                                                 for k in (3, 4)))
+    evaluate.main(["ppl", "--model", str(micro), "--data", str(tmp_path / "docs.jsonl"), "--text-field", "body",
+                   "--lengths", "16", "--rope", "none", "--truncate", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["rope"]["rope_type"] == "default" and result["results"][0]["tokens"] == 2 * 15
+    evaluate.main(["passkey", "--model", str(micro), "--lengths", "200", "--trials", "2", "--depths", "0", "1",
+                   "--new-tokens", "3", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [(r["depth"], r["trials"]) for r in result["results"]] == [(0.0, 2), (1.0, 2)]
+    assert all(len(c["answer"]) >= 0 and c["tokens"] <= 200 for r in result["results"] for c in r["cases"])
+
+
+def run_main(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return exit_.value.code, err
+
+
+@pytest.mark.parametrize("case,argv,message", [
+    ("missing data", ["ppl", "--data", "nowhere.jsonl"], "nowhere.jsonl: not found"),
+    ("no long document", ["ppl", "--data", "ids.npy", "--lengths", "4096"], "no document with >= 4096 tokens"),
+    ("unknown rope", ["ppl", "--rope", "cubic"], "invalid choice: 'cubic'"),
+    ("rope without factor", ["ppl", "--rope", "yarn", "--data", "ids.npy"], "--rope yarn needs --factor"),
+    ("missing model", ["passkey", "--model", "no_model"], "config.json: not found"),
+    ("template too long", ["passkey", "--lengths", "20"], "shorter than the bare template"),
+    ("bad depth", ["passkey", "--depths", "1.5"], "--depths must lie in [0, 1]"),
+])
+def test_bad_input_prints_one_error_line_exits_2_and_writes_nothing(micro, tmp_path, capsys, case, argv, message):
+    np.save(tmp_path / "ids.npy", np.arange(3, 103, dtype=np.int32))
+    argv = [str(tmp_path / a) if a in ("ids.npy", "nowhere.jsonl", "no_model") else a for a in argv]
+    if "--model" not in argv:
+        argv += ["--model", str(micro)]
+    code, err = run_main(argv + ["--out", str(tmp_path / "r.json")], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_plotting_without_matplotlib_is_one_clear_line(micro, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    code, err = run_main(["passkey", "--model", str(micro), "--plot", str(tmp_path / "f.png")], capsys)
+    assert code == 2 and err == ["error: plotting needs matplotlib, which is not installed (pip install matplotlib)"]
+
+
+class _RecordingPyplot:
+    """Stands in for matplotlib.pyplot: records what would be drawn, writes a marker on savefig."""
+
+    def __init__(self):
+        self.lines, self.axes = [], []
+
+    def subplots(self, rows, cols, **_):
+        test = self
+
+        class Ax:
+            def plot(self, xs, ys, label=None, **_):
+                test.lines.append((label, list(xs), list(ys)))
+
+            def __getattr__(self, name):
+                return lambda *a, **k: None
+
+        self.axes = [Ax() for _ in range(cols)]
+        fig = type("Fig", (), {"tight_layout": lambda self: None,
+                               "savefig": lambda self, f, **k: Path(f).write_bytes(b"figure")})()
+        return fig, [self.axes]
+
+    def close(self, fig):
+        pass
+
+
+def test_plot_overlays_ppl_and_passkey_results(tmp_path, monkeypatch):
+    plt = _RecordingPyplot()
+    monkeypatch.setattr(evaluate, "_pyplot", lambda: plt)
+    files = []
+    for name, task, key in (("a", "ppl", "ppl"), ("b", "ppl", "ppl"), ("c", "passkey", "accuracy")):
+        files.append(tmp_path / f"{name}.json")
+        # two depths per length for passkey: the plot shows their mean
+        rows = [{"length": L, key: 1.0 + L / 100 + d, "depth": d} for L in (128, 64) for d in ((0.0, 1.0) if task == "passkey" else (0,))]
+        files[-1].write_text(json.dumps({"task": task, "label": name, "results": rows}))
+    evaluate.main(["plot", *map(str, files), "--out", str(tmp_path / "fig.png")])
+    assert len(plt.axes) == 2 and (tmp_path / "fig.png").read_bytes() == b"figure"
+    assert [(label, xs) for label, xs, _ in plt.lines] == [("a", [64, 128]), ("b", [64, 128]), ("c", [64, 128])]
+    assert [y for *_, ys in plt.lines for y in ys] == pytest.approx([1.64, 2.28, 1.64, 2.28, 2.14, 2.78])
