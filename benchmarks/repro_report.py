@@ -1,0 +1,142 @@
+"""Tables (and plot) of a benchmarks/reproduce.sh run: Table 1 / Table 6 style perplexity, Fig. 2 style passkey
+accuracy, and the fine-tuning cost (Fig. 3), as markdown.
+
+    python benchmarks/repro_report.py runs/repro                                   # print
+    python benchmarks/repro_report.py runs/repro --into BENCHMARKS.md --plot benchmarks/reproduce.png
+
+--into replaces the text between the "<!-- reproduce:begin -->" and "<!-- reproduce:end -->" lines of the file.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import evaluate  # noqa: E402
+from model import ModelArgs, Transformer  # noqa: E402
+
+ROWS = [  # (name in the run, row label, what it is)
+    ("original", "Original", "the base model, plain RoPE, no training"),
+    ("pi-only", "PI-only", "the base model, linear interpolation x alpha, no training"),
+    ("full", "Full-length", "fine-tuned on L_t-token windows, linear PI"),
+    ("randpos", "RandPos", "fine-tuned on L_c tokens, sorted random positions in [0, L_t), linear PI"),
+    ("pose", "PoSE (linear)", "fine-tuned on L_c tokens, 2 chunks with skips, linear PI"),
+    ("pose-ntk", "PoSE (NTK)", "same, NTK-aware base"),
+    ("pose-yarn", "PoSE (YaRN)", "same, YaRN"),
+]
+BEGIN, END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"
+
+
+def load(out: Path, name: str, task: str) -> dict | None:
+    path = out / "results" / f"{name}.{task}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def machine() -> str:
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def report(out: Path, plot_link: str | None) -> str:
+    times = dict(line.split("\t") for line in (out / "times.tsv").read_text().splitlines() if "\t" in line)
+    base = json.loads((out / "base" / "final" / "config.json").read_text())
+    base_opts = _options(out / "logs" / "base.log")
+    ft_opts = _options(out / "logs" / "pose.log")
+    ppl = {name: load(out, name, "ppl") for name, *_ in ROWS}
+    keys = {name: load(out, name, "passkey") for name, *_ in ROWS}
+    lengths = next(r for r in ppl.values() if r)["options"]["lengths"]
+    with torch.device("meta"):
+        model = Transformer(ModelArgs.from_config(base))
+    n_params = sum(p.numel() for p in model.parameters())
+    lc, lt = int(ft_opts.get("window", 0)), int(ft_opts.get("target", 0))
+
+    md = [f"Machine: {machine()}. Wall time of the whole pipeline: "
+          f"{sum(int(s) for s in times.values()) / 60:.1f} min (per step: `{out}/times.tsv`).",
+          "",
+          f"Model: LLaMA \"tiny\" preset from scratch, {n_params / 1e6:.1f}M parameters (hidden {base['hidden_size']}, "
+          f"{base['num_hidden_layers']} layers, {base['num_attention_heads']} heads / {base['num_key_value_heads']} KV "
+          f"heads, vocab {base['vocab_size']}), fp32. Pre-training: {base_opts.get('steps')} steps x "
+          f"{base_opts.get('batch_size')} sequences of L_c = {base_opts.get('window')} tokens, lr "
+          f"{base_opts.get('lr')}, seed {base_opts.get('seed')}. Every fine-tune: {ft_opts.get('steps')} steps x "
+          f"{ft_opts.get('batch_size')} sequences, lr {ft_opts.get('lr')}, seed {ft_opts.get('seed')}, "
+          f"L_c = {lc} -> L_t = {lt}. Held-out data: {ppl['original']['options']['docs'] if ppl['original'] else '?'} "
+          f"stdlib eval-split files, sliding windows with stride {ppl['original']['options']['stride'] if ppl['original'] else '?'}; "
+          f"passkey: {keys['original']['options']['trials'] if keys['original'] else '?'} prompts per length, key at a random depth.",
+          "",
+          "**Perplexity** (lower is better; Table 1 and Table 6 of the paper)", "",
+          "| method | " + " | ".join(str(L) for L in lengths) + " |",
+          "|---|" + "---:|" * len(lengths)]
+    for name, label, _ in ROWS:
+        r = ppl[name]
+        cells = [f"{row['ppl']:.2f}" if row["ppl"] < 1e4 else f"{row['ppl']:.1e}" for row in r["results"]] if r else []
+        md.append(f"| {label} | " + " | ".join(cells or ["not run"] * len(lengths)) + " |")
+    md += ["", "**Passkey retrieval accuracy** (Fig. 2a prompt; the paper's Table 2 / Fig. 2)", "",
+           "| method | " + " | ".join(str(L) for L in lengths) + " |", "|---|" + "---:|" * len(lengths)]
+    for name, label, _ in ROWS:
+        r = keys[name]
+        cells = [f"{row['accuracy']:.2f}" for row in r["results"]] if r else []
+        md.append(f"| {label} | " + " | ".join(cells or ["not run"] * len(lengths)) + " |")
+    md += ["", "**Fine-tuning cost** (Fig. 3: PoSE trains on L_c tokens whatever L_t is)", "",
+           "| method | tokens / sequence | s / step (median) | peak memory (RSS, GiB) | wall (s) | final loss |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for name, label, _ in ROWS[2:]:
+        metrics = out / name / "metrics.jsonl"
+        if not metrics.exists():
+            continue
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        seq = lt if name == "full" else lc
+        md.append(f"| {label} | {seq} | {statistics.median(r['s_per_step'] for r in rows):.2f} | "
+                  f"{max(r['peak_mem_gib'] for r in rows):.2f} | {times.get(name, '?')} | {rows[-1]['loss']:.3f} |")
+    if plot_link:
+        md += ["", f"![perplexity and passkey accuracy vs length]({plot_link})"]
+    md += ["", "The exact commands `benchmarks/reproduce.sh` ran (logged to `OUT/commands.sh`):", "", "```bash",
+           *(out / "commands.sh").read_text().splitlines(), "```"]
+    return "\n".join(md) + "\n"
+
+
+def _options(log: Path) -> dict:
+    """train.py's 'settings: k=v ...' line."""
+    for line in log.read_text().splitlines() if log.exists() else ():
+        if line.startswith("settings: "):
+            return dict(kv.split("=", 1) for kv in line[len("settings: "):].split())
+    return {}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path, help="the reproduce.sh output folder")
+    p.add_argument("--into", type=Path, help="markdown file whose reproduce:begin/end block is replaced")
+    p.add_argument("--plot", help="also draw perplexity and passkey accuracy vs length into this PNG")
+    a = p.parse_args(argv)
+    if not (a.out / "times.tsv").exists():
+        sys.exit(f"error: {a.out}/times.tsv not found: not a reproduce.sh output folder")
+    plot_link = None  # the image's path as the markdown file links it
+    if a.plot:
+        results = [r for name, *_ in ROWS for task in ("ppl", "passkey") if (r := load(a.out, name, task))]
+        try:
+            evaluate.plot_results(results, a.plot)
+            where = (a.into or a.out / "report.md").resolve().parent
+            plot_link = os.path.relpath(Path(a.plot).resolve(), where)
+        except ValueError as e:  # no matplotlib: the tables still get written
+            print(f"no plot: {e}", file=sys.stderr)
+    md = report(a.out, plot_link)
+    (a.out / "report.md").write_text(md)
+    if a.into:
+        text = a.into.read_text()
+        if BEGIN not in text or END not in text:
+            sys.exit(f"error: {a.into} has no {BEGIN} ... {END} block")
+        head, rest = text.split(BEGIN, 1)
+        a.into.write_text(head + BEGIN + "\n" + md + END + rest.split(END, 1)[1])
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
