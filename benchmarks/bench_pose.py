@@ -1,7 +1,7 @@
-"""Time the PoSE sampler and the coverage analysis; writes benchmarks/RESULTS_pose.md.
+"""Time the PoSE sampler and the coverage analysis; prints the markdown table of BENCHMARKS.md.
 
     python benchmarks/bench_pose.py
-    python benchmarks/bench_pose.py --repeats 2000 --out benchmarks/RESULTS_pose.md
+    python benchmarks/bench_pose.py --repeats 2000 --out pose-timings.md   # also write it to a file
 """
 import argparse
 import os
@@ -37,8 +37,7 @@ def best_of(fn, repeats, rounds=5):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1000)
-    here = os.path.dirname(os.path.abspath(__file__))
-    parser.add_argument("--out", default=os.path.join(here, "RESULTS_pose.md"))
+    parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     lc, lt, lx = 2048, 16384, 5 * 2048
@@ -54,16 +53,17 @@ def main(argv=None):
     rows = [(what, best_of(fn, args.repeats) * 1e6, "µs") for what, fn in each.items()]
     rows += [(what, best_of(fn, 1, 3) * 1e3, "ms") for what, fn in once.items()]
     lines = ["# pose.py timings", "",
-             f"Command: `cd /work/main && python benchmarks/bench_pose.py --repeats {args.repeats}`  ",
+             f"Command: `python benchmarks/bench_pose.py --repeats {args.repeats}`  ",
              f"Machine: {os.cpu_count()}-core CPU ({cpu_name()}), no GPU, shared with other jobs; "
              f"Python {platform.python_version()}, numpy {np.__version__}. Best of 5 rounds (3 for ms rows).", "",
              "| what | time | unit |", "|---|---:|---|"]
     lines += [f"| {what} | {t:,.1f} | {unit} |" for what, t, unit in rows]
     text = "\n".join(lines) + "\n"
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, args.out)
+    if args.out:
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, args.out)
     print(text)
 
 

@@ -337,7 +337,7 @@ def test_a_failed_save_leaves_nothing_written_and_an_existing_folder_untouched(t
 # ---------------------------------------------------------------- tokenizer
 
 def test_tokenizer_round_trips_text_with_bos_eos_and_points_json_only_folders_to_pretokenised_data(tmp_path):
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm  # a runtime dependency (requirements.txt)
     text = tmp_path / "corpus.txt"
     text.write_text("\n".join(f"the quick brown fox {i} jumps over the lazy dog" for i in range(200)))
     spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "tokenizer"), vocab_size=40,
