@@ -2,7 +2,7 @@
 # The paper's headline result (Table 1, Fig. 2, Table 6) in miniature on a CPU: PoSE ≈ Full-length ≫ PI-only ≫ Original.
 #
 #   bash benchmarks/reproduce.sh           # ~1 hour on 2 CPU cores -> runs/repro/, tables + plot into BENCHMARKS.md
-#   bash benchmarks/reproduce.sh --quick   # ~2 minutes -> runs/repro-quick/: runs every step, proves nothing
+#   bash benchmarks/reproduce.sh --quick   # ~3 minutes -> runs/repro-quick/: runs every step, proves nothing
 #
 # 1. pre-train a small LLaMA from scratch at window L_c (--method plain) on Python's standard library plus
 #    passkey documents that fit the window (benchmarks/repro_data.py);
