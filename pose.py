@@ -27,6 +27,8 @@ train_preprocess_function_pose, read at commit 43b43b3f; train_gptj.py and train
     (Eq. 5 on the truncated document); u_1 ~ U{0..L_t-L_c} with u_0 = 0 as in Eq. 4.
   Not reproduced: documents shorter than L_c (they train on shorter examples; we require L_x >= L_c);
   their draws happen once in datasets.map (cached), not per epoch; their x[0] is the tokenizer's BOS.
+  Labels are train.py's, not theirs: they shift the window by one, so where v_1 > v_0 chunk 0's last token
+  is trained to predict chunk 1's first token (not its successor in the text); train.py uses x[index + 1].
   Not confirmable from the repo: which commit trained the released checkpoints (5 L_c vs L_t cut).
 Chunk lengths for N >= 3: the paper fixes only l_i >= 1, sum l_i = L_c. We draw the N-1 cut points
 uniformly without replacement (every composition equally likely); Fig. 6 breaks the stick instead

@@ -83,6 +83,8 @@ class TrainOptions:
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (2e-5)"})
     warmup: int | None = field(default=None, metadata={"help": "linear warm-up steps (10)"})
     grad_clip: float = field(default=1.0, metadata={"help": "max grad norm, 0 = off (paper silent; HF Trainer's 1.0)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (torch's default; the authors' "
+                                "HF-Trainer run used Trainer's 0.0)"})
     seed: int = 0
     save_every: int | None = field(default=None, metadata={"help": "checkpoint every k steps (and at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
@@ -131,6 +133,8 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
                  "keep_checkpoints", "max_documents"):
         if getattr(o, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(o, name)}")
+    if o.weight_decay < 0 or o.grad_clip < 0:
+        raise ValueError(f"--weight-decay {o.weight_decay} and --grad-clip {o.grad_clip} must be >= 0")
     if o.target < o.window:
         raise ValueError(f"--target {o.target} < --window {o.window}: context extension needs L_t >= L_c")
     if not 1 <= o.chunks <= o.window:
@@ -185,13 +189,13 @@ def read_texts(path, text_field="text"):
         raise ValueError(f"--data {path}: unsupported type {path.suffix!r} (.jsonl, .txt, a folder, .npy, .bin)")
 
 
-def read_token_file(path, eos_id: int) -> list[np.ndarray]:
+def read_token_file(path, eos_id: int | list[int]) -> list[np.ndarray]:
     """Documents of a pre-tokenised 1-D .npy / uint16 .bin file; each ends with (and includes) its EOS."""
     path = Path(path)
     ids = np.load(path, mmap_mode="r") if path.suffix == ".npy" else np.memmap(path, dtype=np.uint16, mode="r")
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"--data {path}: expected a 1-D array of integer token ids, got {ids.dtype} {ids.shape}")
-    ends = np.flatnonzero(ids == eos_id) + 1
+    ends = np.flatnonzero(np.isin(ids, eos_id)) + 1  # eos_id: an id, or a list (Llama 3 Instruct configs)
     return [ids[a:b] for a, b in zip(np.r_[0, ends], np.r_[ends, len(ids)]) if b > a]  # memory-mapped views
 
 
@@ -327,9 +331,14 @@ def distributed():
 
 
 def scaled_rope(base: dict, kind: str, window: int, target: int) -> dict:
-    """The checkpoint's rope with alpha = L_t / L_c interpolation (§3.1); "none" keeps it unchanged."""
+    """The checkpoint's rope with alpha = L_t / L_c interpolation (§3.1); "none" keeps it unchanged.
+    A checkpoint that already carries a scaling (Llama 3.1's llama3, an earlier export) is refused rather than
+    silently replaced by a scaling of plain RoPE: its weights were trained on the scaled frequencies."""
     if kind == "none" or target == window:
         return base
+    if base["rope_type"] != "default":
+        raise ValueError(f"--model already uses rope scaling {base['rope_type']!r} x{base['factor']:g}; --rope {kind} "
+                         f"would replace it. Pass --rope none to train with the checkpoint's own scaling")
     return rope.rope_parameters({"rope_theta": base["rope_theta"], "max_position_embeddings": window, "rope_scaling": {
         "rope_type": kind, "factor": target / window, "original_max_position_embeddings": window}})
 
@@ -454,7 +463,8 @@ def train(opts: TrainOptions, device) -> Transformer:
 
     mesh = init_device_mesh(device.type, (world,))
     model = build_model(opts, args, device, mesh)
-    optim = torch.optim.AdamW(model.parameters(), lr=opts.lr)  # §4.1: AdamW, default hyper-parameters
+    # §4.1: "AdamW with its default hyper-parameters": torch's (betas 0.9/0.999, eps 1e-8, weight decay 0.01)
+    optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, opts.warmup, opts.steps))
     start = 0
     if opts.resume and (path := latest_checkpoint(out)) is not None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import rope
 import train
 from model import PRESETS, ModelArgs, Transformer
 
@@ -100,6 +101,8 @@ def test_readers_split_npy_at_eos_and_read_jsonl_txt_and_folders(tmp_path):
     assert [d.tolist() for d in docs] == [[5, 6, 2], [7, 2], [8, 9]] and skipped == 0
     docs, skipped = train.read_documents(tmp_path / "ids.npy", eos_id=2, min_len=3)
     assert [d.tolist() for d in docs] == [[5, 6, 2]] and skipped == 2
+    docs, _ = train.read_documents(tmp_path / "ids.npy", eos_id=[2, 6])  # Llama 3 Instruct: several EOS ids
+    assert [d.tolist() for d in docs] == [[5, 6], [2], [7, 2], [8, 9]]
     (tmp_path / "d.jsonl").write_text('{"text": "abc"}\n\n{"body": "hello", "text": "hi"}\n')
     (tmp_path / "e.jsonl").write_text('{"body": "hello"}\n')
     (tmp_path / "sub").mkdir()
@@ -114,6 +117,16 @@ def test_readers_split_npy_at_eos_and_read_jsonl_txt_and_folders(tmp_path):
     (tmp_path / "f.jsonl").write_text('{"text": "a"}\n\nnot json\n')
     with pytest.raises(ValueError, match=r"f.jsonl:3: .*'text'"):
         train.read_documents(tmp_path / "f.jsonl", tok)
+
+
+def test_scaled_rope_interpolates_plain_rope_and_refuses_to_replace_an_existing_scaling():
+    plain = rope.rope_parameters({"rope_theta": 10000.0, "max_position_embeddings": 16})
+    linear = train.scaled_rope(plain, "linear", 16, 64)
+    assert linear["rope_type"] == "linear" and linear["factor"] == 4.0
+    assert linear["original_max_position_embeddings"] == 16
+    assert train.scaled_rope(linear, "none", 16, 64) is linear  # --rope none keeps the checkpoint's scaling
+    with pytest.raises(ValueError, match=r"already uses rope scaling 'linear' x4.*--rope none"):
+        train.scaled_rope(linear, "yarn", 64, 256)
 
 
 def test_ranks_read_disjoint_shards_that_cover_the_corpus(corpus):
