@@ -52,7 +52,9 @@ def report(out: Path, plot_link: str | None) -> str:
     ft_opts = _options(out / "logs" / "pose.log")
     ppl = {name: load(out, name, "ppl") for name, *_ in ROWS}
     keys = {name: load(out, name, "passkey") for name, *_ in ROWS}
-    lengths = next(r for r in ppl.values() if r)["options"]["lengths"]
+    ppl_opts = next(r for r in ppl.values() if r)["options"]  # every row ran with the same options
+    key_opts = next(r for r in keys.values() if r)["options"]
+    lengths = ppl_opts["lengths"]
     with torch.device("meta"):
         model = Transformer(ModelArgs.from_config(base))
     n_params = sum(p.numel() for p in model.parameters())
@@ -67,9 +69,8 @@ def report(out: Path, plot_link: str | None) -> str:
           f"{base_opts.get('batch_size')} sequences of L_c = {base_opts.get('window')} tokens, lr "
           f"{base_opts.get('lr')}, seed {base_opts.get('seed')}. Every fine-tune: {ft_opts.get('steps')} steps x "
           f"{ft_opts.get('batch_size')} sequences, lr {ft_opts.get('lr')}, seed {ft_opts.get('seed')}, "
-          f"L_c = {lc} -> L_t = {lt}. Held-out data: {ppl['original']['options']['docs'] if ppl['original'] else '?'} "
-          f"stdlib eval-split files, sliding windows with stride {ppl['original']['options']['stride'] if ppl['original'] else '?'}; "
-          f"passkey: {keys['original']['options']['trials'] if keys['original'] else '?'} prompts per length, key at a random depth.",
+          f"L_c = {lc} -> L_t = {lt}. Held-out data: {ppl_opts['docs']} stdlib eval-split files, sliding windows "
+          f"with stride {ppl_opts['stride']}; passkey: {key_opts['trials']} prompts per length, key at a random depth.",
           "",
           "**Perplexity** (lower is better; Table 1 and Table 6 of the paper)", "",
           "| method | " + " | ".join(str(L) for L in lengths) + " |",
