@@ -502,4 +502,5 @@ class Tokenizer:
         return [self.bos_id] * (bos and self.bos_id >= 0) + ids + [self.eos_id] * (eos and self.eos_id >= 0)
 
     def decode(self, ids) -> str:
-        return self.sp.decode([int(i) for i in ids])
+        # A model's vocab may be padded past the tokenizer's (e.g. to a multiple of 64): such ids have no text.
+        return self.sp.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])
