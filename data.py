@@ -231,20 +231,23 @@ def needs_tokenizer(files) -> bool:
     return files is None or any(kind(f) not in TOKEN_SUFFIXES for f in files)
 
 
-def read_token_file(path, eos_id: int | list[int]) -> list[np.ndarray]:
-    """Documents of a pre-tokenised 1-D .npy / uint16 .bin file; each ends with (and includes) its EOS."""
+def read_token_file(path, eos_id: int | list[int]):
+    """Yield the documents of a pre-tokenised 1-D .npy / uint16 .bin file as memory-mapped views; each ends with
+    (and includes) its EOS. One vectorised pass finds the ends; no token is copied."""
     path = Path(path)
-    ids = np.load(path, mmap_mode="r") if path.suffix == ".npy" else np.memmap(path, dtype=np.uint16, mode="r")
+    ids = np.load(path, mmap_mode="r") if kind(path) == ".npy" else np.memmap(path, dtype=np.uint16, mode="r")
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"--data {path}: expected a 1-D array of integer token ids, got {ids.dtype} {ids.shape}")
     ends = np.flatnonzero(np.isin(ids, eos_id)) + 1  # eos_id: an id, or a list (Llama 3 Instruct configs)
-    return [ids[a:b] for a, b in zip(np.r_[0, ends], np.r_[ends, len(ids)]) if b > a]  # memory-mapped views
+    for a, b in zip(np.r_[0, ends], np.r_[ends, len(ids)]):
+        if b > a:
+            yield ids[a:b]
 
 
 def _jsonl(path: Path, text_field: str, mine):
-    if path.name.endswith(".gz"):
+    if kind(path) == ".jsonl.gz":
         stream = gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    elif path.name.endswith(".zst"):
+    elif kind(path) == ".jsonl.zst":
         zstd = optional("zstandard", "zstandard", f"--data {path}")
         raw = zstd.ZstdDecompressor(max_window_size=2**31).stream_reader(open(path, "rb"), read_across_frames=True)
         stream = io.TextIOWrapper(raw, encoding="utf-8", errors="replace")  # closing it closes the file

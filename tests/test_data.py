@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 import zstandard
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
@@ -32,6 +31,7 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
 WORDS = ("the model reads long documents and we'll see whether it's able to keep 12345 positions apart; "
          "naïve café résumé 中文 ☃ — tabs\tand\nnew lines, DON'T shout 3.14159").split(" ")
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              head_dim=16, intermediate_size=128, max_position_embeddings=16)
 
@@ -40,14 +40,6 @@ def texts(n, seed=0, words=(5, 60)):
     """n deterministic documents of word salad with digits, contractions, non-ASCII and white space."""
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=rng.integers(*words))) for _ in range(n)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two OpenMP threads on a shared two-core box run several times slower
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -175,15 +167,12 @@ def write_corpus(folder: Path, docs: list[str], field="text") -> list[Path]:
 
 def test_every_format_a_folder_a_glob_and_several_paths_read_in_sorted_order(tmp_path):
     docs = texts(13, seed=2)
-    files = write_corpus(tmp_path / "mix", docs)
+    files = write_corpus(tmp_path / "mix", docs, field="content")  # a non-default text field and column
     (tmp_path / "mix" / "notes.csv").write_text("not a corpus")  # neither read nor refused inside a folder
     (tmp_path / "mix" / ".tmp123-x.npy").write_bytes(b"half written")  # hidden: data.py's own temp files
     assert data.find_files(tmp_path / "mix") == files
-    # the parquet column is "content": name it; the jsonl files' "text" is then not found, so read them apart
-    assert list(data.read_records(files[3:4], "content")) == docs[8:11]
+    assert list(data.read_records(files, "content")) == docs  # .jsonl .gz .zst .parquet .txt .md, in that order
     jsonl = [f for f in files if ".jsonl" in f.name]
-    assert list(data.read_records(jsonl)) == docs[0:8]
-    assert list(data.read_records(files[4:])) == docs[11:13]
     assert data.find_files(str(tmp_path / "mix" / "*.jsonl*")) == jsonl  # a glob
     assert data.find_files([files[4], str(tmp_path / "mix" / "[ab].*")]) == [files[4], *files[:2]]  # several
     np.save(tmp_path / "mix" / "ids.npy", np.array([5, 6, 2, 7, 2], dtype=np.uint16))
@@ -191,9 +180,8 @@ def test_every_format_a_folder_a_glob_and_several_paths_read_in_sorted_order(tmp
     mixed = data.find_files(tmp_path / "mix")
     assert [f.name for f in mixed] == ["a.jsonl", "b.jsonl.gz", "c.jsonl.zst", "d.parquet", "e.txt", "f.md",
                                        "ids.bin", "ids.npy"]
-    got = list(data.read_records([p for p in mixed if p.suffix != ".parquet"], eos_id=2))
-    assert got[:10] == docs[0:8] + docs[11:13]
-    assert [g.tolist() for g in got[10:]] == [[8, 2], [9], [5, 6, 2], [7, 2]]
+    got = list(data.read_records(mixed, "content", eos_id=2))
+    assert got[:13] == docs and [g.tolist() for g in got[13:]] == [[8, 2], [9], [5, 6, 2], [7, 2]]
 
 
 def test_readers_split_token_files_at_eos_and_tokenise_text_with_bos_and_eos(tmp_path):
@@ -219,13 +207,12 @@ def test_readers_split_token_files_at_eos_and_tokenise_text_with_bos_and_eos(tmp
 
 def test_ranks_read_disjoint_shards_that_cover_the_corpus_across_files(tmp_path):
     docs = texts(23, seed=3)
-    files = write_corpus(tmp_path / "c", docs[:13])
-    (tmp_path / "c" / "g.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[13:]))
+    write_corpus(tmp_path / "c", docs[:13], field="content")
+    (tmp_path / "c" / "g.jsonl").write_text("".join(json.dumps({"content": t}) + "\n" for t in docs[13:]))
     files = data.find_files(tmp_path / "c")
-    readable = [f for f in files if f.suffix != ".parquet"]  # one text field for all
-    whole = list(data.read_records(readable))
-    shards = [list(data.read_records(readable, rank=r, world_size=3)) for r in range(3)]
-    assert sorted(len(s) for s in shards) == [6, 7, 7]
+    whole = list(data.read_records(files, "content"))
+    shards = [list(data.read_records(files, "content", rank=r, world_size=3)) for r in range(3)]
+    assert sorted(whole) == sorted(docs) and sorted(len(s) for s in shards) == [7, 8, 8]
     assert [whole[i] for r in range(3) for i in range(r, len(whole), 3)] == [d for s in shards for d in s]
 
 
@@ -375,8 +362,8 @@ def test_tokenizer_json_checkpoint_trains_on_parquet_then_ppl_on_jsonl_gz_and_pa
     with train.distributed() as device:
         train.train(train.parse_args(["--model", str(llama3), "--data", str(tmp_path / "train.parquet"),
                                       "--text-field", "content", "--out", str(out), "--window", "16", "--target",
-                                      "64", "--steps", "2", "--batch-size", "2", "--lr", "1e-3", "--max-documents", "100"]),
-                    device)
+                                      "64", "--steps", "2", "--batch-size", "2", "--lr", "1e-3",
+                                      "--max-documents", "100"]), device)
     log = capsys.readouterr().out.splitlines()
     lengths = [len(hf.encode(t, add_special_tokens=False).ids) + 2 for t in train_docs]  # + BOS + EOS
     short, tokens = sum(n < 17 for n in lengths), sum(n for n in lengths if n >= 17)  # L_c + 1 = 17
