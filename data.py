@@ -30,9 +30,9 @@ documents are counted, never parsed or tokenised.
 
 Short documents. train.py keeps documents of >= L_c + 1 tokens (a window plus its last label) and reports how
 many it skipped, as the paper's data had "a minimum length requirement of 2,048 tokens" (§4.1, the Pile). The
-authors' code (src/train_pose.py) filters nothing: it truncates each document to 5 L_c tokens and cuts the
-two chunks out of min(length, L_c) tokens, so a shorter document becomes a shorter sequence that the collator
-right-pads, with the padding's labels masked (-100).
+authors' code (src/train_pose.py) filters nothing: it truncates each document to 5 L_c tokens and cuts its
+two chunks out of min(length, L_c) tokens, so a document shorter than L_c is used whole, as a shorter sequence
+(still two chunks and a skip) that the collator right-pads, with the padding's labels masked (-100).
 """
 import argparse
 import dataclasses

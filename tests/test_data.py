@@ -392,3 +392,12 @@ def test_tokenizer_json_checkpoint_trains_on_parquet_then_ppl_on_jsonl_gz_and_pa
     tok = data.Tokenizer(final)
     prompt = evaluate.passkey_prompt(tok, 160, 12345, 0.5)
     assert prompt[0] == bos and prompt.count(bos) == 1 and tok.decode(prompt).startswith(evaluate.TASK)
+
+
+def test_passkey_on_a_checkpoint_without_any_tokenizer_names_both_files(llama3, tmp_path, capsys):
+    (tmp_path / "config.json").write_bytes((llama3 / "config.json").read_bytes())  # weights never load
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["passkey", "--model", str(tmp_path), "--lengths", "64"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err == [f"error: {tmp_path}: no tokenizer.model (sentencepiece) or "
+                                             f"tokenizer.json (Hugging Face tokenizers)"]
