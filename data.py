@@ -131,7 +131,8 @@ class Tokenizer:
         return [self.bos_id] * (bos and self.bos_id is not None) + ids + [self.eos_id] * eos
 
     def decode(self, ids) -> str:
-        ids = [int(i) for i in ids]
+        # A model's vocab may be padded past the tokenizer's (e.g. to a multiple of 64): such ids have no text.
+        ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
         return self.sp.decode(ids) if self.sp else self.hf.decode(ids)
 
 
@@ -195,11 +196,16 @@ def kind(path: Path) -> str | None:
     return next((suffix for suffix in SUFFIXES if path.name.lower().endswith(suffix)), None)
 
 
+def as_list(sources) -> list:
+    """--data as given: one path (str or Path) or a list of them."""
+    return [sources] if isinstance(sources, (str, Path)) else list(sources)
+
+
 def find_files(sources) -> list[Path]:
     """The files of --data: each source (one or a list) a file, a folder (every readable file below it, sorted)
     or a glob (its sorted matches, folders expanded). Raises one line naming a source with nothing to read."""
     files = []
-    for source in map(str, [sources] if isinstance(sources, (str, Path)) else sources):
+    for source in map(str, as_list(sources)):
         path = Path(source)
         if path.is_file():
             if kind(path) is None:

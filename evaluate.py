@@ -8,12 +8,15 @@
 
 The paper's rows on a real checkpoint. --rope replaces the checkpoint's rope scaling, so "Original" (plain RoPE)
 and "PI-only" (interpolation without training) come from the base checkpoint itself (App. C, Table 6):
-    D="--data govreport.jsonl --docs 50 --min-tokens 32768 --lengths 2048 4096 8192 16384 --stride 1024"
+    D="--data govreport.jsonl --docs 50 --max-tokens 32767 --min-tokens 32767 --stride 1024"
+    D="$D --lengths 2048 4096 8192 16384"
     python evaluate.py ppl --model llama-7b --rope none $D --out original.json
     python evaluate.py ppl --model llama-7b --rope linear --factor 8 $D --out pi-only.json   # alpha = 16k / 2k
     python evaluate.py ppl --model runs/pose16k/final $D --out pose.json                     # its own scaling
     python evaluate.py passkey --model runs/pose16k/final --lengths 2048 4096 8192 16384 32768 --out pk.json
---rope ntk / yarn --factor 8 give App. C's other PI-only rows; §5.3 uses books of > 128k tokens, --stride 16384.
+--rope ntk / yarn-revised --factor 8 give App. C's other PI-only rows (the paper's YaRN is the authors' revised
+YaRN: their README says so). --max-tokens 32767 --min-tokens 32767 is the authors' eval_ppl.py cut (each document's
+first 32,767 tokens, then only those that still have 32,767); §5.3 uses books of > 128k tokens, --stride 16384.
 On CUDA the default is bf16 with SDPA's flash kernel; the progress lines on stderr give an ETA (a 50-document,
 5-length run of a 7B model takes hours). The results JSON is written atomically at the end.
 
@@ -50,7 +53,7 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from data import Tokenizer, describe, find_files, iter_documents, needs_tokenizer
+from data import Tokenizer, as_list, describe, find_files, iter_documents, needs_tokenizer
 from model import Transformer, load_config
 from rope import ROPE_TYPES, rope_parameters
 
@@ -84,8 +87,10 @@ class PplOptions(Options):
     text_field: str = field(default="text", metadata=dict(help="the .jsonl field / parquet column of the text"))
     stride: int = field(default=1024, metadata=dict(type=int, help="sliding-window step (§4.2: 1,024; §5.3: 16k)"))
     docs: int = field(default=50, metadata=dict(type=int, help="first N long-enough documents (§4.2: 50)"))
+    max_tokens: int | None = field(default=None, metadata=dict(type=int, help="cut each document to its first N "
+                                   "tokens before --min-tokens applies (the authors' eval: 32,767; default: whole)"))
     min_tokens: int | None = field(default=None, metadata=dict(type=int, help="keep documents of >= this many "
-                                   "tokens (§4.2: 32,768; default: the largest length)"))
+                                   "tokens (the authors' eval: 32,767; default: the largest length)"))
     truncate: bool = field(default=False, metadata=dict(action="store_true", help="one window of the first L "
                            "tokens per document (Fig. 4)"))
     no_bos: bool = field(default=False, metadata=dict(action="store_true", help="do not prepend BOS to windows"))
@@ -126,13 +131,16 @@ def check(opts: Options):
         raise ValueError(f"--lengths must be >= 2 tokens, got {min(opts.lengths)}")
     if opts.rope is None and (opts.factor is not None or opts.original_window is not None):
         raise ValueError("--factor / --original-window replace the checkpoint's scaling: give --rope too")
-    for name in ("stride", "docs", "trials", "new_tokens", "min_tokens", "original_window"):
+    for name in ("stride", "docs", "trials", "new_tokens", "min_tokens", "max_tokens", "original_window"):
         if getattr(opts, name, None) is not None and getattr(opts, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
     if getattr(opts, "seed", 0) < 0:
         raise ValueError(f"--seed must be >= 0, got {opts.seed}")
     if not all(0 <= d <= 1 for d in getattr(opts, "depths", None) or ()):
         raise ValueError(f"--depths must lie in [0, 1], got {opts.depths}")
+    if None not in (getattr(opts, "max_tokens", None), getattr(opts, "min_tokens", None)) \
+            and opts.max_tokens < opts.min_tokens:
+        raise ValueError(f"--max-tokens {opts.max_tokens} < --min-tokens {opts.min_tokens}: no document could pass")
     if getattr(opts, "data", None) is not None:
         find_files(opts.data)  # a missing file, an empty folder or glob: one line naming it
     if opts.plot:
@@ -257,16 +265,18 @@ def perplexity(model, documents, lengths, stride, bos_id, truncate=False, device
 
 def load_documents(opts: PplOptions, args, min_tokens: int):
     """(the first --docs documents of >= min_tokens tokens without their own BOS/EOS, the windows' BOS id).
-    Reading stops once they are in."""
+    As the authors' eval_ppl.py: drop the document's own special tokens, cut it to its first --max-tokens
+    tokens, then keep it only if it still has >= min_tokens. Reading stops once they are in."""
     files = find_files(opts.data) if opts.data else None
     tokenizer = Tokenizer(opts.model) if needs_tokenizer(files) else None  # a clear error if the folder has none
     eos = args.eos_token_id[0] if isinstance(args.eos_token_id, list) else args.eos_token_id
     bos_id, eos_id = (tokenizer.bos_id, tokenizer.eos_id) if tokenizer else (args.bos_token_id, eos)
-    name = " ".join(opts.data) if opts.data else "the embedded stdlib eval split"
+    name = " ".join(map(str, as_list(opts.data))) if opts.data else "the embedded stdlib eval split"
     documents, skipped = [], 0
     for doc in iter_documents(files, tokenizer, opts.text_field, eos_id=2 if eos_id is None else eos_id, split="eval"):
         doc = doc[1:] if len(doc) and doc[0] == bos_id else doc  # each window gets its own BOS instead
         doc = doc[:-1] if len(doc) and doc[-1] == eos_id else doc  # no EOS target, as the released code
+        doc = doc[:opts.max_tokens]  # None: whole
         if len(doc) < min_tokens:
             skipped += 1
         else:  # the first --docs in file order

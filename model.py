@@ -473,4 +473,3 @@ def read_safetensors_header(file: Path) -> dict:
             raise ValueError(f"{file}: tensor {name!r} data_offsets [{begin}, {end}] run past the end of the "
                              f"data ({data} bytes): truncated file?")
     return header
-

@@ -99,18 +99,32 @@ def sample(rng, doc_len, window, target, chunks=2, content="uniform"):
     return slot + np.repeat(v, l), positions       # Eq. 5: x[v_i + st_i + k]
 
 
-def randpos(rng, doc_len, window, target):
-    """RandPos (Ruoss et al.): contiguous text, positions a sorted random L_c-subset of {0..L_t-1}."""
+def _start(rng, doc_len, window, random_start):
+    """Where a contiguous window begins: 0, as the authors' tokeniser cuts every document
+    (`truncation=True, max_length=L`), or uniformly anywhere it fits (a random crop)."""
+    return int(rng.integers(0, doc_len - window + 1)) if random_start else 0
+
+
+def randpos(rng, doc_len, window, target, random_start=False):
+    """RandPos (Ruoss et al.): contiguous text, positions a sorted random L_c-subset of {0..L_t-1}.
+    The text is the document's first L_c tokens unless random_start (see `contiguous`)."""
     _check(doc_len, window, target, 1, "uniform")
-    start = rng.integers(0, doc_len - window + 1)
+    start = _start(rng, doc_len, window, random_start)
     positions = np.sort(rng.choice(target, size=window, replace=False)).astype(np.int64)
     return np.arange(start, start + window, dtype=np.int64), positions
 
 
-def contiguous(rng, doc_len, window):
-    """Plain fine-tuning (positions 0..L_c-1); with window = L_t it is full-length fine-tuning."""
+def contiguous(rng, doc_len, window, random_start=False):
+    """Plain fine-tuning (positions 0..L_c-1); with window = L_t it is full-length fine-tuning.
+
+    The window is the document's first `window` tokens, as in the authors' code for every method and as
+    PoSE's chunk 0 (v_0 = 0): token 0 is then the document's BOS at position id 0, which is also what
+    evaluation puts in front of every window. random_start=True takes a uniform random crop instead. It is
+    not the default because a crop almost never starts with BOS at position 0, so a baseline trained on
+    crops would be scored on an input it rarely saw while PoSE saw it every step; it is useful when many
+    epochs over few documents would otherwise repeat the same windows."""
     _check(doc_len, window, window, 1, "uniform")
-    start = rng.integers(0, doc_len - window + 1)
+    start = _start(rng, doc_len, window, random_start)
     return np.arange(start, start + window, dtype=np.int64), np.arange(window, dtype=np.int64)
 
 

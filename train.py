@@ -21,6 +21,12 @@ rank tokenises only its own shard (every world-th document) and stops reading on
 corpora too large for that are better pre-tokenised once (`python data.py ... --out tokens.npy`, memory-mapped).
 The log's first lines say what was read: files and size, documents kept, skipped as too short, tokens.
 
+Windows: every example starts at its document's start, so token 0 is the document's BOS at position id 0, as in
+the authors' code (each document tokenised with truncation=True) and as evaluation feeds every window; PoSE's
+chunk 0 does so by Eq. 5 (v_0 = 0). Every method reads the same documents, those of >= L_c + 1 tokens (§4.1's
+minimum length); full-length takes each one's first min(L_x, L_t) tokens. --crop random crops full / plain /
+randpos windows anywhere instead (for many epochs over few documents; see pose.contiguous for why not default).
+
 Labels: every position's label is the document's true next token x[index + 1]. Where Eq. 5 skips text
 (v_1 > v_0), the token after a chunk's last one in the *window* is not its successor in the text, so the usual
 "shift the window by one" would teach the model to predict an unrelated token; we draw indices from
@@ -54,7 +60,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import pose
 import rope
-from data import Tokenizer, default_tokenizer, describe, find_files, needs_tokenizer, read_documents, tokenizer_files
+from data import (Tokenizer, as_list, default_tokenizer, describe, find_files, needs_tokenizer, read_documents,
+                  tokenizer_files)
 from model import PRESETS, ModelArgs, Transformer, load_config
 
 
@@ -75,6 +82,9 @@ class TrainOptions:
                         "pose (§3.2) | full: train on L_t tokens | randpos (Ruoss et al.) | plain: 0..L_c-1"})
     chunks: int = field(default=2, metadata={"help": "PoSE chunks N (§3.2 uses 2)"})
     content: str = field(default="uniform", metadata={"choices": pose.CONTENT, "help": "v_i rule (Eq. 5, App. A)"})
+    crop: str = field(default="start", metadata={"choices": ("start", "random"), "help": "where full / plain / "
+                      "randpos windows begin: the document's start, as the authors' code (BOS at position 0) | "
+                      "a random crop (see pose.contiguous)"})
     rope: str = field(default="linear", metadata={"choices": ("linear", "ntk", "yarn", "yarn-revised", "none")})
     steps: int | None = field(default=None, metadata={"help": "optimizer steps (1000)"})
     batch_size: int | None = field(default=None, metadata={"help": "global batch in sequences (64)"})
@@ -137,6 +147,9 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
         raise ValueError(f"--weight-decay {o.weight_decay} and --grad-clip {o.grad_clip} must be >= 0")
     if o.target < o.window:
         raise ValueError(f"--target {o.target} < --window {o.window}: context extension needs L_t >= L_c")
+    if o.crop == "random" and o.method == "pose":
+        raise ValueError("--crop random applies to full / plain / randpos: PoSE's chunk 0 starts at the document's "
+                         "start (v_0 = 0, §3.2) and --content sets where its other chunks read")
     if not 1 <= o.chunks <= o.window:
         raise ValueError(f"--chunks {o.chunks} must be in 1..window {o.window}")
     if o.batch_size % (o.micro_batch_size * world_size):
@@ -171,9 +184,15 @@ def lr_factor(step: int, warmup: int, steps: int) -> float:
 
 def make_batch(documents, opts: TrainOptions, rank: int, step: int, micro: int, accum: int):
     """One micro-batch (tokens, targets, positions), each int64 [micro_batch, L]: a pure function of
-    (seed, rank, step, micro), so a resumed run replays the very same stream."""
-    length = opts.target if opts.method == "full" else opts.window  # full-length fine-tuning trains at L_t
+    (seed, rank, step, micro), so a resumed run replays the very same stream.
+
+    Every window starts at its document's start (token 0 = the document's BOS at position id 0), as the
+    authors' code cuts every document and as PoSE's chunk 0 does (v_0 = 0); --crop random crops full /
+    plain / randpos windows anywhere instead. Full-length takes a document's first min(L_x - 1, L_t) tokens
+    (the authors truncate at L_t), so rows may differ in length: they are right-padded to the longest with
+    target -100 (never scored; causal attention keeps every real token from seeing the padding)."""
     rng = np.random.default_rng([opts.seed, rank, step, micro])
+    crop = opts.crop == "random"
     rows = []
     for b in range(opts.micro_batch_size):
         example = (step * accum + micro) * opts.micro_batch_size + b  # this rank's running example number
@@ -183,11 +202,17 @@ def make_batch(documents, opts: TrainOptions, rank: int, step: int, micro: int, 
         if opts.method == "pose":
             index, positions = pose.sample(rng, n, opts.window, opts.target, opts.chunks, opts.content)
         elif opts.method == "randpos":
-            index, positions = pose.randpos(rng, n, opts.window, opts.target)
-        else:
-            index, positions = pose.contiguous(rng, n, length)
+            index, positions = pose.randpos(rng, n, opts.window, opts.target, crop)
+        else:  # full-length fine-tuning trains at up to L_t tokens, plain at L_c
+            index, positions = pose.contiguous(rng, n, min(n, opts.target) if opts.method == "full" else opts.window,
+                                               crop)
         rows.append(np.stack([doc[index], doc[index + 1], positions]).astype(np.int64))
-    return tuple(torch.from_numpy(np.stack(rows)).unbind(1))  # [B, 3, L] -> 3 x [B, L]
+    width = max(row.shape[1] for row in rows)
+    batch = np.zeros((len(rows), 3, width), dtype=np.int64)  # padding: token 0, target -100, position 0
+    batch[:, 1] = -100
+    for b, row in enumerate(rows):
+        batch[b, :, :row.shape[1]] = row
+    return tuple(torch.from_numpy(batch).unbind(1))  # [B, 3, L] -> 3 x [B, L]
 
 
 def load_data(opts: TrainOptions, args: ModelArgs, length: int, say=print):
@@ -195,6 +220,7 @@ def load_data(opts: TrainOptions, args: ModelArgs, length: int, say=print):
     Every rank raises the same error together on a corpus that leaves some rank nothing to train on."""
     rank, world = dist.get_rank(), dist.get_world_size()
     files = find_files(opts.data) if opts.data else None
+    name = " ".join(map(str, as_list(opts.data))) if opts.data else "stdlib"
     tokenizer_path = opts.tokenizer or opts.model
     if tokenizer_path is None and needs_tokenizer(files):  # from scratch on text: the stdlib tokenizer (vocab 4096)
         if rank == 0:
@@ -217,11 +243,11 @@ def load_data(opts: TrainOptions, args: ModelArgs, length: int, say=print):
     dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
     (n_docs, n_skipped, n_tokens), (max_id, smallest_shard) = counts.long().tolist(), extremes.long().tolist()
     if smallest_shard == 0:
-        raise ValueError(f"--data {' '.join(opts.data or ['stdlib'])}: no document with >= {length + 1} tokens on "
-                         f"some rank ({n_skipped} too short, {n_docs} kept over {world} ranks)")
+        raise ValueError(f"--data {name}: no document with >= {length + 1} tokens on some rank ({n_skipped} too "
+                         f"short, {n_docs} kept over {world} ranks)")
     if max_id >= args.vocab_size:
-        raise ValueError(f"--data {' '.join(opts.data)}: token id {max_id} >= the model's vocab_size {args.vocab_size}")
-    say(f"data: {n_docs:,} documents kept, {n_skipped:,} skipped as shorter than L + 1 = {length + 1} tokens, "
+        raise ValueError(f"--data {name}: token id {max_id} >= the model's vocab_size {args.vocab_size}")
+    say(f"data: {n_docs:,} documents kept, {n_skipped:,} skipped as shorter than L_c + 1 = {length + 1} tokens, "
         f"{n_tokens:,} tokens, read in {time.perf_counter() - t0:.1f}s")
     return documents, tokenizer_path
 
@@ -366,12 +392,14 @@ def train(opts: TrainOptions, device) -> Transformer:
     args = ModelArgs.from_config(config)
     args = dataclasses.replace(args, rope=scaled_rope(args.rope, opts.rope, opts.window, opts.target),
                                max_position_embeddings=opts.target)
-    length = opts.target if opts.method == "full" else opts.window  # tokens per training sequence
+    length = opts.target if opts.method == "full" else opts.window  # tokens per training sequence (at most)
     accum = opts.batch_size // (opts.micro_batch_size * world)
     say("settings: " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(opts).items()))
     say(f"world {world} on {device.type}, gradient accumulation {accum}, sequence {length}, rope {args.rope}")
 
-    documents, tokenizer_path = load_data(opts, args, length, say)  # a bad corpus fails before any weights load
+    # Every method reads the same documents, those of >= L_c + 1 tokens (§4.1: "a minimum length requirement"
+    # of L_c); full-length truncates them at L_t. A bad corpus fails here, before any weights load.
+    documents, tokenizer_path = load_data(opts, args, opts.window, say)
     dist.barrier()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -403,23 +431,28 @@ def train(opts: TrainOptions, device) -> Transformer:
     flops_per_token = 6 * n_params + 12 * args.n_layers * args.n_heads * args.head_dim * length  # PaLM App. B
     attention = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]) \
         if device.type == "cuda" else contextlib.nullcontext()  # a silent fall-back to math is an error on GPU
-    local_tokens = opts.micro_batch_size * accum * length
-    clock, clock_step = time.perf_counter(), start
+    clock, clock_step, clock_tokens = time.perf_counter(), start, 0.0
     for step in range(start, opts.steps):
         model.train()
+        batches = [make_batch(documents, opts, rank, step, micro, accum) for micro in range(accum)]
+        # The loss is the mean NLL over the global batch's scored tokens (full-length rows may be padded, so
+        # count them): each rank scales its sum by world / global count, and FSDP2 averages the gradients over
+        # the ranks (divides by world), which leaves the gradient of that global mean.
+        scored = torch.tensor([float(sum((targets != -100).sum() for _, targets, _ in batches))], device=device)
+        dist.all_reduce(scored)
+        scale = world / scored.item()
         totals = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of nll, scored tokens] on this rank
-        for micro in range(accum):
-            tokens, targets, positions = (t.to(device) for t in make_batch(documents, opts, rank, step, micro, accum))
+        for batch in batches:
+            tokens, targets, positions = (t.to(device) for t in batch)
             with attention:
                 sum_nll, n = model.loss(tokens, targets, positions)
-                # Every position is scored, so each rank divides by the same constant; FSDP2 averages the
-                # gradients over ranks, which makes this the gradient of the global batch's mean loss.
-                (sum_nll / local_tokens).backward()
+                (sum_nll * scale).backward()
             totals += torch.stack([sum_nll.detach().double(), n.double()])
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip or float("inf"))
         grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
         dist.all_reduce(totals)
         loss, lr = (totals[0] / totals[1]).item(), scheduler.get_last_lr()[0]
+        clock_tokens += totals[1].item()
         if not math.isfinite(loss):  # before optim.step(): no update and no checkpoint from a broken step
             last = latest_checkpoint(out)
             raise Diverged(f"loss is {loss} at step {step + 1}; stopped before the update, newest checkpoint: {last}")
@@ -430,11 +463,12 @@ def train(opts: TrainOptions, device) -> Transformer:
         if done % opts.save_every == 0 or done == opts.steps:
             save_checkpoint(out, checkpoint_state(model, optim, scheduler, done, opts), opts.keep_checkpoints)
         if done % opts.log_every == 0 or done == opts.steps:
-            seconds = (time.perf_counter() - clock) / (done - clock_step)
-            clock, clock_step = time.perf_counter(), done
+            elapsed = time.perf_counter() - clock
+            seconds = elapsed / (done - clock_step)
             row = {"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
-                   "tokens_per_s": opts.batch_size * length / seconds, "s_per_step": seconds,
+                   "tokens_per_s": clock_tokens / elapsed, "s_per_step": seconds,  # scored tokens, all ranks
                    "eta_s": seconds * (opts.steps - done)}
+            clock, clock_step, clock_tokens = time.perf_counter(), done, 0.0
             if device.type == "cuda":
                 row["mfu"] = row["tokens_per_s"] / world * flops_per_token / peak_flops(device)
                 row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30

@@ -27,7 +27,7 @@ ROWS = [  # (name in the run, row label, what it is)
     ("randpos", "RandPos", "fine-tuned on L_c tokens, sorted random positions in [0, L_t), linear PI"),
     ("pose", "PoSE (linear)", "fine-tuned on L_c tokens, 2 chunks with skips, linear PI"),
     ("pose-ntk", "PoSE (NTK)", "same, NTK-aware base"),
-    ("pose-yarn", "PoSE (YaRN)", "same, YaRN"),
+    ("pose-yarn", "PoSE (YaRN)", "same, the revised YaRN the paper used (yarn-revised)"),
 ]
 BEGIN, END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"
 

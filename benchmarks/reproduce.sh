@@ -7,7 +7,7 @@
 # 1. pre-train a small LLaMA from scratch at window L_c (--method plain) on Python's standard library plus
 #    passkey documents that fit the window (benchmarks/repro_data.py);
 # 2. from that base, with the same steps, batch and data: PoSE to L_t = 8 L_c (training window L_c),
-#    full-length fine-tuning at L_t, RandPos; PoSE again with NTK and YaRN;
+#    full-length fine-tuning at L_t, RandPos; PoSE again with NTK and YaRN (the paper's revised YaRN);
 # 3. evaluate Original (no scaling), PI-only (linear x8, no training) and the five fine-tunes on held-out
 #    files: sliding-window perplexity and passkey accuracy at L_c, 2 L_c, ..., L_t;
 # 4. benchmarks/repro_report.py writes the tables (and the plot, if matplotlib is installed).
@@ -62,7 +62,7 @@ finetune pose pose linear
 finetune full full linear
 finetune randpos randpos linear
 finetune pose-ntk pose ntk
-finetune pose-yarn pose yarn
+finetune pose-yarn pose yarn-revised  # the paper's YaRN (authors' README: the revised version)
 
 evaluate() {  # evaluate NAME MODEL [--rope ...]: perplexity and passkey at L_c, 2 L_c, ..., L_t
     local name=$1 model=$2; shift 2

@@ -129,7 +129,9 @@ def test_windows_hold_at_most_L_tokens_and_score_every_token_exactly_once(n, len
 def test_passkey_prompt_has_the_requested_token_length_and_holds_its_key_at_the_depth(micro, length, depth):
     tokenizer = Tokenizer(micro)
     ids = evaluate.passkey_prompt(tokenizer, length, 31415, depth)
-    assert 0.99 * length <= len(ids) <= length and ids[0] == tokenizer.bos_id
+    # the longest that fits: one more filler sentence (and the space before it) would not
+    slack = max(len(tokenizer.encode(" " + s, bos=False)) for s in evaluate.FILLER) + 1
+    assert length - slack < len(ids) <= length and ids[0] == tokenizer.bos_id
     text = tokenizer.decode(ids)
     assert text.startswith(evaluate.TASK) and text.endswith(evaluate.QUESTION)
     assert "The pass key is 31415. Remember it. 31415 is the pass key." in text
@@ -202,6 +204,26 @@ def test_ppl_and_passkey_commands_write_results_json_with_rope_override(micro, t
     assert all(len(c["answer"]) >= 0 and c["tokens"] <= 200 for r in result["results"] for c in r["cases"])
 
 
+def test_max_tokens_cuts_each_document_before_the_min_tokens_filter_as_the_authors_eval(micro, tmp_path, capsys):
+    """Hand-worked: documents of 20, 12 and 40 tokens (BOS/EOS dropped first), --max-tokens 15 --min-tokens 15:
+    the first is cut to x[0:15], the 12-token one is dropped, the third is cut to x[0:15] as well (the authors'
+    eval_ppl.py: truncation=True, max_length=max_input_tokens - 1, then len >= min_input_tokens - 1)."""
+    docs = [[1, *range(10, 30), 2], [1, *range(40, 52), 2], [1, *range(60, 100), 2]]
+    np.save(tmp_path / "ids.npy", np.concatenate(docs).astype(np.int32))
+    opts = evaluate.PplOptions(model=str(micro), data=str(tmp_path / "ids.npy"), max_tokens=15, min_tokens=15)
+    documents, bos = evaluate.load_documents(opts, ModelArgs.from_config(MICRO), 15)
+    assert [d.tolist() for d in documents] == [list(range(10, 25)), list(range(60, 75))] and bos == BOS
+    out = tmp_path / "ppl.json"
+    evaluate.main(["ppl", "--model", str(micro), "--data", str(tmp_path / "ids.npy"), "--lengths", "8", "16",
+                   "--stride", "4", "--max-tokens", "15", "--min-tokens", "15", "--out", str(out)])
+    assert [r["tokens"] for r in json.loads(out.read_text())["results"]] == [30, 30]  # 2 documents x 15 tokens
+    whole = tmp_path / "whole.json"
+    evaluate.main(["ppl", "--model", str(micro), "--data", str(tmp_path / "ids.npy"), "--lengths", "8", "16",
+                   "--stride", "4", "--min-tokens", "15", "--out", str(whole)])
+    assert [r["tokens"] for r in json.loads(whole.read_text())["results"]] == [60, 60]  # 20 + 40 uncut
+    capsys.readouterr()
+
+
 def run_main(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         evaluate.main(argv)
@@ -217,6 +239,7 @@ def run_main(argv, capsys):
     ("missing model", ["passkey", "--model", "no_model"], "config.json: not found"),
     ("template too long", ["passkey", "--lengths", "20"], "shorter than the bare template"),
     ("bad depth", ["passkey", "--depths", "1.5"], "--depths must lie in [0, 1]"),
+    ("max below min", ["ppl", "--max-tokens", "10", "--min-tokens", "20"], "--max-tokens 10 < --min-tokens 20"),
 ])
 def test_bad_input_prints_one_error_line_exits_2_and_writes_nothing(micro, tmp_path, capsys, case, argv, message):
     np.save(tmp_path / "ids.npy", np.arange(3, 103, dtype=np.int32))

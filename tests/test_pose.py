@@ -81,11 +81,27 @@ def test_randpos_positions_sorted_unique_in_range_and_text_contiguous(case):
 
 @settings(max_examples=50)
 @given(cases())
-def test_contiguous_is_positions_0_to_window_on_contiguous_text(case):
-    window, _, doc_len, _, _, seed = case
+def test_contiguous_is_positions_0_to_window_on_the_documents_first_tokens(case):
+    window, target, doc_len, _, _, seed = case
     index, positions = pose.contiguous(np.random.default_rng(seed), doc_len, window)
-    assert positions.tolist() == list(range(window))
-    assert np.all(np.diff(index) == 1) and index[0] >= 0 and index[-1] < doc_len
+    assert positions.tolist() == list(range(window)) and index.tolist() == list(range(window))
+    index, positions = pose.randpos(np.random.default_rng(seed), doc_len, window, target)
+    assert index.tolist() == list(range(window))  # the authors' truncation: the document's start
+
+
+def test_random_start_crops_uniformly_over_every_start_that_fits():
+    rng, doc_len, window = np.random.default_rng(0), 20, 8
+    for draw in (lambda: pose.contiguous(rng, doc_len, window, random_start=True),
+                 lambda: pose.randpos(rng, doc_len, window, 64, random_start=True)):
+        starts = []
+        for _ in range(6500):
+            index, _ = draw()
+            assert np.all(np.diff(index) == 1) and index[-1] < doc_len
+            starts.append(index[0])
+        counts = np.bincount(starts, minlength=doc_len - window + 1)
+        assert len(counts) == doc_len - window + 1  # 0..12, never past the end
+        expected = len(starts) / len(counts)
+        assert ((counts - expected) ** 2 / expected).sum() < 32.9  # chi-square, 12 dof, p = 0.001
 
 
 def distances(positions):

@@ -26,7 +26,7 @@ def test_quick_reproduction_runs_every_step_and_writes_the_tables(tmp_path):
     assert json.loads((out / "results" / "original.ppl.json").read_text())["rope"]["rope_type"] == "default"
     pi = json.loads((out / "results" / "pi-only.ppl.json").read_text())["rope"]
     assert pi["rope_type"] == "linear" and pi["factor"] == 2.0
-    assert json.loads((out / "results" / "pose-yarn.ppl.json").read_text())["rope"]["rope_type"] == "yarn"
+    assert json.loads((out / "results" / "pose-yarn.ppl.json").read_text())["rope"]["rope_type"] == "yarn-revised"
     report = (out / "report.md").read_text()
     for label in ("Original", "PI-only", "Full-length", "RandPos", "PoSE (linear)", "PoSE (NTK)", "PoSE (YaRN)"):
         assert report.count(f"| {label} |") >= 2, label  # a perplexity row and a passkey row

@@ -114,6 +114,55 @@ def test_every_label_is_the_documents_true_next_token(method):
         assert skipped  # Eq. 5 does skip text in some row, which is where the label choice matters
 
 
+@pytest.mark.parametrize("method", ["pose", "randpos", "plain", "full"])
+def test_every_window_starts_with_the_documents_bos_at_position_0(method):
+    """Issue 12: the authors cut every document from its start (truncation=True, max_length=L), and evaluation
+    puts BOS at position 0 of every window: every method must train on that input, in every example
+    (RandPos's position ids are a random subset of 0..L_t-1 by definition, so only its token 0 is BOS)."""
+    rng = np.random.default_rng(1)
+    docs = [np.concatenate([[1], rng.integers(3, 4096, size=int(n))]) for n in rng.integers(40, 400, size=30)]
+    for seed in range(3):
+        opts, _ = train.resolve(train.parse_args(["--window", "32", "--target", "256", "--method", method, "--seed",
+                                                  str(seed), "--batch-size", "8", "--out", "/tmp/unused"]), 1)
+        for step in range(0, 40, 3):
+            tokens, _, positions = train.make_batch(docs, opts, rank=0, step=step, micro=0, accum=1)
+            assert (tokens[:, 0] == 1).all(), (seed, step)
+            # RandPos draws all L_c position ids at random (Ruoss et al.; the authors' code too), the first included
+            assert (positions[:, 0] == 0).all() if method != "randpos" else (positions[:, 0] < 256).all()
+    # --crop random is the explicit alternative: windows then start inside documents
+    opts, _ = train.resolve(train.parse_args(["--window", "32", "--target", "256", "--method", method, "--crop",
+                                              "random", "--batch-size", "8", "--out", "/tmp/unused"]), 1) \
+        if method != "pose" else (None, None)
+    if opts is not None:
+        long_docs = [np.concatenate([[1], rng.integers(3, 4096, size=900)]) for _ in range(8)]
+        starts = torch.cat([train.make_batch(long_docs, opts, 0, step, 0, 1)[0][:, 0] for step in range(10)])
+        assert (starts != 1).float().mean() > 0.5
+
+
+def test_crop_random_is_refused_for_pose_whose_chunk_0_starts_at_the_document(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--crop", "random", "--out", "/tmp/unused-never-written"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith("error: --crop random") and len(err.splitlines()) == 1
+
+
+def test_full_length_truncates_at_the_target_and_pads_shorter_documents():
+    """The authors' Full-length tokenises with max_length = L_t: a document of fewer tokens is one shorter
+    sequence (here padded to the micro-batch's longest row, padding never scored)."""
+    docs = [np.arange(1, 41), np.arange(1000, 1500)]  # 40 tokens (>= L_c + 1 = 33) and 500 (> L_t + 1)
+    opts, _ = train.resolve(train.parse_args(["--window", "32", "--target", "256", "--method", "full",
+                                              "--batch-size", "2", "--out", "/tmp/unused"]), 1)
+    tokens, targets, positions = train.make_batch(docs, opts, rank=0, step=0, micro=0, accum=1)
+    assert tokens.shape == (2, 256)
+    rows = {int(t[0]): (t, y, p) for t, y, p in zip(tokens, targets, positions)}
+    t, y, p = rows[1]  # the short document: its first 39 tokens predict tokens 2..40, the rest is padding
+    assert t[:39].tolist() == list(range(1, 40)) and y[:39].tolist() == list(range(2, 41))
+    assert (y[39:] == -100).all() and p[:39].tolist() == list(range(39))
+    t, y, p = rows[1000]  # the long one: its first L_t tokens, every one scored
+    assert t.tolist() == list(range(1000, 1256)) and y.tolist() == list(range(1001, 1257))
+    assert p.tolist() == list(range(256))
+
+
 def test_example_stream_is_a_function_of_seed_rank_step_and_ranks_differ():
     docs = [np.arange(5000)]
     opts, _ = train.resolve(train.parse_args(["--window", "64", "--target", "512", "--out", "/tmp/unused"]), 1)
