@@ -53,9 +53,9 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from model import Tokenizer, Transformer, load_config
+from data import Tokenizer, as_list, describe, find_files, iter_documents, needs_tokenizer
+from model import Transformer, load_config
 from rope import ROPE_TYPES, rope_parameters
-from train import read_documents
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -64,7 +64,8 @@ DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 @dataclass
 class Options:
-    model: str = field(default="out/final", metadata=dict(help="Hugging Face LLaMA folder (+ tokenizer.model)"))
+    model: str = field(default="out/final", metadata=dict(help="Hugging Face LLaMA folder (+ tokenizer.model or "
+                       "tokenizer.json)"))
     lengths: list[int] | None = field(default=None, metadata=dict(type=int, nargs="+", help="evaluation lengths L "
                                       "in tokens (default: L_c, 2 L_c, ... up to the config's max_position_embeddings)"))
     rope: str | None = field(default=None, metadata=dict(choices=("none",) + ROPE_TYPES[1:], help="replace the "
@@ -81,9 +82,9 @@ class Options:
 
 @dataclass
 class PplOptions(Options):
-    data: str | None = field(default=None, metadata=dict(help=".jsonl | .txt | folder | .npy | .bin, as train.py "
-                             "reads (default: the embedded stdlib eval split)"))
-    text_field: str = field(default="text", metadata=dict(help="the .jsonl field holding the text"))
+    data: list[str] | None = field(default=None, metadata=dict(nargs="+", help="files, folders or globs, as "
+                                   "train.py reads them (data.py; default: the embedded stdlib eval split)"))
+    text_field: str = field(default="text", metadata=dict(help="the .jsonl field / parquet column of the text"))
     stride: int = field(default=1024, metadata=dict(type=int, help="sliding-window step (§4.2: 1,024; §5.3: 16k)"))
     docs: int = field(default=50, metadata=dict(type=int, help="first N long-enough documents (§4.2: 50)"))
     max_tokens: int | None = field(default=None, metadata=dict(type=int, help="cut each document to its first N "
@@ -140,8 +141,8 @@ def check(opts: Options):
     if None not in (getattr(opts, "max_tokens", None), getattr(opts, "min_tokens", None)) \
             and opts.max_tokens < opts.min_tokens:
         raise ValueError(f"--max-tokens {opts.max_tokens} < --min-tokens {opts.min_tokens}: no document could pass")
-    if getattr(opts, "data", None) is not None and not Path(opts.data).exists():
-        raise FileNotFoundError(f"--data {opts.data}: not found")
+    if getattr(opts, "data", None) is not None:
+        find_files(opts.data)  # a missing file, an empty folder or glob: one line naming it
     if opts.plot:
         _pyplot()  # fail now, not after hours of evaluation
 
@@ -265,29 +266,30 @@ def perplexity(model, documents, lengths, stride, bos_id, truncate=False, device
 def load_documents(opts: PplOptions, args, min_tokens: int):
     """(the first --docs documents of >= min_tokens tokens without their own BOS/EOS, the windows' BOS id).
     As the authors' eval_ppl.py: drop the document's own special tokens, cut it to its first --max-tokens
-    tokens, then keep it only if it still has >= min_tokens."""
-    pretokenised = opts.data is not None and Path(opts.data).suffix in (".npy", ".bin")
-    tokenizer = None if pretokenised else Tokenizer(opts.model)  # a clear error if the folder has none
+    tokens, then keep it only if it still has >= min_tokens. Reading stops once they are in."""
+    files = find_files(opts.data) if opts.data else None
+    tokenizer = Tokenizer(opts.model) if needs_tokenizer(files) else None  # a clear error if the folder has none
     eos = args.eos_token_id[0] if isinstance(args.eos_token_id, list) else args.eos_token_id
     bos_id, eos_id = (tokenizer.bos_id, tokenizer.eos_id) if tokenizer else (args.bos_token_id, eos)
-    raw, skipped = read_documents(opts.data, tokenizer, opts.text_field, min_len=min_tokens, split="eval",
-                                  eos_id=2 if eos_id is None else eos_id)
-    documents = []
-    for doc in raw:
+    name = " ".join(map(str, as_list(opts.data))) if opts.data else "the embedded stdlib eval split"
+    documents, skipped = [], 0
+    for doc in iter_documents(files, tokenizer, opts.text_field, eos_id=2 if eos_id is None else eos_id, split="eval"):
         doc = doc[1:] if len(doc) and doc[0] == bos_id else doc  # each window gets its own BOS instead
         doc = doc[:-1] if len(doc) and doc[-1] == eos_id else doc  # no EOS target, as the released code
         doc = doc[:opts.max_tokens]  # None: whole
         if len(doc) < min_tokens:
             skipped += 1
-        elif len(documents) < opts.docs:  # the first --docs in file order
+        else:  # the first --docs in file order
             documents.append(np.asarray(doc, dtype=np.int64))
-    name = opts.data or "the embedded stdlib eval split"
+            if len(documents) == opts.docs:
+                break
     if not documents:
         raise ValueError(f"--data {name}: no document with >= {min_tokens} tokens ({skipped} shorter; a lower "
                          f"--min-tokens scores short ones in one window each)")
     top = max(int(d.max()) for d in documents)
     if top >= args.vocab_size:
         raise ValueError(f"--data {name}: token id {top} >= the model's vocab_size {args.vocab_size}")
+    print(f"ppl: --data {describe(files) if files else name}", file=sys.stderr)
     return documents, None if opts.no_bos or bos_id is None or bos_id < 0 else int(bos_id)
 
 

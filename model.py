@@ -19,7 +19,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
@@ -474,33 +473,3 @@ def read_safetensors_header(file: Path) -> dict:
             raise ValueError(f"{file}: tensor {name!r} data_offsets [{begin}, {end}] run past the end of the "
                              f"data ({data} bytes): truncated file?")
     return header
-
-
-# ---------------------------------------------------------------- tokenizer
-
-class Tokenizer:
-    """sentencepiece tokenizer.model (LLaMA 1/2, Mistral). Llama-3 ships tokenizer.json (tiktoken BPE) only."""
-
-    def __init__(self, path):
-        path = Path(path)
-        if path.is_dir():
-            if not (path / "tokenizer.model").is_file():
-                raise FileNotFoundError(f"{path}: no tokenizer.model (sentencepiece); for a tokenizer.json-only "
-                                        f"checkpoint such as Llama-3, pass pre-tokenised input (--data *.npy)")
-            path = path / "tokenizer.model"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: tokenizer.model not found")
-        self.sp = spm.SentencePieceProcessor()
-        try:
-            self.sp.Load(str(path))
-        except (OSError, RuntimeError) as e:
-            raise ValueError(f"{path}: not a sentencepiece model ({str(e).splitlines()[0]})") from None
-        self.bos_id, self.eos_id, self.vocab_size = self.sp.bos_id(), self.sp.eos_id(), self.sp.vocab_size()
-
-    def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
-        ids = self.sp.encode(text)
-        return [self.bos_id] * (bos and self.bos_id >= 0) + ids + [self.eos_id] * (eos and self.eos_id >= 0)
-
-    def decode(self, ids) -> str:
-        # A model's vocab may be padded past the tokenizer's (e.g. to a multiple of 64): such ids have no text.
-        return self.sp.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])

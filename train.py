@@ -14,11 +14,12 @@ torch's defaults, lr 2e-5, 10 warm-up steps then linear decay, bf16 on GPU. With
 default trains the "tiny" preset from scratch on the .py files of Python's standard library (L_c 128 -> L_t 1,024)
 with a 4,096-piece sentencepiece tokenizer trained on them at first use and cached in .cache/.
 
---data: a .jsonl (field --text-field), a .txt (one document), a directory of text files (one per file), or
-pre-tokenised ids: a 1-D .npy of any integer dtype, or a raw uint16 .bin (nanoGPT layout), in which every
-document ends with EOS (the config's eos_token_id), exactly what tokenising text with eos=True gives.
-Each rank tokenises only its own shard (every world-th document), so tokenising is spread over the ranks;
-corpora too large for that are better pre-tokenised once into .npy (memory-mapped, nothing re-read).
+--data (data.py reads it): one or more .jsonl / .jsonl.gz / .jsonl.zst / .parquet (text in --text-field), .txt
+files, folders or globs of them, or pre-tokenised ids (.npy / uint16 .bin, every document ending with EOS, as
+`python data.py` writes them); --tokenizer (default: --model's) is a tokenizer.model or a tokenizer.json. Each
+rank tokenises only its own shard (every world-th document) and stops reading once it has --max-documents / world;
+corpora too large for that are better pre-tokenised once (`python data.py ... --out tokens.npy`, memory-mapped).
+The log's first lines say what was read: files and size, documents kept, skipped as too short, tokens.
 
 Windows: every example starts at its document's start, so token 0 is the document's BOS at position id 0, as in
 the authors' code (each document tokenised with truncation=True) and as evaluation feeds every window; PoSE's
@@ -34,14 +35,12 @@ doc[:-1] so x[index + 1] always exists, and every one of the L_c positions is sc
 import argparse
 import contextlib
 import dataclasses
-import io
 import json
 import math
 import resource
 import os
 import shutil
 import sys
-import sysconfig
 import time
 import typing
 from dataclasses import dataclass, field
@@ -61,10 +60,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import pose
 import rope
-from model import PRESETS, ModelArgs, Tokenizer, Transformer, load_config
-
-CACHE = Path(os.environ.get("POSE_CACHE", Path(__file__).resolve().parent / ".cache"))
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".tex", ".py")
+from data import (Tokenizer, as_list, default_tokenizer, describe, find_files, needs_tokenizer, read_documents,
+                  tokenizer_files)
+from model import PRESETS, ModelArgs, Transformer, load_config
 
 
 @dataclass
@@ -72,9 +70,11 @@ class TrainOptions:
     """Every flag of train.py; None means "the paper's value for --model, a small one for the embedded default"."""
     model: str | None = field(default=None, metadata={"help": "Hugging Face LLaMA folder (config.json, safetensors)"})
     preset: str = field(default="tiny", metadata={"help": f"from-scratch shape when no --model: {', '.join(PRESETS)}"})
-    data: str | None = field(default=None, metadata={"help": ".jsonl | .txt | folder | .npy | .bin (default: stdlib)"})
-    text_field: str = field(default="text", metadata={"help": "the .jsonl field holding the text"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer.model (default: --model's or stdlib's)"})
+    data: list[str] | None = field(default=None, metadata={"nargs": "+", "help": "files, folders or globs: .jsonl"
+                                   "[.gz|.zst] .parquet .txt .npy .bin (data.py; default: stdlib)"})
+    text_field: str = field(default="text", metadata={"help": "the .jsonl field / parquet column holding the text"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer.model or tokenizer.json (default: "
+                                  "--model's, else stdlib's)"})
     out: str = field(default="out", metadata={"help": "checkpoints/, metrics.jsonl and the export final/"})
     window: int | None = field(default=None, metadata={"help": "training window L_c (default: config's context)"})
     target: int | None = field(default=None, metadata={"help": "target context L_t (default: 8 x window)"})
@@ -108,12 +108,13 @@ def parse_args(argv=None) -> TrainOptions:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.error = lambda message: fail(message)  # one line on stderr, exit 2, like every other bad input
     for f in dataclasses.fields(TrainOptions):
-        kind = next(t for t in (bool, int, float, str) if t is f.type or t in typing.get_args(f.type))
+        kind = next(t for t in (bool, int, float, str) if t is f.type or {t, list[t]} & {*typing.get_args(f.type)})
         flag, help_ = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
         if kind is bool:
             parser.add_argument(flag, action="store_true", help=help_)
         else:
-            parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=help_)
+            parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"),
+                                nargs=f.metadata.get("nargs"), help=help_)
     return TrainOptions(**vars(parser.parse_args(argv)))
 
 
@@ -154,8 +155,8 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
     if o.batch_size % (o.micro_batch_size * world_size):
         raise ValueError(f"--batch-size {o.batch_size} is not divisible by --micro-batch-size {o.micro_batch_size}"
                          f" x world size {world_size}")
-    if o.data is not None and not Path(o.data).exists():
-        raise FileNotFoundError(f"--data {o.data}: no such file or folder")
+    if o.data is not None:
+        find_files(o.data)  # a missing file, an empty folder or glob: one line now, before anything is written
     check_writable(Path(o.out))
     if not o.resume and latest_checkpoint(Path(o.out)) is not None:
         raise ValueError(f"--out {o.out} already holds {latest_checkpoint(Path(o.out))}; pass --resume or a new --out")
@@ -180,91 +181,6 @@ def lr_factor(step: int, warmup: int, steps: int) -> float:
 
 
 # ---------------------------------------------------------------- data
-
-def read_texts(path, text_field="text"):
-    """Yield the raw text documents of a .jsonl / .txt file or a folder of text files, in a fixed order."""
-    path = Path(path)
-    if path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES + (".jsonl",)):
-            yield from read_texts(file, text_field)
-    elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as lines:
-            for lineno, line in enumerate(lines, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)[text_field]
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        raise ValueError(f"{path}:{lineno}: not a JSON object with a {text_field!r} field") from None
-    elif path.suffix in TEXT_SUFFIXES:
-        yield path.read_text(encoding="utf-8", errors="replace")
-    else:
-        raise ValueError(f"--data {path}: unsupported type {path.suffix!r} (.jsonl, .txt, a folder, .npy, .bin)")
-
-
-def read_token_file(path, eos_id: int | list[int]) -> list[np.ndarray]:
-    """Documents of a pre-tokenised 1-D .npy / uint16 .bin file; each ends with (and includes) its EOS."""
-    path = Path(path)
-    ids = np.load(path, mmap_mode="r") if path.suffix == ".npy" else np.memmap(path, dtype=np.uint16, mode="r")
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"--data {path}: expected a 1-D array of integer token ids, got {ids.dtype} {ids.shape}")
-    ends = np.flatnonzero(np.isin(ids, eos_id)) + 1  # eos_id: an id, or a list (Llama 3 Instruct configs)
-    return [ids[a:b] for a, b in zip(np.r_[0, ends], np.r_[ends, len(ids)]) if b > a]  # memory-mapped views
-
-
-def read_documents(path, tokenizer=None, text_field="text", min_len=1, rank=0, world_size=1, max_documents=None,
-                   eos_id=2, split="train"):
-    """This rank's shard (documents rank, rank + world, ...) as int arrays of >= min_len tokens; path None is the
-    embedded stdlib corpus (`split` "train" or "eval"). Text is tokenised with BOS and EOS; at most max_documents
-    are kept. Returns (documents, n_skipped_too_short)."""
-    if path is not None and Path(path).suffix in (".npy", ".bin"):
-        source = read_token_file(path, eos_id)[rank::world_size]
-    else:
-        if tokenizer is None:
-            raise ValueError(f"--data {path} is text: it needs a tokenizer.model (--tokenizer) or pre-tokenised .npy")
-        texts = read_texts(path, text_field) if path is not None else default_texts(split)
-        texts = (t for i, t in enumerate(texts) if i % world_size == rank)
-        source = (np.asarray(tokenizer.encode(t, bos=True, eos=True), dtype=np.int32) for t in texts)
-    documents, skipped = [], 0
-    for doc in source:
-        if len(doc) >= min_len:
-            documents.append(doc)
-            if max_documents and len(documents) >= max_documents:
-                break
-        else:
-            skipped += 1  # §4.1 keeps documents >= L_c tokens only
-    return documents, skipped
-
-
-def default_texts(split="train", max_bytes=3_000_000) -> list[str]:
-    """The embedded corpus: .py files of Python's standard library (no tests), in path order, every 10th one held
-    out as split="eval"; capped at max_bytes of text so tokenising stays a second or two."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if not {"site-packages", "test", "tests", "idle_test"} & set(p.parts))
-    texts, size = [], 0
-    for i, file in enumerate(files):
-        if (i % 10 == 0) == (split == "eval") and size < max_bytes:
-            texts.append(file.read_text(encoding="utf-8", errors="replace")[:50_000])  # a few huge files stay a few
-            size += len(texts[-1])
-    return texts
-
-
-def default_tokenizer(vocab_size=4096) -> Path:
-    """A sentencepiece BPE trained on a sample of the stdlib corpus at first use, cached atomically under .cache/."""
-    path = CACHE / f"stdlib-py{sys.version_info[0]}.{sys.version_info[1]}-bpe{vocab_size}.model"
-    if not path.exists():
-        import sentencepiece as spm
-        lines = [line for text in default_texts()[::3] for line in text.splitlines() if line.strip()][:60_000]
-        proto = io.BytesIO()
-        spm.SentencePieceTrainer.train(  # LLaMA's settings: unk 0, bos 1, eos 2; bytes for anything unseen
-            sentence_iterator=iter(lines), model_writer=proto, vocab_size=vocab_size, model_type="bpe",
-            byte_fallback=True, split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-            allow_whitespace_only_pieces=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(proto.getvalue())
-        os.replace(tmp, path)
-    return path
-
 
 def make_batch(documents, opts: TrainOptions, rank: int, step: int, micro: int, accum: int):
     """One micro-batch (tokens, targets, positions), each int64 [micro_batch, L]: a pure function of
@@ -300,24 +216,26 @@ def make_batch(documents, opts: TrainOptions, rank: int, step: int, micro: int, 
 
 
 def load_data(opts: TrainOptions, args: ModelArgs, length: int, say=print):
-    """This rank's documents of >= length + 1 tokens, and the tokenizer.model to ship with the export (or None).
+    """This rank's documents of >= length + 1 tokens, and the tokenizer (folder or file) to ship with the export.
     Every rank raises the same error together on a corpus that leaves some rank nothing to train on."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    text = opts.data is None or Path(opts.data).suffix not in (".npy", ".bin")
+    files = find_files(opts.data) if opts.data else None
+    name = " ".join(map(str, as_list(opts.data))) if opts.data else "stdlib"
     tokenizer_path = opts.tokenizer or opts.model
-    if tokenizer_path is None and text:  # from scratch on text: the stdlib tokenizer (vocab 4096 = the presets')
+    if tokenizer_path is None and needs_tokenizer(files):  # from scratch on text: the stdlib tokenizer (vocab 4096)
         if rank == 0:
             default_tokenizer()  # trained once and cached; the other ranks wait, then read the cache
         dist.barrier()
         tokenizer_path = default_tokenizer()
-    tokenizer = Tokenizer(tokenizer_path) if text else None
-    if tokenizer_path is not None and Path(tokenizer_path).is_dir():
-        tokenizer_path = Path(tokenizer_path) / "tokenizer.model"
-    if tokenizer_path is not None and not Path(tokenizer_path).is_file():
-        tokenizer_path = None  # pre-tokenised data and a checkpoint without tokenizer.model: nothing to copy
+    tokenizer = Tokenizer(tokenizer_path) if needs_tokenizer(files) else None
+    # A token file's documents end at any EOS id the config lists, and at the tokenizer's (what data.py appends).
+    config_eos = args.eos_token_id if isinstance(args.eos_token_id, list) else [args.eos_token_id]
+    eos_ids = sorted({*config_eos, tokenizer.eos_id if tokenizer else None} - {None})
+    say(f"data: {describe(files) if files else 'the embedded stdlib corpus'}"
+        f"{f'; tokenizer {tokenizer.path}' if tokenizer else ''}")
     t0 = time.perf_counter()
-    documents, skipped = read_documents(opts.data, tokenizer, opts.text_field, length + 1, rank, world,
-                                        -(-opts.max_documents // world), args.eos_token_id)
+    documents, skipped = read_documents(files, tokenizer, opts.text_field, length + 1, rank, world,
+                                        -(-opts.max_documents // world), eos_ids, every=5 if rank == 0 else math.inf)
     # Sums over ranks, then the extremes: the largest token id and the smallest shard (negated, so MAX works).
     counts = torch.tensor([len(documents), skipped, sum(len(d) for d in documents)], dtype=torch.float64)
     extremes = torch.tensor([max((int(d.max()) for d in documents), default=0), -len(documents)], dtype=torch.float64)
@@ -325,12 +243,12 @@ def load_data(opts: TrainOptions, args: ModelArgs, length: int, say=print):
     dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
     (n_docs, n_skipped, n_tokens), (max_id, smallest_shard) = counts.long().tolist(), extremes.long().tolist()
     if smallest_shard == 0:
-        raise ValueError(f"--data {opts.data or 'stdlib'}: no document with >= {length + 1} tokens on some rank "
-                         f"({n_skipped} too short, {n_docs} kept over {world} ranks)")
+        raise ValueError(f"--data {name}: no document with >= {length + 1} tokens on some rank ({n_skipped} too "
+                         f"short, {n_docs} kept over {world} ranks)")
     if max_id >= args.vocab_size:
-        raise ValueError(f"--data {opts.data}: token id {max_id} >= the model's vocab_size {args.vocab_size}")
-    say(f"data: {n_docs} documents, {n_tokens / 1e6:.2f}M tokens ({n_skipped} shorter than {length + 1} skipped),"
-        f" read in {time.perf_counter() - t0:.1f}s")
+        raise ValueError(f"--data {name}: token id {max_id} >= the model's vocab_size {args.vocab_size}")
+    say(f"data: {n_docs:,} documents kept, {n_skipped:,} skipped as shorter than L_c + 1 = {length + 1} tokens, "
+        f"{n_tokens:,} tokens, read in {time.perf_counter() - t0:.1f}s")
     return documents, tokenizer_path
 
 
@@ -441,11 +359,10 @@ def export(model, args: ModelArgs, opts: TrainOptions, tokenizer_path, device):
         tmp, old = final.with_name(".tmp-final"), final.with_name(".old-final")
         shutil.rmtree(tmp, ignore_errors=True)
         plain.save_pretrained(tmp)  # config.json: rope scaling + max_position_embeddings = L_t
-        if tokenizer_path is not None:
-            shutil.copy(tokenizer_path, tmp / "tokenizer.model")
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
-            if opts.model and (Path(opts.model) / name).is_file():  # what transformers / vLLM look for besides
-                shutil.copy(Path(opts.model) / name, tmp / name)
+        for name, source in tokenizer_files(tokenizer_path).items():  # .model and/or .json, and their configs
+            shutil.copy(source, tmp / name)
+        if opts.model and (Path(opts.model) / "generation_config.json").is_file():  # what transformers / vLLM read
+            shutil.copy(Path(opts.model) / "generation_config.json", tmp / "generation_config.json")
         if final.exists():
             os.replace(final, old)
         os.replace(tmp, final)

@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from data import Tokenizer, default_texts, default_tokenizer  # noqa: E402
 from evaluate import FILLER, passkey_text  # noqa: E402
-from model import Tokenizer  # noqa: E402
-from train import default_texts, default_tokenizer  # noqa: E402
 
 
 def passkey_document(tokenizer, rng, window: int) -> str:

@@ -1,7 +1,9 @@
-"""Shared test set-up: a derandomised hypothesis profile so CI never flakes."""
+"""Shared test set-up: a derandomised hypothesis profile so CI never flakes; one torch thread on request."""
 import os
 import sys
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -11,3 +13,12 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("ci")
+
+
+@pytest.fixture
+def one_thread():
+    """Two OpenMP threads on a shared two-core box run several times slower than one; one is also bitwise stable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,7 +17,8 @@ import torch
 from hypothesis import given, strategies as st
 
 import evaluate
-from model import PRESETS, ModelArgs, Tokenizer, Transformer
+from data import Tokenizer
+from model import PRESETS, ModelArgs, Transformer
 
 ROOT = Path(__file__).resolve().parent.parent
 MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import model as model_py
-from model import ModelArgs, Tokenizer, Transformer, load_config
+from model import ModelArgs, Transformer, load_config
 
 DIM, H, HKV, D, FFN, V, LAYERS = 64, 4, 2, 16, 96, 101, 2  # GQA: 2 query heads per K/V head
 POSE_POSITIONS = torch.tensor([list(range(16)) + list(range(5000, 5016)),       # two chunks, skip u_1 ~ 5000
@@ -333,21 +333,3 @@ def test_a_failed_save_leaves_nothing_written_and_an_existing_folder_untouched(t
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
     assert (tmp_path / "old" / "model.safetensors").read_bytes() == b"previous weights"
 
-
-# ---------------------------------------------------------------- tokenizer
-
-def test_tokenizer_round_trips_text_with_bos_eos_and_points_json_only_folders_to_pretokenised_data(tmp_path):
-    import sentencepiece as spm  # a runtime dependency (requirements.txt)
-    text = tmp_path / "corpus.txt"
-    text.write_text("\n".join(f"the quick brown fox {i} jumps over the lazy dog" for i in range(200)))
-    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "tokenizer"), vocab_size=40,
-                                   model_type="bpe", minloglevel=2)
-    tok = Tokenizer(tmp_path)  # the folder; finds tokenizer.model
-    ids = tok.encode("the lazy fox", bos=True, eos=True)
-    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and tok.vocab_size == 40
-    assert tok.decode(ids) == "the lazy fox" and tok.encode("dog", bos=False)[0] != tok.bos_id
-    llama3 = tmp_path / "llama3"
-    llama3.mkdir()
-    (llama3 / "tokenizer.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="pre-tokenised"):
-        Tokenizer(llama3)

@@ -1,4 +1,4 @@
-"""train.py: options, data readers, the example stream, and real runs (1 process in-process, 2 under torchrun).
+"""train.py: options, the example stream, and real runs (1 process in-process, 2 under torchrun).
 
     python -m pytest tests/test_train.py -x -q
 
@@ -64,12 +64,6 @@ def run_in_process(argv):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-class CharTokenizer:
-    """Stand-in with model.Tokenizer's encode(): one id per character, so lengths are known exactly."""
-    def encode(self, text, bos=True, eos=False):
-        return [1] * bos + [3 + ord(c) % 200 for c in text] + [2] * eos
-
-
 def test_lr_factor_warms_up_linearly_then_decays_linearly_to_near_zero():
     got = [train.lr_factor(s, warmup=4, steps=10) for s in range(10)]
     want = [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]
@@ -95,30 +89,6 @@ def test_embedded_default_is_small_enough_for_a_cpu(tmp_path):
     assert config["vocab_size"] == 4096
 
 
-def test_readers_split_npy_at_eos_and_read_jsonl_txt_and_folders(tmp_path):
-    np.save(tmp_path / "ids.npy", np.array([5, 6, 2, 7, 2, 8, 9], dtype=np.int64))
-    docs, skipped = train.read_documents(tmp_path / "ids.npy", eos_id=2)
-    assert [d.tolist() for d in docs] == [[5, 6, 2], [7, 2], [8, 9]] and skipped == 0
-    docs, skipped = train.read_documents(tmp_path / "ids.npy", eos_id=2, min_len=3)
-    assert [d.tolist() for d in docs] == [[5, 6, 2]] and skipped == 2
-    docs, _ = train.read_documents(tmp_path / "ids.npy", eos_id=[2, 6])  # Llama 3 Instruct: several EOS ids
-    assert [d.tolist() for d in docs] == [[5, 6], [2], [7, 2], [8, 9]]
-    (tmp_path / "d.jsonl").write_text('{"text": "abc"}\n\n{"body": "hello", "text": "hi"}\n')
-    (tmp_path / "e.jsonl").write_text('{"body": "hello"}\n')
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "a.txt").write_text("first")
-    (tmp_path / "sub" / "b.md").write_text("second!")
-    (tmp_path / "sub" / "skip.bin.gz").write_bytes(b"\0")
-    tok = CharTokenizer()
-    assert [len(d) for d in train.read_documents(tmp_path / "d.jsonl", tok)[0]] == [5, 4]  # BOS + text + EOS
-    assert [len(d) for d in train.read_documents(tmp_path / "e.jsonl", tok, text_field="body")[0]] == [7]
-    (tmp_path / "sub" / "c.jsonl").write_text('{"text": "x"}\n')
-    assert [len(d) for d in train.read_documents(tmp_path / "sub", tok)[0]] == [7, 9, 3]
-    (tmp_path / "f.jsonl").write_text('{"text": "a"}\n\nnot json\n')
-    with pytest.raises(ValueError, match=r"f.jsonl:3: .*'text'"):
-        train.read_documents(tmp_path / "f.jsonl", tok)
-
-
 def test_scaled_rope_interpolates_plain_rope_and_refuses_to_replace_an_existing_scaling():
     plain = rope.rope_parameters({"rope_theta": 10000.0, "max_position_embeddings": 16})
     linear = train.scaled_rope(plain, "linear", 16, 64)
@@ -127,13 +97,6 @@ def test_scaled_rope_interpolates_plain_rope_and_refuses_to_replace_an_existing_
     assert train.scaled_rope(linear, "none", 16, 64) is linear  # --rope none keeps the checkpoint's scaling
     with pytest.raises(ValueError, match=r"already uses rope scaling 'linear' x4.*--rope none"):
         train.scaled_rope(linear, "yarn", 64, 256)
-
-
-def test_ranks_read_disjoint_shards_that_cover_the_corpus(corpus):
-    shards = [train.read_documents(corpus, rank=r, world_size=3)[0] for r in range(3)]
-    whole = train.read_documents(corpus)[0]
-    assert sorted(len(s) for s in shards) == [13, 13, 14]
-    assert [d.tolist() for r in range(3) for d in whole[r::3]] == [d.tolist() for s in shards for d in s]
 
 
 @pytest.mark.parametrize("method", ["pose", "randpos", "plain", "full"])
@@ -294,6 +257,7 @@ def bad_inputs(micro_model, corpus, tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     np.save(tmp_path / "empty.npy", np.array([], dtype=np.int32))
     (tmp_path / "a_file").write_text("")
+    (tmp_path / "empty").mkdir()
     (tmp_path / "used" / "checkpoints" / "step_000001").mkdir(parents=True)
     model = ["--model", str(micro_model), "--data", str(corpus)]
     return {
@@ -301,6 +265,7 @@ def bad_inputs(micro_model, corpus, tmp_path):
         "target < window": ([*model, "--window", "16", "--target", "8"], "--target 8 < --window 16"),
         "batch not divisible": ([*model, "--batch-size", "5", "--micro-batch-size", "2"], "not divisible"),
         "missing data": ([*model[:2], "--data", str(tmp_path / "nope.jsonl")], "--data"),
+        "empty data folder": ([*model[:2], "--data", str(corpus), str(tmp_path / "empty")], "no readable file"),
         "all documents too short": ([*model[:2], "--data", str(short), "--window", "16"], "no document"),
         "empty .npy": ([*model[:2], "--data", str(tmp_path / "empty.npy")], "no document"),
         "empty .jsonl, from scratch": (["--data", str(tmp_path / "empty.jsonl")], "no document"),
@@ -311,8 +276,9 @@ def bad_inputs(micro_model, corpus, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing model dir", "target < window", "batch not divisible", "missing data",
-                                  "all documents too short", "empty .npy", "empty .jsonl, from scratch",
-                                  "unwritable out", "out holds an earlier run", "unknown method"])
+                                  "empty data folder", "all documents too short", "empty .npy",
+                                  "empty .jsonl, from scratch", "unwritable out", "out holds an earlier run",
+                                  "unknown method"])
 def test_bad_input_prints_one_error_line_exits_2_and_writes_nothing(case, micro_model, corpus, tmp_path, capsys):
     argv, needle = bad_inputs(micro_model, corpus, tmp_path)[case]
     out = tmp_path / "fresh-out"

@@ -1,0 +1,507 @@
+"""Tokenizers and corpus readers for train.py and evaluate.py, and a CLI that pre-tokenises a corpus once.
+
+    python data.py --data pile/ --tokenizer ./Llama-2-7b-hf --out pile.npy --workers 16
+    python data.py --data 'fineweb/*.parquet' --tokenizer ./Meta-Llama-3-8B --out fineweb.npy --max-documents 200000
+    python data.py --data a.jsonl.zst b.jsonl.gz --tokenizer tokenizer.json --out ab.npy --text-field content
+    torchrun --nproc_per_node 8 train.py --model ./Llama-2-7b-hf --data pile.npy --target 16384  # memory-mapped
+    python -m pytest tests/test_data.py -x -q
+
+The output is the 1-D id file train.py and evaluate.py memory-map: every document as BOS ... EOS, exactly what
+their text path tokenises (uint16 when the vocabulary fits, else uint32), written by --workers processes in
+file order, with progress on stderr, under a temporary name renamed into place at the end (a failure leaves
+nothing). Documents are not filtered here; train.py skips the short ones when it reads the file.
+
+Tokenizers. `Tokenizer(path)` takes a checkpoint folder or the file itself: tokenizer.model is read with
+sentencepiece (LLaMA 1/2, Mistral; preferred when a folder has both), tokenizer.json with Hugging Face's
+`tokenizers` (Llama 3, Qwen, ...; optional, pip install tokenizers). Both encode the text without special
+tokens and BOS / EOS are added here, so a tokenizer.json whose post-processor adds BOS itself (Llama 3's
+TemplateProcessing) never gives two. The ids are the checkpoint's, as the model was trained: tokenizer_config.json's
+bos_token / eos_token (no BOS when it is null or add_bos_token is false), else config.json's bos_token_id /
+eos_token_id (the first of a list), else the tokenizer file's own. `eos_id` is the one id ending every document;
+a config listing several (Llama 3 Instruct) lets a token file's documents end at any of them (train.py).
+
+Corpora (--data: one or more files, folders or globs): .jsonl, .jsonl.gz (gzip), .jsonl.zst (pip install zstandard)
+and .parquet (pip install pyarrow) with the text in --text-field; .txt .md .rst .tex .py files, one document
+each; pre-tokenised ids: a 1-D .npy of any integer dtype or a raw uint16 .bin (nanoGPT's), split after each
+EOS. A folder is every such file below it, sorted; a glob its sorted matches. Reading streams: one file at a
+time, decompressed and parsed as it goes, stopped once the documents asked for are in (--max-documents), with
+progress on stderr every few seconds. Rank r of w keeps documents r, r + w, ... in file order; the other ranks'
+documents are counted, never parsed or tokenised.
+
+Short documents. train.py keeps documents of >= L_c + 1 tokens (a window plus its last label) and reports how
+many it skipped, as the paper's data had "a minimum length requirement of 2,048 tokens" (§4.1, the Pile). The
+authors' code (src/train_pose.py) filters nothing: it truncates each document to 5 L_c tokens and cuts its
+two chunks out of min(length, L_c) tokens, so a document shorter than L_c is used whole, as a shorter sequence
+(still two chunks and a skip) that the collator right-pads, with the padding's labels masked (-100).
+"""
+import argparse
+import dataclasses
+import glob
+import gzip
+import importlib
+import io
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+import sysconfig
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CACHE = Path(os.environ.get("POSE_CACHE", Path(__file__).resolve().parent / ".cache"))
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".tex", ".py")  # one document per file
+TOKEN_SUFFIXES = (".npy", ".bin")
+SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet") + TEXT_SUFFIXES + TOKEN_SUFFIXES
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def optional(module: str, package: str, user: str):
+    """Import an optional dependency, or one line naming the pip command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(f"{user} needs the {package} package, which is not installed (pip install {package})") \
+            from None
+
+
+# ---------------------------------------------------------------- tokenizers
+
+class Tokenizer:
+    """tokenizer.model (sentencepiece) or tokenizer.json (Hugging Face tokenizers) behind one interface:
+    encode(text, bos, eos) -> ids, decode(ids), bos_id (None: the model uses none), eos_id, vocab_size."""
+
+    def __init__(self, path):
+        path = Path(path)
+        if path.is_dir():
+            found = [path / name for name in TOKENIZER_FILES[:2] if (path / name).is_file()]
+            if not found:
+                raise FileNotFoundError(f"{path}: no tokenizer.model (sentencepiece) or tokenizer.json "
+                                        f"(Hugging Face tokenizers)")
+            path = found[0]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: tokenizer not found")
+        self.path, self.sp, self.hf = path, None, None
+        if path.suffix == ".json":
+            tokenizers = optional("tokenizers", "tokenizers", f"{path}")
+            try:
+                self.hf = tokenizers.Tokenizer.from_file(str(path))
+            except Exception as e:  # the Rust side raises a bare Exception on a malformed file
+                raise ValueError(f"{path}: not a tokenizer.json ({str(e).splitlines()[0]})") from None
+            self.vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
+            own = (None, None)  # a tokenizer.json names no BOS/EOS of its own: the configs beside it do
+        else:
+            import sentencepiece as spm
+            self.sp = spm.SentencePieceProcessor()
+            try:
+                self.sp.Load(str(path))
+            except (OSError, RuntimeError) as e:
+                raise ValueError(f"{path}: not a sentencepiece model ({str(e).splitlines()[0]})") from None
+            self.vocab_size = self.sp.vocab_size()
+            own = tuple(i if i >= 0 else None for i in (self.sp.bos_id(), self.sp.eos_id()))
+        self.bos_id, self.eos_id = (self._special(name, default) for name, default in zip(("bos", "eos"), own))
+
+    def _special(self, name: str, default: int | None) -> int | None:
+        """The checkpoint's BOS or EOS id: tokenizer_config.json, else config.json, else the file's own."""
+        settings = _read_json(self.path.parent / "tokenizer_config.json")
+        if f"{name}_token" in settings:
+            token = settings[f"{name}_token"]
+            token = token.get("content") if isinstance(token, dict) else token  # an AddedToken, serialised
+            if token is None or (name == "bos" and settings.get("add_bos_token") is False):
+                return None
+            id_ = self.hf.token_to_id(token) if self.hf else self.sp.piece_to_id(token)
+            if id_ is None or self.sp and self.sp.id_to_piece(id_) != token:  # sentencepiece answers unk
+                raise ValueError(f"{self.path.parent / 'tokenizer_config.json'}: {name}_token {token!r} is not in "
+                                 f"{self.path.name}")
+            return id_
+        config = _read_json(self.path.parent / "config.json")
+        value = config.get(f"{name}_token_id", default)
+        return value[0] if isinstance(value, list) and value else value
+
+    def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
+        """The ids of text, without the tokenizer's own special tokens, with our BOS / EOS around them."""
+        ids = self.sp.encode(text) if self.sp else self.hf.encode(text, add_special_tokens=False).ids
+        if eos and self.eos_id is None:
+            raise ValueError(f"{self.path}: no EOS token (tokenizer_config.json eos_token, config.json eos_token_id)")
+        return [self.bos_id] * (bos and self.bos_id is not None) + ids + [self.eos_id] * eos
+
+    def decode(self, ids) -> str:
+        # A model's vocab may be padded past the tokenizer's (e.g. to a multiple of 64): such ids have no text.
+        ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
+        return self.sp.decode(ids) if self.sp else self.hf.decode(ids)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return value if isinstance(value, dict) else {}
+
+
+def tokenizer_files(path) -> dict[str, Path]:
+    """{name in an exported checkpoint: source file} for the tokenizer at path (a folder or a file): tokenizer.model
+    and/or tokenizer.json, and the tokenizer_config.json / special_tokens_map.json beside them."""
+    if path is None:
+        return {}
+    path = Path(path)
+    folder, files = (path, {}) if path.is_dir() else (path.parent, {
+        "tokenizer.json" if path.suffix == ".json" else "tokenizer.model": path})
+    names = TOKENIZER_FILES if path.is_dir() else TOKENIZER_FILES[2:]
+    return files | {name: folder / name for name in names if (folder / name).is_file()}
+
+
+def default_texts(split="train", max_bytes=3_000_000) -> list[str]:
+    """The embedded corpus: .py files of Python's standard library (no tests), in path order, every 10th one held
+    out as split="eval"; capped at max_bytes of text so tokenising stays a second or two."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py") if not {"site-packages", "test", "tests", "idle_test"} & set(p.parts))
+    texts, size = [], 0
+    for i, file in enumerate(files):
+        if (i % 10 == 0) == (split == "eval") and size < max_bytes:
+            texts.append(file.read_text(encoding="utf-8", errors="replace")[:50_000])  # a few huge files stay a few
+            size += len(texts[-1])
+    return texts
+
+
+def default_tokenizer(vocab_size=4096) -> Path:
+    """A sentencepiece BPE trained on a sample of the stdlib corpus at first use, cached atomically under .cache/."""
+    path = CACHE / f"stdlib-py{sys.version_info[0]}.{sys.version_info[1]}-bpe{vocab_size}.model"
+    if not path.exists():
+        import sentencepiece as spm
+        lines = [line for text in default_texts()[::3] for line in text.splitlines() if line.strip()][:60_000]
+        proto = io.BytesIO()
+        spm.SentencePieceTrainer.train(  # LLaMA's settings: unk 0, bos 1, eos 2; bytes for anything unseen
+            sentence_iterator=iter(lines), model_writer=proto, vocab_size=vocab_size, model_type="bpe",
+            byte_fallback=True, split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(proto.getvalue())
+        os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------- corpora
+
+def kind(path: Path) -> str | None:
+    """The reader for a file, by its ending (".jsonl.gz", ".parquet", ...), or None for anything else."""
+    return next((suffix for suffix in SUFFIXES if path.name.lower().endswith(suffix)), None)
+
+
+def as_list(sources) -> list:
+    """--data as given: one path (str or Path) or a list of them."""
+    return [sources] if isinstance(sources, (str, Path)) else list(sources)
+
+
+def find_files(sources) -> list[Path]:
+    """The files of --data: each source (one or a list) a file, a folder (every readable file below it, sorted)
+    or a glob (its sorted matches, folders expanded). Raises one line naming a source with nothing to read."""
+    files = []
+    for source in map(str, as_list(sources)):
+        path = Path(source)
+        if path.is_file():
+            if kind(path) is None:
+                raise ValueError(f"--data {path}: unsupported file type (readable: {' '.join(SUFFIXES)})")
+            files.append(path)
+            continue
+        if path.is_dir():
+            matches = [path]
+        elif any(c in source for c in "*?["):
+            matches = [Path(p) for p in glob.glob(source, recursive=True)]
+        else:
+            raise FileNotFoundError(f"--data {source}: not found")
+        found = sorted({f for m in matches for f in (m.rglob("*") if m.is_dir() else [m])
+                        if f.is_file() and kind(f) and not f.name.startswith(".")})  # not our .tmp files
+        if not found:
+            raise ValueError(f"--data {source}: no readable file ({' '.join(SUFFIXES)})")
+        files += found
+    return files
+
+
+def describe(files: list[Path]) -> str:
+    """'3 files, 12.4 MB on disk: a.parquet .. c.parquet' for the first line of a log."""
+    size = sum(f.stat().st_size for f in files)
+    names = str(files[0]) if len(files) == 1 else f"{files[0]} .. {files[-1]}"
+    return f"{len(files)} file{'s' * (len(files) > 1)}, {size / 1e6:,.1f} MB on disk: {names}"
+
+
+def needs_tokenizer(files) -> bool:
+    return files is None or any(kind(f) not in TOKEN_SUFFIXES for f in files)
+
+
+def read_token_file(path, eos_id: int | list[int]):
+    """Yield the documents of a pre-tokenised 1-D .npy / uint16 .bin file as memory-mapped views; each ends with
+    (and includes) its EOS. One vectorised pass finds the ends; no token is copied."""
+    path = Path(path)
+    ids = np.load(path, mmap_mode="r") if kind(path) == ".npy" else np.memmap(path, dtype=np.uint16, mode="r")
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"--data {path}: expected a 1-D array of integer token ids, got {ids.dtype} {ids.shape}")
+    ends = np.flatnonzero(np.isin(ids, eos_id)) + 1  # eos_id: an id, or a list (Llama 3 Instruct configs)
+    for a, b in zip(np.r_[0, ends], np.r_[ends, len(ids)]):
+        if b > a:
+            yield ids[a:b]
+
+
+def _jsonl(path: Path, text_field: str, mine):
+    if kind(path) == ".jsonl.gz":
+        stream = gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    elif kind(path) == ".jsonl.zst":
+        zstd = optional("zstandard", "zstandard", f"--data {path}")
+        raw = zstd.ZstdDecompressor(max_window_size=2**31).stream_reader(open(path, "rb"), read_across_frames=True)
+        stream = io.TextIOWrapper(raw, encoding="utf-8", errors="replace")  # closing it closes the file
+    else:
+        stream = open(path, encoding="utf-8", errors="replace")
+    with stream:
+        for lineno, line in enumerate(stream, 1):
+            if line.strip() and mine():
+                try:
+                    text = json.loads(line)[text_field]
+                    assert isinstance(text, str)
+                except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
+                    raise ValueError(f"{path}:{lineno}: not a JSON object with a text {text_field!r} field (pass "
+                                     f"--text-field)") from None
+                yield text
+
+
+def _parquet(path: Path, text_field: str, mine):
+    pq = optional("pyarrow.parquet", "pyarrow", f"--data {path}")
+    file = pq.ParquetFile(path)
+    if text_field not in file.schema_arrow.names:
+        raise ValueError(f"--data {path}: no column {text_field!r} (columns: {', '.join(file.schema_arrow.names)}); "
+                         f"name the text column with --text-field")
+    for batch in file.iter_batches(batch_size=1024, columns=[text_field]):  # one row group at a time
+        for text in batch.column(0).to_pylist():
+            if mine():
+                if not isinstance(text, str):
+                    raise ValueError(f"--data {path}: column {text_field!r} holds {type(text).__name__}, not text")
+                yield text
+
+
+def _corrupt() -> tuple:
+    """What a damaged file raises while it is read: gzip / zlib, and zstandard's and pyarrow's errors once loaded."""
+    loaded = [sys.modules.get("zstandard"), sys.modules.get("pyarrow")]
+    return (OSError, EOFError, zlib.error, *(getattr(m, n) for m, n in zip(loaded, ("ZstdError", "ArrowException"))
+                                               if m is not None))
+
+
+def read_records(files, text_field="text", eos_id=2, rank=0, world_size=1):
+    """Yield this rank's documents of `files` in order (documents rank, rank + world_size, ... counted over all
+    files): a str for text, an int array (EOS included) for a token file. The others are skipped unparsed."""
+    counter = itertools.count()
+
+    def mine() -> bool:
+        return next(counter) % world_size == rank
+
+    for path in map(Path, files):
+        suffix = kind(path)
+        try:
+            if suffix in TOKEN_SUFFIXES:
+                yield from (doc for doc in read_token_file(path, eos_id) if mine())
+            elif suffix == ".parquet":
+                yield from _parquet(path, text_field, mine)
+            elif suffix in TEXT_SUFFIXES:
+                if mine():
+                    yield path.read_text(encoding="utf-8", errors="replace")
+            else:
+                yield from _jsonl(path, text_field, mine)
+        except _corrupt() as e:
+            raise ValueError(f"--data {path}: unreadable, corrupt or truncated ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+
+
+class Meter:
+    """Documents, tokens and MB/s of text read so far, on stderr every `every` seconds (so silent on quick reads)."""
+
+    def __init__(self, every: float = 5.0, name: str = "data"):
+        self.every, self.name, self.docs, self.tokens, self.bytes = every, name, 0, 0, 0
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, docs: int, tokens: int, nbytes: int):
+        self.docs, self.tokens, self.bytes = self.docs + docs, self.tokens + tokens, self.bytes + nbytes
+        if time.perf_counter() - self.last >= self.every:
+            self.last = time.perf_counter()
+            print(f"{self.name}: {self}", file=sys.stderr, flush=True)
+
+    def seconds(self) -> float:
+        return max(time.perf_counter() - self.start, 1e-9)
+
+    def __str__(self):
+        return (f"{self.docs:,} documents, {self.tokens:,} tokens, {self.bytes / 1e6:,.1f} MB of text in "
+                f"{self.seconds():.1f}s ({self.bytes / 1e6 / self.seconds():.2f} MB/s)")
+
+
+def iter_documents(sources, tokenizer=None, text_field="text", rank=0, world_size=1, eos_id=2, split="train",
+                   every=5.0):
+    """This rank's documents of `sources` (see find_files; None: the embedded stdlib corpus, split "train" or
+    "eval") as int arrays, text tokenised with BOS and EOS (int32), token files as their memory-mapped views."""
+    files = None if sources is None else find_files(sources)
+    if tokenizer is None and needs_tokenizer(files):
+        text = next((f for f in files or [] if kind(f) not in TOKEN_SUFFIXES), "stdlib")
+        raise ValueError(f"--data {text} is text: it needs a tokenizer (tokenizer.model or tokenizer.json) or "
+                         f"pre-tokenised .npy")
+    if files is None:
+        records = (t for i, t in enumerate(default_texts(split)) if i % world_size == rank)
+    else:
+        records = read_records(files, text_field, eos_id, rank, world_size)
+    meter = Meter(every)
+    for record in records:
+        nbytes = 0
+        if isinstance(record, str):
+            nbytes = len(record.encode("utf-8"))
+            record = np.asarray(tokenizer.encode(record, bos=True, eos=True), dtype=np.int32)
+        meter(1, len(record), nbytes)
+        yield record
+
+
+def read_documents(sources, tokenizer=None, text_field="text", min_len=1, rank=0, world_size=1, max_documents=None,
+                   eos_id=2, split="train", every=5.0):
+    """This rank's first max_documents documents of >= min_len tokens (see iter_documents); reading stops once
+    they are in. Returns (documents, n_skipped_too_short)."""
+    documents, skipped = [], 0
+    for doc in iter_documents(sources, tokenizer, text_field, rank, world_size, eos_id, split, every):
+        if len(doc) >= min_len:
+            documents.append(doc)
+            if max_documents and len(documents) >= max_documents:
+                break
+        else:
+            skipped += 1  # §4.1 keeps documents >= L_c tokens only
+    return documents, skipped
+
+
+# ---------------------------------------------------------------- pre-tokenising CLI
+
+@dataclass
+class DataOptions:
+    """Every flag of data.py."""
+    data: list[str] = field(metadata=dict(nargs="+", help="files, folders or globs (see the docstring)"))
+    tokenizer: str = field(metadata=dict(help="checkpoint folder, tokenizer.model or tokenizer.json"))
+    out: str = field(metadata=dict(help="the .npy id file to write"))
+    workers: int = field(default=os.cpu_count() or 1, metadata=dict(type=int, help="tokenising processes"))
+    text_field: str = field(default="text", metadata=dict(help="the .jsonl field / parquet column of the text"))
+    max_documents: int | None = field(default=None, metadata=dict(type=int, help="stop after this many"))
+
+
+HEADER = 128  # bytes of the .npy header (format 1.0, padded to 64): any 1-D shape up to 20 digits fits
+
+
+def _batches(texts, max_chars=1 << 18):
+    """Lists of documents of about max_chars characters: the unit of work a process tokenises."""
+    batch, chars = [], 0
+    for text in texts:
+        batch.append(text)
+        chars += len(text)
+        if chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+_worker_tokenizer = None  # each worker process loads its own, once
+
+
+def _start_worker(path):
+    global _worker_tokenizer
+    _worker_tokenizer = Tokenizer(path)
+
+
+def _encode_batch(texts, dtype, tokenizer=None) -> np.ndarray:
+    """The concatenated BOS ... EOS ids of a batch of documents, as train.py's text path tokenises each."""
+    tokenizer = tokenizer or _worker_tokenizer
+    ids = itertools.chain.from_iterable(tokenizer.encode(t, bos=True, eos=True) for t in texts)
+    return np.fromiter(ids, dtype=dtype)
+
+
+def _encoded(batches, tokenizer: Tokenizer, workers: int, dtype):
+    """Yield (documents, bytes of text, ids) per batch, in order. workers > 1: spawned processes (no fork of a
+    parent's threads), at most two batches each in flight, so memory stays bounded however large the corpus."""
+    if workers == 1:
+        for texts in batches:
+            yield len(texts), sum(len(t.encode("utf-8")) for t in texts), _encode_batch(texts, dtype, tokenizer)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers, _start_worker, (tokenizer.path,)) as pool:
+        pending = deque()
+        for texts in batches:
+            job = pool.apply_async(_encode_batch, (texts, dtype))
+            pending.append((len(texts), sum(len(t.encode("utf-8")) for t in texts), job))
+            if len(pending) >= 2 * workers:
+                docs, nbytes, job = pending.popleft()
+                yield docs, nbytes, job.get()
+        while pending:
+            docs, nbytes, job = pending.popleft()
+            yield docs, nbytes, job.get()
+
+
+def pretokenise(opts: DataOptions, every: float = 5.0) -> dict:
+    """Write opts.out, the 1-D ids of every document of opts.data (BOS ... EOS), atomically. Returns the counts."""
+    out = Path(opts.out)
+    if out.suffix != ".npy":
+        raise ValueError(f"--out {out}: must end in .npy (the 1-D id file train.py memory-maps)")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: folder {out.parent} does not exist")
+    if opts.workers < 1 or (opts.max_documents is not None and opts.max_documents < 1):
+        raise ValueError(f"--workers {opts.workers} and --max-documents {opts.max_documents} must be >= 1")
+    files = find_files(opts.data)
+    tokens = [f for f in files if kind(f) in TOKEN_SUFFIXES]
+    if tokens:
+        raise ValueError(f"--data {tokens[0]}: already token ids (pre-tokenise text files only)")
+    tokenizer = Tokenizer(opts.tokenizer)
+    if tokenizer.eos_id is None:
+        raise ValueError(f"{tokenizer.path}: no EOS token (tokenizer_config.json eos_token, config.json eos_token_id)")
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
+    print(f"data: {describe(files)}; tokenizer {tokenizer.path} (vocab {tokenizer.vocab_size:,}, "
+          f"BOS {tokenizer.bos_id}, EOS {tokenizer.eos_id}); --workers {opts.workers}", flush=True)
+    texts = itertools.islice(read_records(files, opts.text_field), opts.max_documents)
+    meter, tmp = Meter(every), out.with_name(f".tmp{os.getpid()}-{out.name}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(bytes(HEADER))  # the header needs the final length: written last, in place
+            for docs, nbytes, ids in _encoded(_batches(texts), tokenizer, opts.workers, dtype):
+                f.write(ids.tobytes())
+                meter(docs, len(ids), nbytes)
+            n = (f.tell() - HEADER) // dtype.itemsize
+            f.seek(0)
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                     "fortran_order": False, "shape": (n,)})
+            assert f.tell() == HEADER, f.tell()
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"wrote {out} ({dtype}): {meter}, --workers {opts.workers}")
+    return dict(documents=meter.docs, tokens=meter.tokens, bytes=meter.bytes, seconds=meter.seconds())
+
+
+def parse_args(argv=None) -> DataOptions:
+    """The dataclass fields are the flags."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: fail(message)  # one line on stderr, exit 2, like every other bad input
+    for f in dataclasses.fields(DataOptions):
+        required = f.default is dataclasses.MISSING
+        parser.add_argument("--" + f.name.replace("_", "-"), required=required,
+                            default=None if required else f.default, **f.metadata)
+    return DataOptions(**vars(parser.parse_args(argv)))
+
+
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv=None):
+    opts = parse_args(argv)
+    try:
+        return pretokenise(opts)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e).splitlines()[0])
+
+
+if __name__ == "__main__":
+    main()
