@@ -2,6 +2,8 @@
 
     python -m pytest tests/test_model.py -x -q     # no CLI: train.py and evaluate.py import this file
     python benchmarks/bench_model.py               # CPU: SDPA vs explicit-mask attention, one training step
+    python -m pytest tests/test_sliding_window.py  # Mistral v0.1's sliding window against a float64 band mask
+    python benchmarks/bench_sliding.py             # CPU: the band mask vs FlexAttention past the window
 
     from model import Transformer
     model = Transformer.from_pretrained("Llama-2-7b-hf", rope_scaling={"type": "linear", "factor": 4.0})
@@ -164,7 +166,7 @@ class KVCache:
 
 # Where sliding-window attention runs as FlexAttention (fused, block-sparse: memory O(T·W)) rather than SDPA with a
 # materialised [T, T] band mask. torch 2.13 also compiles it for CPU, but forward only (training needs backward)
-# and after minutes of compiling; benchmarks/bench_sliding.py measures both there.
+# and after a minute or more of compiling; benchmarks/bench_sliding.py measures both there.
 FLEX_DEVICES = ("cuda",)
 
 
