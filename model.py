@@ -2,6 +2,8 @@
 
     python -m pytest tests/test_model.py -x -q     # no CLI: train.py and evaluate.py import this file
     python benchmarks/bench_model.py               # CPU: SDPA vs explicit-mask attention, one training step
+    python -m pytest tests/test_sliding_window.py  # Mistral v0.1's sliding window against a float64 band mask
+    python benchmarks/bench_sliding.py             # CPU: the band mask vs FlexAttention past the window
 
     from model import Transformer
     model = Transformer.from_pretrained("Llama-2-7b-hf", rope_scaling={"type": "linear", "factor": 4.0})
@@ -13,6 +15,7 @@ loads elsewhere unchanged. Classes keep Meta's names (ModelArgs, RMSNorm, Attent
 q/k rows are in HF's rotate-half layout (see rope.py's docstring for why that equals the paper's Eq. 1).
 """
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
 from rope import RotaryEmbedding, apply_rotary_emb, rope_parameters, scaling_to_config
@@ -56,7 +60,7 @@ class ModelArgs:
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     mlp_bias: bool = False
-    sliding_window: int | None = None  # Mistral v0.1; sequences longer than it are refused (see Transformer.hidden)
+    sliding_window: int | None = None  # Mistral v0.1: a token attends to the last W tokens only (Attention)
     bos_token_id: int | None = 1
     eos_token_id: int | list | None = 2
 
@@ -131,25 +135,88 @@ class RMSNorm(nn.Module):
 # RoPE application (apply_rotary_emb, RotaryEmbedding) is imported from rope.py.
 
 class KVCache:
-    """One layer's keys/values for incremental decoding: [B, Hkv, max_len, D], allocated on first use."""
+    """One layer's keys/values for incremental decoding, allocated on first use: [B, Hkv, max_len, D], or with a
+    sliding window W < max_len a rolling buffer of W slots, token index i in slot i % W (Mistral's rolling cache).
+
+    The rule is "prefill once, then decode 1 at a time": a decoded token attends to every stored key with no
+    mask, so the order of the slots does not matter, and W slots hold exactly its window i - W < j <= i.
+    """
 
     def __init__(self, max_len: int):
         self.max_len, self.len, self.k, self.v = max_len, 0, None, None
 
-    def update(self, k, v):
-        """Append k, v [B, Hkv, T, D]; return all keys/values so far [B, Hkv, len, D] (views, no copy)."""
+    def update(self, k, v, window: int | None = None):
+        """Store k, v [B, Hkv, T, D] of tokens len..len+T-1; return the stored keys/values [B, Hkv, min(len, W), D]
+        (views, no copy): what the next decoded token attends to. A prompt longer than W keeps its last W."""
+        T = k.shape[2]
+        if self.len + T > self.max_len:
+            raise ValueError(f"KV cache of {self.max_len} tokens is full: {self.len} cached + {T} new")
         if self.k is None:
-            shape = (*k.shape[:2], self.max_len, k.shape[3])
+            shape = (*k.shape[:2], min(self.max_len, window or self.max_len), k.shape[3])
             self.k, self.v = k.new_empty(shape), v.new_empty(shape)
-        start, self.len = self.len, self.len + k.shape[2]
-        self.k[:, :, start:self.len], self.v[:, :, start:self.len] = k, v
-        return self.k[:, :, :self.len], self.v[:, :, :self.len]
+        size = self.k.shape[2]
+        keep = min(T, size)  # token indices len+T-keep .. len+T-1 go to slots index % size
+        slots = torch.arange(self.len + T - keep, self.len + T, device=k.device) % size
+        self.k.index_copy_(2, slots, k[:, :, T - keep:])
+        self.v.index_copy_(2, slots, v[:, :, T - keep:])
+        self.len += T
+        return self.k[:, :, :min(self.len, size)], self.v[:, :, :min(self.len, size)]
+
+
+# Where sliding-window attention runs as FlexAttention (fused, block-sparse: memory O(T·W)) rather than SDPA with a
+# materialised [T, T] band mask. torch 2.13 also compiles it for CPU, but forward only (training needs backward)
+# and after a minute or more of compiling; benchmarks/bench_sliding.py measures both there.
+FLEX_DEVICES = ("cuda",)
+
+
+@functools.cache
+def _compiled(fn):
+    """torch.compile(fn), built on first use: FlexAttention is only fast compiled (PyTorch's docs: compile it
+    once), and importing torch.compile's machinery costs seconds that the other paths should not pay."""
+    return torch.compile(fn)
+
+
+@functools.lru_cache(maxsize=8)
+def _band_block_mask(T: int, window: int, device: torch.device):
+    """FlexAttention's block mask of the band, built once per (T, W, device): 128 x 128 tiles wholly outside the
+    band are skipped, so time and memory are O(T·W). Compiled, create_block_mask never holds the [T, T] boolean
+    mask it would otherwise materialise (1 GiB at 32k tokens) to find the tiles."""
+    def band(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
+    return _compiled(create_block_mask)(band, None, None, T, T, device=device)  # B, H = None: broadcast
+
+
+def sliding_window_attention(q, k, v, window: int):
+    """Causal attention over a band: query i attends to keys j with i - window < j <= i, i.e. itself and the
+    window - 1 tokens before it (transformers' sliding_window_overlay: kv_idx > q_idx - sliding_window).
+    q [B, H, T, D], k/v [B, Hkv, T, D] (GQA when Hkv < H) -> [B, H, T, D]. FlexAttention on FLEX_DEVICES in
+    fp16 / bf16 / fp32; elsewhere (CPU, float64) SDPA with the band as an explicit [T, T] mask."""
+    T, gqa = q.shape[2], q.shape[1] != k.shape[1]
+    if q.device.type in FLEX_DEVICES and q.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        block_mask = _band_block_mask(T, window, q.device)
+        return _compiled(flex_attention)(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+    i = torch.arange(T, device=q.device)
+    behind = i[:, None] - i[None, :]          # [T, T]: query index - key index
+    band = (behind >= 0) & (behind < window)  # True = attend
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=band, enable_gqa=gqa)
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention with RoPE and GQA; causal, or Mistral v0.1's sliding window.
+
+    Sliding window W (config.json "sliding_window"): the token at index i in the sequence attends to the tokens
+    at indices i - W + 1 .. i, as transformers' MistralForCausalLM computes it. The band is in token index (HF
+    builds it from cache positions), not in position id: under PoSE's skips (Eq. 4) a query just after a jump
+    still sees the W - 1 tokens before it in the window, though their position ids may be thousands lower. That
+    is what fine-tuning HF's Mistral with PoSE position_ids does (with an attention_mask passed, as the authors'
+    code does: without one, recent transformers read every jump as the start of a new packed sequence and block
+    attention across the chunks). With contiguous position ids, index and position differ by a constant.
+    """
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.window = args.sliding_window
         self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=args.attention_bias)
         self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.attention_bias)
         self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.attention_bias)
@@ -165,12 +232,18 @@ class Attention(nn.Module):
         if cache is not None:
             if cache.len and T > 1:  # SDPA's causal mask is aligned top-left: right only if keys == queries
                 raise ValueError(f"{T} new tokens after {cache.len} cached: prefill once, then decode 1 at a time")
-            k, v = cache.update(k, v)  # [B, Hkv, S, D], S = tokens so far
-        # is_causal=True instead of a [T, T] mask keeps the flash / memory-efficient kernels eligible; a single
-        # decoded token (T = 1) sees every cached key. enable_gqa: each group of H / Hkv query heads shares
-        # one K/V head without copying K/V (repeat_kv in Meta's code).
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
-                                             enable_gqa=self.n_heads != self.n_kv_heads)  # [B, H, T, D]
+            stored_k, stored_v = cache.update(k, v, self.window)  # [B, Hkv, S, D], S = min(tokens so far, W)
+            if T == 1:  # decoding: exactly the keys in its window; a prefill attends over its own k, v below
+                k, v = stored_k, stored_v
+        if self.window is not None and T > self.window:
+            out = sliding_window_attention(q, k, v, self.window)  # [B, H, T, D]
+        else:
+            # Within the window the band is plain causal attention. is_causal=True instead of a [T, T] mask keeps
+            # the flash / memory-efficient kernels eligible; a single decoded token (T = 1) sees every key it is
+            # given. enable_gqa: each group of H / Hkv query heads shares one K/V head without copying K/V
+            # (repeat_kv in Meta's code).
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
+                                                 enable_gqa=self.n_heads != self.n_kv_heads)  # [B, H, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))  # [B, T, dim]
 
 
@@ -246,10 +319,6 @@ class Transformer(nn.Module):
         if positions is None:
             positions = torch.arange(start, start + T, device=tokens.device)
         positions = positions.expand(B, T)
-        if self.args.sliding_window is not None and start + T > self.args.sliding_window:
-            # A banded mask would have to be materialised (no fast SDPA kernel takes one): refuse, never drop it.
-            raise ValueError(f"sequence of {start + T} tokens exceeds the config's sliding_window "
-                             f"{self.args.sliding_window}; use at most that many tokens")
         cos, sin = self.rotary_emb(positions)  # [B, T, head_dim] float32, angles in float64 (rope.py)
         h = self.model.embed_tokens(tokens)  # [B, T, dim]
         for i, layer in enumerate(self.model.layers):
@@ -284,7 +353,8 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def generate(self, tokens, max_new_tokens: int, positions=None):
         """Greedy decoding with a KV cache: prefill the prompt, then one token at a time at the next position
-        id (last prompt position + 1, + 2, ...). Returns the new ids [B, max_new_tokens]."""
+        id (last prompt position + 1, + 2, ...). Returns the new ids [B, max_new_tokens]. Under a sliding window
+        W each layer's cache keeps the last W tokens only (KVCache), however long the prompt."""
         B, T = tokens.shape
         if positions is None:
             positions = torch.arange(T, device=tokens.device)

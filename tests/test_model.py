@@ -44,8 +44,9 @@ def meta_weights(tied, seed=0):
     return W
 
 
-def reference_logits(W, tokens, positions, base=10000.0, eps=1e-6):
-    """Plain float64 LLaMA: explicit causal mask, softmax, K/V head repeat; RoPE as the paper's Eq. (1)."""
+def reference_logits(W, tokens, positions, base=10000.0, eps=1e-6, window=None):
+    """Plain float64 LLaMA: explicit causal mask, softmax, K/V head repeat; RoPE as the paper's Eq. (1).
+    window: Mistral's sliding window, a band of that many keys per query (itself included), by token index."""
     B, T = tokens.shape
     theta = base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)  # θ_j = base^(-2j/d)
     angle = positions.double()[:, :, None, None] * theta               # [B, T, 1, D/2]; float positions allowed
@@ -60,7 +61,10 @@ def reference_logits(W, tokens, positions, base=10000.0, eps=1e-6):
     def rmsnorm(x, w):
         return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
 
-    causal = torch.ones(T, T, dtype=torch.bool).triu(1)  # key s > query t is hidden
+    t, s = torch.arange(T)[:, None], torch.arange(T)[None, :]  # query index t, key index s
+    hidden = s > t  # causal: a later key is hidden
+    if window is not None:
+        hidden = hidden | (t - s >= window)  # ... and so is a key `window` or more tokens back
     x = W["emb"][tokens]
     for L in W["layers"]:
         a = rmsnorm(x, L["attn_norm"])
@@ -70,7 +74,7 @@ def reference_logits(W, tokens, positions, base=10000.0, eps=1e-6):
         group = [h // (H // HKV) for h in range(H)]  # query head h reads K/V head h // (H / Hkv)
         k, v = k[:, :, group], v[:, :, group]
         scores = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(D)
-        scores = scores.masked_fill(causal, float("-inf"))
+        scores = scores.masked_fill(hidden, float("-inf"))
         p = torch.exp(scores - scores.max(-1, keepdim=True).values)
         p = p / p.sum(-1, keepdim=True)
         x = x + torch.einsum("bhts,bshd->bthd", p, v).reshape(B, T, H * D) @ L["wo"].T
@@ -248,11 +252,14 @@ def test_ntk_exports_as_raised_rope_theta_and_sliding_window_as_mistral():
     assert mistral["model_type"] == "mistral" and mistral["sliding_window"] == 24
 
 
-def test_sequences_longer_than_a_sliding_window_are_refused_not_silently_attended():
-    model = Transformer(ModelArgs.from_config(config(sliding_window=24)))
-    model(torch.zeros(1, 24, dtype=torch.long))  # within the window: plain causal attention is exact
-    with pytest.raises(ValueError, match="sliding_window 24"):
-        model(torch.zeros(1, 25, dtype=torch.long))
+def test_mistral_without_a_sliding_window_is_plain_causal_and_gelu_is_refused(tmp_path):
+    W = meta_weights(tied=False)
+    v02 = config(model_type="mistral", sliding_window=None, rope_theta=1e6)  # Mistral v0.2 / v0.3
+    model = Transformer.from_pretrained(write_checkpoint(tmp_path, W, v02, tied=False), dtype=torch.float32)
+    assert model.args.sliding_window is None and model.args.rope["rope_theta"] == 1e6
+    tokens = tokens_for(POSE_POSITIONS)
+    assert rel_err(model(tokens, POSE_POSITIONS), reference_logits(W, tokens, POSE_POSITIONS, base=1e6)) < 1e-4
+    assert ModelArgs.from_config(config(sliding_window=24, use_sliding_window=False)).sliding_window is None
     with pytest.raises(ValueError, match="hidden_act 'gelu'"):
         ModelArgs.from_config(config(hidden_act="gelu"))
 
