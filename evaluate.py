@@ -7,7 +7,7 @@ and RULER's synthetic tasks with an effective length (Hsieh et al. 2024), which 
     python evaluate.py plot original.json pi-only.json pose.json passkey.json --out fig.png  # as Fig. 2b
     python evaluate.py ppl --model out/final --lengths 128 256 512 1024 --stride 256 --docs 10  # after train.py
     python evaluate.py passkey --model out/final --lengths 128 256 512 1024 --trials 10
-    python evaluate.py ruler --model out/final --lengths 256 512 1024 2048 --samples 10 --threshold 10
+    python evaluate.py ruler --model out/final --lengths 256 512 1024 --samples 10
 
 The paper's rows on a real checkpoint. --rope replaces the checkpoint's rope scaling, so "Original" (plain RoPE)
 and "PI-only" (interpolation without training) come from the base checkpoint itself (App. C, Table 6):
