@@ -629,8 +629,10 @@ def common_words(rng, stream, length: int):
         g.shuffle(entries)
         return entries
 
-    (shot, shot_common, shot_uncommon), (common, uncommon) = ((20, 3, 1), (6, 1)) if length < 4096 else \
-        ((40, 10, 3), (30, 3))
+    if length < 4096:  # RULER's lighter lists below 4k tokens
+        shot, shot_common, shot_uncommon, common, uncommon = 20, 3, 1, 6, 1
+    else:
+        shot, shot_common, shot_uncommon, common, uncommon = 40, 10, 3, 30, 3
     shot_words = list(itertools.islice(nonce_words(rng), shot))
     example = CWE_PROMPT.format(context=numbered(word_list(shot_words, shot_common, shot_uncommon, rng))) + " " + \
         numbered(shot_words[:10])
@@ -681,7 +683,7 @@ def ruler_sample(task: str, tokenizer, length: int, seed: int = 0, index: int = 
     budget = length - NEW_TOKENS[task]
     if task in NIAH:
         render, answers, record = niah(NIAH[task], rng, stream, essay)
-    elif task == "vt":
+    elif task == "vt":  # RULER's 500-token example; at most L / 4, so that short lengths keep room for the task
         render, answers, record = variable_tracking(rng, tokenizer, min(VT_ICL_TOKENS, length // 4))
     elif task == "cwe":
         render, answers, record = common_words(rng, stream, length)
