@@ -201,7 +201,7 @@ def as_list(sources) -> list:
     return [sources] if isinstance(sources, (str, Path)) else list(sources)
 
 
-def find_files(sources) -> list[Path]:
+def find_files(sources, flag: str = "--data") -> list[Path]:
     """The files of --data: each source (one or a list) a file, a folder (every readable file below it, sorted)
     or a glob (its sorted matches, folders expanded). Raises one line naming a source with nothing to read."""
     files = []
@@ -209,7 +209,7 @@ def find_files(sources) -> list[Path]:
         path = Path(source)
         if path.is_file():
             if kind(path) is None:
-                raise ValueError(f"--data {path}: unsupported file type (readable: {' '.join(SUFFIXES)})")
+                raise ValueError(f"{flag} {path}: unsupported file type (readable: {' '.join(SUFFIXES)})")
             files.append(path)
             continue
         if path.is_dir():
@@ -217,11 +217,11 @@ def find_files(sources) -> list[Path]:
         elif any(c in source for c in "*?["):
             matches = [Path(p) for p in glob.glob(source, recursive=True)]
         else:
-            raise FileNotFoundError(f"--data {source}: not found")
+            raise FileNotFoundError(f"{flag} {source}: not found")
         found = sorted({f for m in matches for f in (m.rglob("*") if m.is_dir() else [m])
                         if f.is_file() and kind(f) and not f.name.startswith(".")})  # not our .tmp files
         if not found:
-            raise ValueError(f"--data {source}: no readable file ({' '.join(SUFFIXES)})")
+            raise ValueError(f"{flag} {source}: no readable file ({' '.join(SUFFIXES)})")
         files += found
     return files
 
