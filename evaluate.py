@@ -411,7 +411,8 @@ def greedy_answer(model, tokenizer, ids: list[int], new_tokens: int, device) -> 
     """Greedy decoding of new_tokens tokens after the prompt with the KV cache, as text: cut at EOS (where
     generation would stop) and without ids beyond the tokenizer's pieces (a padded embedding's)."""
     with attention(model, device):
-        out = model.generate(torch.tensor([ids], device=device), new_tokens)[0].tolist()
+        stop = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+        out = model.generate(torch.tensor([ids], device=device), new_tokens, stop_ids=stop)[0].tolist()
     out = out[:out.index(tokenizer.eos_id)] if tokenizer.eos_id in out else out
     return tokenizer.decode([i for i in out if 0 <= i < tokenizer.vocab_size])
 

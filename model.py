@@ -351,10 +351,11 @@ class Transformer(nn.Module):
         return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
 
     @torch.no_grad()
-    def generate(self, tokens, max_new_tokens: int, positions=None):
+    def generate(self, tokens, max_new_tokens: int, positions=None, stop_ids=()):
         """Greedy decoding with a KV cache: prefill the prompt, then one token at a time at the next position
-        id (last prompt position + 1, + 2, ...). Returns the new ids [B, max_new_tokens]. Under a sliding window
-        W each layer's cache keeps the last W tokens only (KVCache), however long the prompt."""
+        id (last prompt position + 1, + 2, ...). Returns the new ids [B, n], n = max_new_tokens, or fewer when
+        every row has produced one of stop_ids (e.g. EOS) by then. Under a sliding window W each layer's cache
+        keeps the last W tokens only (KVCache), however long the prompt."""
         B, T = tokens.shape
         if positions is None:
             positions = torch.arange(T, device=tokens.device)
@@ -362,11 +363,16 @@ class Transformer(nn.Module):
         cache = [KVCache(T + max_new_tokens) for _ in self.model.layers]
         logits = self.lm_head(self.hidden(tokens, positions, cache)[:, -1:])  # [B, 1, V]: no [T, V] prefill logits
         new, pos = [], positions[:, -1:]
+        stop = torch.as_tensor(list(stop_ids), dtype=torch.long, device=tokens.device)
+        stopped = torch.zeros(B, 1, dtype=torch.bool, device=tokens.device)
         for step in range(max_new_tokens):
             new.append(logits.argmax(-1))  # [B, 1]
-            if step + 1 < max_new_tokens:
+            stopped |= torch.isin(new[-1], stop)
+            if step + 1 < max_new_tokens and not (len(stop) and bool(stopped.all())):
                 pos = pos + 1
                 logits = self.lm_head(self.hidden(new[-1], pos, cache))
+            else:
+                break
         return torch.cat(new, dim=1) if new else tokens.new_empty(B, 0)
 
     # ------------------------------------------------------------ loading / saving

@@ -147,7 +147,7 @@ class Oracle:
     def __init__(self, tokenizer, wrong=False):
         self.tokenizer, self.wrong = tokenizer, wrong
 
-    def generate(self, tokens, max_new_tokens):
+    def generate(self, tokens, max_new_tokens, stop_ids=()):
         key = int(re.search(r"The pass key is (\d+)", self.tokenizer.decode(tokens[0].tolist())).group(1))
         ids = self.tokenizer.encode(f" {key + self.wrong}. Remember it.", bos=False)[:max_new_tokens]
         return torch.tensor([ids])

@@ -144,6 +144,20 @@ def test_linear_rope_override_equals_reference_at_positions_divided_by_alpha(tie
     assert rel_err(model(tokens, POSE_POSITIONS), reference_logits(W, tokens, POSE_POSITIONS / 4.0)) < 1e-4
 
 
+def test_generate_stops_once_every_row_has_produced_a_stop_id(tied_ckpt):
+    model = Transformer.from_pretrained(tied_ckpt[1], dtype=torch.float32)
+    prompt = tokens_for(POSE_POSITIONS)
+    full = model.generate(prompt, 12)  # [2, 12] without stopping
+    assert full.shape == (2, 12)
+    first, second = full[0].tolist(), full[1].tolist()
+    stop = first[3]  # a token row 0 produces at step 3
+    assert torch.equal(model.generate(prompt[:1], 12, stop_ids=[stop]), full[:1, :first.index(stop) + 1])
+    # a batch runs until its last row has stopped; rows that stopped earlier keep their (unused) greedy tokens
+    both = max(first.index(stop), second.index(stop) if stop in second else 11) + 1
+    assert torch.equal(model.generate(prompt, 12, stop_ids=[stop]), full[:, :both])
+    assert torch.equal(model.generate(prompt, 12, stop_ids=[]), full)
+
+
 def test_kv_cache_decoding_equals_repeated_full_forwards(tied_ckpt):
     model = Transformer.from_pretrained(tied_ckpt[1], dtype=torch.float32)
     prompt, positions = tokens_for(POSE_POSITIONS)[:1], POSE_POSITIONS[:1]
