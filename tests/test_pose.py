@@ -242,3 +242,87 @@ def test_cli_plot_writes_png_or_says_matplotlib_is_missing(tmp_path, capsys):
     assert pose.main(argv + ["--plot", str(out)]) == 0
     assert out.exists() or "matplotlib is not installed" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] in ([], ["fig5.png"])   # no temp file left behind
+
+
+# ---------------------------------------------------------------- content modes (Eq. 5, App. A) and Fig. 1
+
+@settings(max_examples=100)
+@given(cases())
+def test_zero_content_reads_the_documents_first_window_unbroken(case):
+    window, target, doc_len, chunks, _, seed = case
+    index, positions = pose.sample(np.random.default_rng(seed), doc_len, window, target, chunks, "zero")
+    assert index.tolist() == list(range(window))     # v_i = 0: x[0:L_c], only the position ids jump
+
+
+@settings(max_examples=150)
+@given(cases())
+def test_aligned_content_is_each_chunks_skip_clamped_at_the_documents_end(case):
+    """App. A: v_i = u_i, i.e. a token's index equals its position id, clamped to v_i = min(u_i, L_x - L_c)."""
+    window, target, doc_len, chunks, _, seed = case
+    index, positions = pose.sample(np.random.default_rng(seed), doc_len, window, target, chunks, "aligned")
+    slot = np.arange(window)
+    u = positions - slot                               # repeat(u, l): each chunk's skip, token by token
+    assert np.array_equal(index - slot, np.minimum(u, doc_len - window))
+
+
+def test_aligned_content_clamps_late_chunks_to_the_documents_last_tokens():
+    window, target, doc_len = 8, 64, 11               # the document ends 3 tokens past L_c
+    rng, clamped = np.random.default_rng(5), 0
+    for _ in range(200):
+        index, positions = pose.sample(rng, doc_len, window, target, 2, "aligned")
+        u_1 = positions[-1] - (window - 1)
+        if u_1 > doc_len - window:                     # chunk 1 would read past the end: it takes the last tokens
+            assert index[-1] == doc_len - 1 and index[0] == 0
+            clamped += 1
+        else:
+            assert np.array_equal(index, positions)
+    assert clamped > 150                               # P(u_1 > 3) = 53 / 57
+
+
+@pytest.mark.parametrize("doc_len", [100, 12])
+def test_released_content_offset_is_uniform_up_to_the_five_window_truncation(doc_len):
+    """The authors' code: v_1 = rt2 - L_c with rt2 ~ U{L_c..min(L_x, 5 L_c)}, so v_1 ~ U{0..min(L_x, 5 L_c) - L_c}
+    (0..20 for L_x = 100, 0..7 for L_x = 12 at L_c = 5); u_1 ~ U{0..L_t - L_c}; l_0 ~ U{1..ceil(L_c / 2)}."""
+    window, target, n = 5, 21, 3400
+    rng = np.random.default_rng(7)
+    v1, u1, l0 = [], [], []
+    for _ in range(n):
+        index, positions = pose.sample(rng, doc_len, window, target, 2, "released")
+        v1.append(index[-1] - (window - 1))
+        u1.append(positions[-1] - (window - 1))
+        jump = np.flatnonzero(np.diff(positions) != 1)
+        if len(jump):
+            l0.append(jump[0] + 1)
+    top = min(doc_len, 5 * window) - window
+    v1, u1, l0 = np.bincount(v1), np.bincount(u1), np.bincount(l0)[1:]
+    assert len(v1) == top + 1 and ((v1 - n / (top + 1)) ** 2 / (n / (top + 1))).sum() < 50  # df 20 / 7: P = 2e-4 / 1e-8
+    assert len(u1) == 17 and ((u1 - n / 17) ** 2 / (n / 17)).sum() < 50                     # df 16: P = 2e-5
+    assert len(l0) == 3 and ((l0 - l0.sum() / 3) ** 2 / (l0.sum() / 3)).sum() < 23           # df 2: P = 1e-5
+
+
+class Scripted:
+    """A stand-in rng that returns chosen draws and checks the range each one is drawn from:
+    draws = [(low, high exclusive, value), ...] in the order the sampler draws them."""
+
+    def __init__(self, *draws):
+        self.draws = list(draws)
+
+    def integers(self, low, high, size=None):
+        want_low, want_high, value = self.draws.pop(0)
+        assert np.all(np.asarray(low) == want_low) and np.all(np.asarray(high) == want_high), (low, high)
+        return np.full(size if size is not None else np.broadcast(low, high).shape, value, dtype=np.int64)
+
+
+def test_fig_1_worked_example_of_the_docstring():
+    """pose.py's docstring: L_c = 2,048 -> L_t = 8,192, N = 2, L_x = 10,000; l_0 = 1,000, u_1 = 3,000, v_1 = 5,000."""
+    rng = Scripted((1, 2048, 1000),         # Eq. 3: l_0 ~ U{1..L_c-1}
+                   (0, 6145, 3000),         # Eq. 4: u_1 ~ U{u_0..L_t-L_c} = U{0..6,144}
+                   (0, 7953, 5000))         # Eq. 5: v_1 ~ U{v_0..L_x-L_c} = U{0..7,952}
+    index, positions = pose.sample(rng, 10_000, 2048, 8192, 2, "uniform")
+    assert rng.draws == []
+    assert positions.tolist() == [*range(0, 1000), *range(4000, 5048)]  # chunk 1: 3,000+1,000 .. 3,000+2,047
+    assert index.tolist() == [*range(0, 1000), *range(6000, 7048)]      # x[0:1000] and x[6000:7048]
+    seen = np.zeros(8192, bool)
+    for i in range(len(positions) - 1):
+        seen[positions[i + 1:] - positions[i]] = True
+    assert np.flatnonzero(seen).tolist() == [*range(1, 1048), *range(3001, 5048)]  # 1..1,047 and 3,001..5,047
