@@ -49,6 +49,40 @@ def hf_yarn_inv_freq(d, base, factor, window, beta_fast=32, beta_slow=1, revised
     return out
 
 
+def llama3_inv_freq(d, base, s, window, low=1.0, high=4.0):
+    """Meta's apply_scaling (Llama 3.1) written out: wavelengths shorter than L_c/high keep θ_j, longer than
+    L_c/low get θ_j/s, in between a blend linear in L_c/wavelength."""
+    out = []
+    for j in range(d // 2):
+        f = theta(j, d, base)
+        wavelen = 2 * math.pi / f
+        if wavelen < window / high:
+            out.append(f)
+        elif wavelen > window / low:
+            out.append(f / s)
+        else:
+            smooth = (window / wavelen - low) / (high - low)
+            out.append((1 - smooth) * f / s + smooth * f)
+    return out
+
+
+def ref_inv_freq(rope_type, d=D, base=BASE, factor=4.0, window=256, seq_len=None):
+    """(θ'_j, cos/sin multiplier) of each rope type from its formula, never from rope.py (LLAMA3's bands)."""
+    if rope_type == "linear":                            # PI: m -> m/α
+        return [theta(j, d, base) / factor for j in range(d // 2)], 1.0
+    if rope_type == "ntk":                               # PoSE §3.1: base·α^(d/(d-2))
+        return [theta(j, d, base * factor ** (d / (d - 2))) for j in range(d // 2)], 1.0
+    if rope_type == "dynamic" and seq_len is not None and seq_len > window:  # HF's dynamic NTK
+        return [theta(j, d, base * (factor * seq_len / window - (factor - 1)) ** (d / (d - 2)))
+                for j in range(d // 2)], 1.0
+    if rope_type in ("yarn", "yarn-revised"):            # YaRN: sqrt(1/t) = 0.1 ln(s) + 1 on cos and sin
+        return hf_yarn_inv_freq(d, base, factor, window, revised=rope_type == "yarn-revised"), \
+            0.1 * math.log(factor) + 1
+    if rope_type == "llama3":
+        return llama3_inv_freq(d, base, factor, window, LLAMA3["low_freq_factor"], LLAMA3["high_freq_factor"]), 1.0
+    return [theta(j, d, base) for j in range(d // 2)], 1.0  # default; dynamic inside the window
+
+
 def score(rope, q, k, m, n):
     """<f(q, m), f(k, n)> through RotaryEmbedding + apply_rotary_emb; q, k [D] float64."""
     cos, sin = RotaryEmbedding(rope, D)(torch.tensor([[m, n]]))
@@ -57,13 +91,28 @@ def score(rope, q, k, m, n):
     return float(y[0] @ y[1])
 
 
+def relative_score(q, k, distance, inv_freq, scale):
+    """PoSE Eq. 2's g(q, k, m - n) written out: pair j of the rotate-half layout is the complex number
+    z = x_j + i·x_(j+d/2), rotated by e^(i·m·θ_j); the score is Σ_j Re[z_q·conj(z_k)·e^(i(m-n)θ_j)], times the
+    cos/sin multiplier squared."""
+    h, total = len(q) // 2, 0.0
+    for j, f in enumerate(inv_freq):
+        a, b, c, e = q[j], q[j + h], k[j], k[j + h]
+        total += (a * c + b * e) * math.cos(distance * f) - (b * c - a * e) * math.sin(distance * f)
+    return total * scale ** 2
+
+
 @pytest.mark.parametrize("rope", STATIC, ids=lambda r: r["rope_type"])
 @given(m=st.integers(0, 10**6), n=st.integers(0, 10**6), shift=st.integers(-10**5, 10**5))
-def test_score_depends_only_on_relative_distance(rope, m, n, shift):
-    # PoSE Eq. 2: a(q, k) = g(q, k, θ, m - n); shifting both positions changes nothing.
+def test_score_is_eq_2s_function_of_relative_distance_with_each_types_frequencies(rope, m, n, shift):
+    # PoSE Eq. 2: a(q, k) = g(q, k, θ, m - n), with g written out from the type's own formula: a rotation with
+    # other frequencies, another pairing or the wrong sense fails the first assertion, not only the second.
     shift = max(shift, -min(m, n))
     q, k = torch.randn(2, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert score(rope, q, k, m, n) == pytest.approx(score(rope, q, k, m + shift, n + shift), abs=1e-4)
+    inv_freq, scale = ref_inv_freq(rope["rope_type"])
+    want = relative_score(q.tolist(), k.tolist(), m - n, inv_freq, scale)
+    assert score(rope, q, k, m, n) == pytest.approx(want, abs=1e-4)
+    assert score(rope, q, k, m + shift, n + shift) == pytest.approx(want, abs=1e-4)
 
 
 def test_linear_equals_default_at_positions_over_alpha():
@@ -143,19 +192,8 @@ def test_llama3_bands():
     rope = rope_parameters({"rope_theta": base, "max_position_embeddings": 131072, "rope_scaling": {
         "rope_type": "llama3", "factor": s, "original_max_position_embeddings": window, **LLAMA3}})
     inv, scale = compute_inv_freq(rope, d)
-    ratio = []
-    for j in range(d // 2):
-        f = theta(j, d, base)
-        wavelen = 2 * math.pi / f
-        if wavelen < window / 4:
-            want = f
-        elif wavelen > window / 1:
-            want = f / s
-        else:
-            smooth = (window / wavelen - 1) / (4 - 1)
-            want = (1 - smooth) * f / s + smooth * f
-        assert float(inv[j]) == pytest.approx(want, rel=1e-12)
-        ratio.append(float(inv[j]) / f)
+    assert inv.tolist() == pytest.approx(llama3_inv_freq(d, base, s, window), rel=1e-12)
+    ratio = [float(inv[j]) / theta(j, d, base) for j in range(d // 2)]
     assert ratio[0] == 1.0 and ratio[-1] == pytest.approx(1 / s) and scale == 1.0
     assert all(a >= b - 1e-12 for a, b in zip(ratio, ratio[1:]))  # monotone from 1 down to 1/s: no jump
     assert any(1 / s < r < 1 for r in ratio)  # a real smooth band exists
@@ -176,19 +214,21 @@ def test_dynamic_is_default_inside_window_and_raises_base_beyond():
 @pytest.mark.parametrize("rope", STATIC, ids=lambda r: r["rope_type"])
 def test_cos_sin_exact_at_a_million_vs_float64(rope):
     positions = [[0, 1, 131_071, 524_287, 999_983, 1_000_000], [7, 65_536, 262_144, 777_777, 999_999, 3]]
-    inv, scale = compute_inv_freq(rope, D)
-    ref = ref_cos_sin(positions, inv.tolist(), scale)
+    ref = ref_cos_sin(positions, *ref_inv_freq(rope["rope_type"]))  # the type's formula, not compute_inv_freq
     cos, sin = RotaryEmbedding(rope, D)(torch.tensor(positions))
     assert cos.dtype == sin.dtype == torch.float32 and cos.shape == (2, 6, D)
     assert (cos.double() - ref[0]).abs().max() < 1e-5 and (sin.double() - ref[1]).abs().max() < 1e-5
 
 
-def test_float32_angles_would_be_wrong_at_128k():
-    # Why rope.py forms angles in float64: the naive float32 product is off by ~1e-2 rad at 128k.
+def test_angles_at_128k_are_exact_where_float32_angles_would_be_off_by_1e_2():
+    # Why rope.py forms m·θ_j in float64: the naive float32 product is off by ~1e-2 rad at 128k; rope.py is not.
     m = torch.arange(131_000, 131_072)
-    naive = (m.float()[:, None] * torch.tensor([theta(0), theta(1)], dtype=torch.float32)).cos()
-    exact = torch.tensor([[math.cos(p * theta(0)), math.cos(p * theta(1))] for p in m.tolist()])
+    exact = torch.tensor([[math.cos(p * theta(j)) for j in range(D // 2)] for p in m.tolist()], dtype=torch.float64)
+    naive = (m.float()[:, None] * torch.tensor([theta(j) for j in range(D // 2)], dtype=torch.float32)).cos()
     assert (naive.double() - exact).abs().max() > 1e-3
+    cos, _ = RotaryEmbedding(canon("default"), D)(m[None])
+    assert (cos[0, :, :D // 2].double() - exact).abs().max() < 1e-6
+    assert torch.equal(cos[..., :D // 2], cos[..., D // 2:])  # pair j at j and j + d/2
 
 
 def test_rotate_half_equals_paper_interleaved_rotation_on_depermuted_vectors():
