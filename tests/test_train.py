@@ -137,10 +137,10 @@ def test_ranks_read_disjoint_shards_that_cover_the_corpus(corpus):
 
 
 @pytest.mark.parametrize("method", ["pose", "randpos", "plain", "full"])
-def test_every_label_is_the_documents_true_next_token(method):
+def test_every_label_is_the_documents_true_next_token(method, tmp_path):
     docs = [np.arange(1000), np.arange(2000, 2600)]  # token id = its offset (+2000): labels are checkable by eye
     opts, _ = train.resolve(train.parse_args(["--window", "32", "--target", "256", "--method", method,
-                                              "--batch-size", "4", "--out", "/tmp/unused"]), 1)
+                                              "--batch-size", "4", "--out", str(tmp_path)]), 1)
     tokens, targets, positions = train.make_batch(docs, opts, rank=0, step=3, micro=0, accum=1)
     length = 256 if method == "full" else 32
     assert tokens.shape == targets.shape == positions.shape == (4, length)
@@ -152,7 +152,7 @@ def test_every_label_is_the_documents_true_next_token(method):
 
 
 @pytest.mark.parametrize("method", ["pose", "randpos", "plain", "full"])
-def test_every_window_starts_with_the_documents_bos_at_position_0(method):
+def test_every_window_starts_with_the_documents_bos_at_position_0(method, tmp_path):
     """Issue 12: the authors cut every document from its start (truncation=True, max_length=L), and evaluation
     puts BOS at position 0 of every window: every method must train on that input, in every example
     (RandPos's position ids are a random subset of 0..L_t-1 by definition, so only its token 0 is BOS)."""
@@ -160,7 +160,7 @@ def test_every_window_starts_with_the_documents_bos_at_position_0(method):
     docs = [np.concatenate([[1], rng.integers(3, 4096, size=int(n))]) for n in rng.integers(40, 400, size=30)]
     for seed in range(3):
         opts, _ = train.resolve(train.parse_args(["--window", "32", "--target", "256", "--method", method, "--seed",
-                                                  str(seed), "--batch-size", "8", "--out", "/tmp/unused"]), 1)
+                                                  str(seed), "--batch-size", "8", "--out", str(tmp_path)]), 1)
         for step in range(0, 40, 3):
             tokens, _, positions = train.make_batch(docs, opts, rank=0, step=step, micro=0, accum=1)
             assert (tokens[:, 0] == 1).all(), (seed, step)
@@ -168,7 +168,7 @@ def test_every_window_starts_with_the_documents_bos_at_position_0(method):
             assert (positions[:, 0] == 0).all() if method != "randpos" else (positions[:, 0] < 256).all()
     # --crop random is the explicit alternative: windows then start inside documents
     opts, _ = train.resolve(train.parse_args(["--window", "32", "--target", "256", "--method", method, "--crop",
-                                              "random", "--batch-size", "8", "--out", "/tmp/unused"]), 1) \
+                                              "random", "--batch-size", "8", "--out", str(tmp_path)]), 1) \
         if method != "pose" else (None, None)
     if opts is not None:
         long_docs = [np.concatenate([[1], rng.integers(3, 4096, size=900)]) for _ in range(8)]
@@ -176,19 +176,20 @@ def test_every_window_starts_with_the_documents_bos_at_position_0(method):
         assert (starts != 1).float().mean() > 0.5
 
 
-def test_crop_random_is_refused_for_pose_whose_chunk_0_starts_at_the_document(capsys):
+def test_crop_random_is_refused_for_pose_whose_chunk_0_starts_at_the_document(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
-        train.main(["--crop", "random", "--out", "/tmp/unused-never-written"])
+        train.main(["--crop", "random", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and err.startswith("error: --crop random") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
-def test_full_length_truncates_at_the_target_and_pads_shorter_documents():
+def test_full_length_truncates_at_the_target_and_pads_shorter_documents(tmp_path):
     """The authors' Full-length tokenises with max_length = L_t: a document of fewer tokens is one shorter
     sequence (here padded to the micro-batch's longest row, padding never scored)."""
     docs = [np.arange(1, 41), np.arange(1000, 1500)]  # 40 tokens (>= L_c + 1 = 33) and 500 (> L_t + 1)
     opts, _ = train.resolve(train.parse_args(["--window", "32", "--target", "256", "--method", "full",
-                                              "--batch-size", "2", "--out", "/tmp/unused"]), 1)
+                                              "--batch-size", "2", "--out", str(tmp_path)]), 1)
     tokens, targets, positions = train.make_batch(docs, opts, rank=0, step=0, micro=0, accum=1)
     assert tokens.shape == (2, 256)
     rows = {int(t[0]): (t, y, p) for t, y, p in zip(tokens, targets, positions)}
@@ -200,9 +201,9 @@ def test_full_length_truncates_at_the_target_and_pads_shorter_documents():
     assert p.tolist() == list(range(256))
 
 
-def test_example_stream_is_a_function_of_seed_rank_step_and_ranks_differ():
+def test_example_stream_is_a_function_of_seed_rank_step_and_ranks_differ(tmp_path):
     docs = [np.arange(5000)]
-    opts, _ = train.resolve(train.parse_args(["--window", "64", "--target", "512", "--out", "/tmp/unused"]), 1)
+    opts, _ = train.resolve(train.parse_args(["--window", "64", "--target", "512", "--out", str(tmp_path)]), 1)
     batch = lambda rank, step, micro=0: torch.stack(train.make_batch(docs, opts, rank, step, micro, 2))
     assert torch.equal(batch(0, 5), batch(0, 5))
     assert not torch.equal(batch(0, 5), batch(1, 5))
