@@ -120,6 +120,11 @@ def test_a_document_shorter_than_the_window_is_scored_whole_in_one_window_and_co
     assert row["nll"] == pytest.approx(expected, rel=1e-10)
 
 
+def test_window_plan_slides_unless_told_to_truncate():
+    assert evaluate.window_plan(50, 16, 8) == evaluate.window_plan(50, 16, 8, bos=True, truncate=False)
+    assert len(evaluate.window_plan(50, 16, 8)) == 6  # starts 0, 8, ..., 40: the last reaches the end
+
+
 @given(st.integers(1, 300), st.integers(2, 64), st.integers(1, 80), st.booleans(), st.booleans())
 def test_windows_hold_at_most_L_tokens_and_score_every_token_exactly_once(n, length, stride, bos, truncate):
     plan = evaluate.window_plan(n, length, stride, bos, truncate)

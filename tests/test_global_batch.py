@@ -113,6 +113,7 @@ def assert_step_matches(row, weights, reference):
         assert (got - want).abs().max() < 2.01 * LR and (~settled).float().mean() < 0.01, name
 
 
+@pytest.mark.slow
 def test_one_process_with_accumulation_and_two_processes_take_the_reference_step(setup, tmp_path):
     root, documents = setup
     reference = reference_step(root / "model", documents)

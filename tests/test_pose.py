@@ -1,6 +1,12 @@
 """Properties of the PoSE sampler (paper §3.2, Eq. 3-5), its baselines and the coverage analysis (App. B)."""
+import dataclasses
+import functools
 import itertools
 import math
+import re
+import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,12 +182,15 @@ def test_first_skip_is_uniform_on_0_to_target_minus_window_for_two_chunks():
     assert len(counts) == 17 and chi2 < 50              # df = 16; P(chi2 > 50) ~ 2e-5
 
 
-def test_content_offset_is_uniform_on_0_to_doc_len_minus_window_for_two_chunks():
-    window, doc_len, n = 8, 24, 3400
+@pytest.mark.parametrize("window,doc_len,limit", [(8, 24, 50), (4, 60, 105)])  # df 16 / 56: P = 2e-5 / 8e-5
+def test_content_offset_is_uniform_on_0_to_doc_len_minus_window_for_two_chunks(window, doc_len, limit):
+    """Eq. 5: v_1 ~ U{0..L_x-L_c}, over the whole document (only "released" cuts it at 5 L_c)."""
+    bins = doc_len - window + 1
+    n = 200 * bins
     rng = np.random.default_rng(1)
     v1 = [pose.sample(rng, doc_len, window, 40)[0][-1] - (window - 1) for _ in range(n)]
-    counts = np.bincount(v1, minlength=17)
-    assert len(counts) == 17 and ((counts - n / 17) ** 2 / (n / 17)).sum() < 50
+    counts = np.bincount(v1, minlength=bins)
+    assert len(counts) == bins and ((counts - n / bins) ** 2 / (n / bins)).sum() < limit
 
 
 def first_chunk_lengths(content, window=8, n=3000):
@@ -217,6 +226,7 @@ def test_released_first_chunk_never_longer_than_half_window_and_reaches_it():
     (lambda r: pose.contiguous(r, 10, 16), "10"),
     (lambda r: pose.coverage(16, 8, 2), "8"),
     (lambda r: pose.coverage(16, 64, 17), "17"),
+    (lambda r: pose.coverage(16, 64, 2, trials=0), "trials must be >= 1, got 0"),
 ])
 def test_every_invalid_argument_raises_value_error_naming_it(call, bad):
     with pytest.raises(ValueError, match=bad):
@@ -326,3 +336,204 @@ def test_fig_1_worked_example_of_the_docstring():
     for i in range(len(positions) - 1):
         seen[positions[i + 1:] - positions[i]] = True
     assert np.flatnonzero(seen).tolist() == [*range(1, 1048), *range(3001, 5048)]  # 1..1,047 and 3,001..5,047
+
+
+@pytest.mark.parametrize("chunks", [3, 4])
+def test_chunk_lengths_of_three_or_more_chunks_are_every_composition_equally_likely(chunks):
+    """The docstring's rule for N >= 3: N-1 distinct cut points of {1..L_c-1}, uniformly: each of the C(5, N-1)
+    compositions of L_c = 6 into N positive lengths has probability 1 / C(5, N-1)."""
+    window, n = 6, 5000
+    l, _ = pose._layout(np.random.default_rng(11), n, window, 100, chunks)
+    assert (l >= 1).all() and (l.sum(axis=1) == window).all()
+    compositions = [c for c in itertools.product(range(1, window), repeat=chunks) if sum(c) == window]
+    assert len(compositions) == math.comb(window - 1, chunks - 1) == 10
+    counts = [int((l == c).all(axis=1).sum()) for c in compositions]
+    assert sum(counts) == n and ((np.array(counts) - n / 10) ** 2 / (n / 10)).sum() < 35  # df 9: P = 6e-5
+
+
+# ---------------------------------------------------------------- App. B: examples until every distance is seen
+
+def example_covers(window, target, chunks):
+    """{set of distances one example covers, as a bit mask: probability}, enumerating Eq. 3-4 like exact_coverage."""
+    m, law = target - window, {}
+    cut_sets = list(itertools.combinations(range(1, window), chunks - 1))
+    def walk(us, prob):
+        if len(us) == chunks:
+            for cuts in cut_sets:
+                edges = [0, *cuts, window]
+                pos = [us[i] + s for i in range(chunks) for s in range(edges[i], edges[i + 1])]
+                mask = sum(1 << d for d in distances(pos))
+                law[mask] = law.get(mask, 0.0) + prob / len(cut_sets)
+            return
+        for u in range(us[-1], m + 1):
+            walk(us + [u], prob / (m - us[-1] + 1))
+    walk([0], 1.0)
+    return law
+
+
+def examples_until_full_law(window, target, chunks):
+    """Mean and standard deviation of T = examples until every distance 0..L_t-1 is covered, exactly: a Markov
+    chain over covered sets S, E[T | S] = (1 + sum_c p_c E[T | S + c]) / (1 - P(c within S)), and likewise E[T^2]."""
+    law, full = list(example_covers(window, target, chunks).items()), (1 << target) - 1
+
+    @functools.lru_cache(maxsize=None)
+    def moments(s):
+        if s == full:
+            return 0.0, 0.0
+        stay = sum(p for c, p in law if c | s == s)
+        grow = [(p, moments(c | s)) for c, p in law if c | s != s]
+        t1 = (1 + sum(p * e1 for p, (e1, _) in grow)) / (1 - stay)
+        t2 = (1 + sum(p * (2 * e1 + e2) for p, (e1, e2) in grow) + 2 * stay * t1) / (1 - stay)  # T = 1 + T'
+        return t1, t2
+
+    t1, t2 = moments(0)
+    return t1, math.sqrt(t2 - t1 * t1)
+
+
+@pytest.mark.parametrize("window,target,chunks,batch", [(4, 8, 2, 3), (4, 9, 3, 2), (3, 7, 2, 64)])
+def test_examples_until_full_follows_the_exact_law(window, target, chunks, batch):
+    """Over 1,000 simulated runs the mean of T is within 5 standard errors of its exact value (small batches, so
+    runs cross batch boundaries and the bisection inside a batch is exercised)."""
+    mean, sd = examples_until_full_law(window, target, chunks)
+    t = pose.examples_until_full(window, target, chunks, runs=1000, seed=4, batch=batch)
+    assert t.shape == (1000,) and (t >= 1).all() and (t == np.round(t)).all()
+    assert abs(t.mean() - mean) < 5 * sd / math.sqrt(len(t)), (t.mean(), mean)
+    assert t.std() == pytest.approx(sd, rel=0.15)
+
+
+def test_examples_until_full_with_one_chunk():
+    assert pose.examples_until_full(4, 8, 1, runs=3).tolist() == [math.inf] * 3  # never past L_c
+    assert pose.examples_until_full(4, 4, 1, runs=3).tolist() == [1.0] * 3       # one example covers 0..L_c-1
+
+
+def test_defaults_are_the_command_lines_and_seed_0():
+    opt = pose.Options()
+    assert np.array_equal(pose.coverage(8, 32, 2), pose.coverage(8, 32, 2, opt.trials, seed=0, batch=4096))
+    assert np.array_equal(pose.coverage(4, 9, 4, randpos=True), pose.coverage(4, 9, 4, opt.trials, 0, randpos=True))
+    assert np.array_equal(pose.examples_until_full(4, 8, 2), pose.examples_until_full(4, 8, 2, opt.runs, 0, 4096))
+
+
+def test_coverage_takes_any_number_of_trials_and_chunks_and_every_example_covers_distance_0():
+    assert pose.coverage(4, 8, 2, trials=1)[0] == 1.0
+    # RandPos at L_t = 2^20 draws 4 examples per FFT batch: 10 trials span three batches, the last one partial
+    p = pose.coverage(4, 2**20, 4, trials=10, seed=0, randpos=True)
+    assert p[0] == 1.0 and p.max() == 1.0 and np.allclose(p * 10, np.round(p * 10))
+    assert 0 < p[1:].sum() <= 6                            # at most C(4, 2) = 6 distances > 0 per example
+    many = pose.coverage(64, 128, 50, trials=5, seed=0)     # N(N+1)/2 = 1275 ranges per example: smaller batches
+    assert many[0] == 1.0 and ((many * 5) == np.round(many * 5)).all()
+
+
+# ---------------------------------------------------------------- the command line: summary, --help, --plot
+
+def summary_numbers(lines):
+    return [[float(x) for x in re.findall(r"-?\d[\d,]*\.?\d*(?:e[-+]\d+)?|nan", line.replace(",", ""))]
+            for line in lines]
+
+
+def test_summary_reports_the_exact_numbers_of_app_b():
+    """L_c = 4 -> L_t = 8, N = 2, against the enumeration written here: coverage 1, 1, .8, .6 | .6, .6, .4, .2,
+    the least-covered distance 7 (u_1 = 4, p = 1/5 exactly), and E[T] from the Markov chain."""
+    opt = pose.Options(window=4, target=8, chunks=2, trials=20_000, runs=400, seed=0)
+    lines = pose.summary(opt)
+    exact, (mean_t, sd_t) = exact_coverage(4, 8, 2), examples_until_full_law(4, 8, 2)
+    assert lines[0] == "PoSE 4 -> 8, N = 2, 20000 examples (Monte Carlo, exact per example)"
+    assert lines[1].startswith("mean coverage, distances 1..3 (inside L_c): ")
+    assert lines[2].startswith("mean coverage, distances 4..7 (beyond L_c): ")
+    assert lines[3].startswith("least-covered distance: 7, p = ") and lines[3].endswith(" of 20000)")
+    assert lines[4] == "exact p(distance 7) = P(u_(N-1) = L_t-L_c) = 2.000e-01"
+    assert lines[5].endswith("(mean +- s.e. of 400 simulated runs)") and len(lines) == 6
+    n = summary_numbers(lines)
+    assert n[1][-1] == pytest.approx(exact[1:4].mean(), abs=0.01)
+    assert n[2][-1] == pytest.approx(exact[4:].mean(), abs=0.01)
+    assert n[3][1] == pytest.approx(0.2, abs=0.01) and n[3][2] == pytest.approx(n[3][1] * 20_000, abs=1)
+    t, se = n[5][0], n[5][1]  # printed as whole numbers: 6 +- 0
+    assert abs(t - mean_t) < 5 * sd_t / 20 + 0.5 and abs(se - sd_t / 20) <= 0.5
+
+
+@pytest.mark.filterwarnings("error")  # no numpy warning (mean of nothing, std of one run) reaches the user
+@pytest.mark.parametrize("window,target,chunks,runs,want", [
+    (4, 4, 2, 1, ["distances 1..3 (inside L_c): 1.0000", "least-covered distance: 1,", "exact p(distance 3)",
+                  "seen: 1 +- nan (mean +- s.e. of 1 simulated runs)"]),            # L_t = L_c: no "beyond" line
+    (4, 8, 1, 2, ["distances 4..7 (beyond L_c): 0.0000", "seen: never (N = 1 cannot skip past L_c)"]),
+    (1, 2, 1, 2, ["distances 1..0 (inside L_c): 1.0000", "least-covered distance: 1, p = 0.00e+00 (0 of 2000)"]),
+    (1, 1, 1, 2, ["least-covered distance: 0, p = 1.00e+00 (2000 of 2000)", "seen: 1 +- 0 (mean"]),
+    (2, 5, 2, 2, ["distances 1..1 (inside L_c): 0.2"]),                              # p(1) = 1/4: u_1 = 0 only
+])
+def test_summary_edge_cases(window, target, chunks, runs, want):
+    lines = pose.summary(pose.Options(window=window, target=target, chunks=chunks, trials=2000, runs=runs))
+    assert len(lines) == 5 + (target > window)
+    for needle in want:
+        assert any(needle in line for line in lines), (needle, lines)
+
+
+@pytest.mark.parametrize("field", ["trials", "runs", "randpos_trials"])
+def test_summary_needs_at_least_one_trial_of_each_kind(field):
+    assert pose.summary(pose.Options(window=4, target=8, trials=1, runs=1, randpos_trials=1))
+    with pytest.raises(ValueError, match="must be >= 1"):
+        pose.summary(pose.Options(window=4, target=8, **{field: 0}))
+
+
+def test_cli_prints_exactly_the_summary_and_help_names_every_option(capsys):
+    argv = ["--window", "4", "--target", "8", "--trials", "300", "--runs", "3"]
+    assert pose.main(argv) == 0
+    opt = pose.Options(window=4, target=8, trials=300, runs=3)
+    assert capsys.readouterr().out == "\n".join(pose.summary(opt)) + "\n"
+    with pytest.raises(SystemExit):
+        pose.main(["--help"])
+    out = capsys.readouterr().out
+    assert "PoSE coverage analysis (App. B)" in out
+    assert all(f.metadata["help"] in out.replace("\n ", " ").replace("  ", " ")
+               for f in dataclasses.fields(pose.Options))
+    assert pose.main(["--chunks", "x"]) == 2
+    assert capsys.readouterr().err == "error: argument --chunks: invalid int value: 'x'\n"
+
+
+class RecordingPyplot:
+    """Stands in for matplotlib (not a dependency): records the backend, the curves, the axes and the file."""
+
+    def __init__(self):
+        self.backend, self.curves, self.calls = None, {}, {}
+        test = self
+
+        class Axes:
+            def plot(self, x, y, **kw):
+                test.curves[kw.get("label")] = (np.asarray(x), np.asarray(y))
+
+            def __getattr__(self, name):
+                return lambda *a, **kw: test.calls.setdefault(name, (a, kw))
+
+        class Figure:
+            def savefig(self, path, **kw):
+                Path(path).write_bytes(b"png")
+
+        self.figure, self.axes = Figure(), Axes()
+
+    def use(self, backend):
+        self.backend = backend
+
+    def subplots(self, **kw):
+        return self.figure, self.axes
+
+
+def test_plot_draws_fig_5s_four_curves_into_the_file(tmp_path, monkeypatch, capsys):
+    plt = RecordingPyplot()
+    module = types.SimpleNamespace(use=plt.use, pyplot=plt)
+    monkeypatch.setitem(sys.modules, "matplotlib", module)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", plt)
+    out = tmp_path / "fig5.png"
+    assert pose.main(["--window", "5", "--target", "11", "--trials", "20000", "--runs", "2", "--randpos-trials",
+                      "20000", "--plot", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert out.read_bytes() == b"png" and [p.name for p in tmp_path.iterdir()] == ["fig5.png"]
+    assert plt.backend == "Agg" and list(plt.curves) == ["N = 1", "N = 2", "N = 3", "RandPos"]
+    for n in (1, 2, 3):
+        x, y = plt.curves[f"N = {n}"]
+        assert x.tolist() == list(range(11)) and np.abs(y - exact_coverage(5, 11, n)).max() < 0.02
+    subsets = list(itertools.combinations(range(11), 5))
+    exact = np.zeros(11)
+    for s in subsets:
+        exact[list(distances(s))] += 1 / len(subsets)
+    x, y = plt.curves["RandPos"]
+    assert x.tolist() == list(range(11)) and np.abs(y - exact).max() < 0.02
+    assert plt.calls["axvline"][0] == (5,) and plt.calls["set"][1]["yscale"] == "log"
+    assert "5 -> 11" in plt.calls["set"][1]["title"]

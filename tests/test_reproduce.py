@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("original", "pi-only", "full", "randpos", "pose", "pose-ntk", "pose-yarn")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(2400)  # the whole pipeline (~3 min idle, 15+ on a busy 2-core box): past the 600 s default
 def test_quick_reproduction_runs_every_step_and_writes_the_tables(tmp_path):
     out = tmp_path / "repro"
