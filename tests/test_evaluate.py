@@ -120,6 +120,28 @@ def test_a_document_shorter_than_the_window_is_scored_whole_in_one_window_and_co
     assert row["nll"] == pytest.approx(expected, rel=1e-10)
 
 
+def test_each_window_feeds_the_model_bos_and_at_most_L_minus_1_document_tokens(model64):
+    """What the model is fed, pinned: at L = 16, stride 4 on 40 tokens, window k holds BOS + x[4k : 4k + 15] and its
+    targets score x_j (from the token before it) only where no earlier window did."""
+    fed = []
+
+    class Recorder:  # model.loss as perplexity() calls it, recorded
+        def loss(self, tokens, targets, positions=None):
+            fed.append((tokens[0].tolist(), targets[0].tolist()))
+            return model64.loss(tokens, targets, positions)
+
+    doc = np.random.default_rng(5).integers(3, 512, size=40)
+    evaluate.perplexity(Recorder(), [doc], [16], 4, BOS)
+    scored = 0
+    for k, (tokens, targets) in enumerate(fed):
+        begin, end = 4 * k, min(4 * k + 15, 40)
+        assert tokens == [BOS, *doc[begin:end]]
+        first = 0 if k == 0 else min(4 * (k - 1) + 15, 40)  # the previous window's end
+        assert targets == [-100] * (first - begin) + list(doc[first:end]) + [-100]
+        scored += end - first
+    assert end == 40 and len(fed) == 8 and scored == 40  # starts 0, 4, ..., 28: the last reaches the end
+
+
 def test_window_plan_slides_unless_told_to_truncate():
     assert evaluate.window_plan(50, 16, 8) == evaluate.window_plan(50, 16, 8, bos=True, truncate=False)
     assert len(evaluate.window_plan(50, 16, 8)) == 6  # starts 0, 8, ..., 40: the last reaches the end

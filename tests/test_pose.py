@@ -454,7 +454,8 @@ def test_summary_reports_the_exact_numbers_of_app_b():
 @pytest.mark.parametrize("window,target,chunks,runs,want", [
     (4, 4, 2, 1, ["distances 1..3 (inside L_c): 1.0000", "least-covered distance: 1,", "exact p(distance 3)",
                   "seen: 1 +- nan (mean +- s.e. of 1 simulated runs)"]),            # L_t = L_c: no "beyond" line
-    (4, 8, 1, 2, ["distances 4..7 (beyond L_c): 0.0000", "seen: never (N = 1 cannot skip past L_c)"]),
+    (4, 8, 1, 2, ["distances 4..7 (beyond L_c): 0.0000",
+                  "examples until every distance is seen: never (N = 1 cannot skip past L_c)"]),
     (1, 2, 1, 2, ["distances 1..0 (inside L_c): 1.0000", "least-covered distance: 1, p = 0.00e+00 (0 of 2000)"]),
     (1, 1, 1, 2, ["least-covered distance: 0, p = 1.00e+00 (2000 of 2000)", "seen: 1 +- 0 (mean"]),
     (2, 5, 2, 2, ["distances 1..1 (inside L_c): 0.2"]),                              # p(1) = 1/4: u_1 = 0 only
@@ -464,13 +465,22 @@ def test_summary_edge_cases(window, target, chunks, runs, want):
     assert len(lines) == 5 + (target > window)
     for needle in want:
         assert any(needle in line for line in lines), (needle, lines)
+    assert lines[-1].startswith("examples until every distance is seen: ")
 
 
 @pytest.mark.parametrize("field", ["trials", "runs", "randpos_trials"])
 def test_summary_needs_at_least_one_trial_of_each_kind(field):
     assert pose.summary(pose.Options(window=4, target=8, trials=1, runs=1, randpos_trials=1))
-    with pytest.raises(ValueError, match="must be >= 1"):
-        pose.summary(pose.Options(window=4, target=8, **{field: 0}))
+    opt = pose.Options(window=4, target=8, **{field: 0})
+    with pytest.raises(ValueError, match=re.escape(f"trials, runs, randpos_trials must be >= 1, got {opt.trials}, "
+                                                   f"{opt.runs}, {opt.randpos_trials}")):
+        pose.summary(opt)
+
+
+def test_summary_estimates_follow_the_seed():
+    lines = {seed: pose.summary(pose.Options(window=4, target=32, trials=500, runs=30, seed=seed)) for seed in (0, 7)}
+    assert lines[7] == pose.summary(pose.Options(window=4, target=32, trials=500, runs=30, seed=7))
+    assert lines[7][1] != lines[0][1] and lines[7][-1] != lines[0][-1]  # coverage and T both drawn from the seed
 
 
 def test_cli_prints_exactly_the_summary_and_help_names_every_option(capsys):
@@ -481,7 +491,7 @@ def test_cli_prints_exactly_the_summary_and_help_names_every_option(capsys):
     with pytest.raises(SystemExit):
         pose.main(["--help"])
     out = capsys.readouterr().out
-    assert "PoSE coverage analysis (App. B)" in out
+    assert out.startswith("usage: ") and "\n\nPoSE coverage analysis (App. B)\n\n" in out
     assert all(f.metadata["help"] in out.replace("\n ", " ").replace("  ", " ")
                for f in dataclasses.fields(pose.Options))
     assert pose.main(["--chunks", "x"]) == 2
@@ -504,6 +514,7 @@ class RecordingPyplot:
 
         class Figure:
             def savefig(self, path, **kw):
+                assert str(path).endswith(".png")  # matplotlib infers the format from the suffix
                 Path(path).write_bytes(b"png")
 
         self.figure, self.axes = Figure(), Axes()
@@ -522,18 +533,30 @@ def test_plot_draws_fig_5s_four_curves_into_the_file(tmp_path, monkeypatch, caps
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", plt)
     out = tmp_path / "fig5.png"
     assert pose.main(["--window", "5", "--target", "11", "--trials", "20000", "--runs", "2", "--randpos-trials",
-                      "20000", "--plot", str(out)]) == 0
+                      "20000", "--seed", "3", "--plot", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     assert out.read_bytes() == b"png" and [p.name for p in tmp_path.iterdir()] == ["fig5.png"]
     assert plt.backend == "Agg" and list(plt.curves) == ["N = 1", "N = 2", "N = 3", "RandPos"]
     for n in (1, 2, 3):
         x, y = plt.curves[f"N = {n}"]
         assert x.tolist() == list(range(11)) and np.abs(y - exact_coverage(5, 11, n)).max() < 0.02
+        assert np.array_equal(y, pose.coverage(5, 11, n, 20000, seed=3))  # the command line's seed
     subsets = list(itertools.combinations(range(11), 5))
     exact = np.zeros(11)
     for s in subsets:
         exact[list(distances(s))] += 1 / len(subsets)
     x, y = plt.curves["RandPos"]
     assert x.tolist() == list(range(11)) and np.abs(y - exact).max() < 0.02
-    assert plt.calls["axvline"][0] == (5,) and plt.calls["set"][1]["yscale"] == "log"
-    assert "5 -> 11" in plt.calls["set"][1]["title"]
+    assert np.array_equal(y, pose.coverage(5, 11, 5, 20000, seed=3, randpos=True))
+    assert plt.calls["axvline"][0] == (5,)
+    assert plt.calls["set"][1] == {"xlabel": "relative distance", "ylabel": "coverage probability", "yscale": "log",
+                                   "title": "5 -> 11: one training example"}
+
+
+def test_plot_without_matplotlib_says_so_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    out = tmp_path / "fig5.png"
+    assert pose.main(["--window", "5", "--target", "11", "--trials", "200", "--runs", "2", "--plot", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "wrote" not in captured.out and list(tmp_path.iterdir()) == []
+    assert captured.err == f"note: matplotlib is not installed; skipped --plot {out}\n"
