@@ -502,12 +502,13 @@ class RecordingPyplot:
     """Stands in for matplotlib (not a dependency): records the backend, the curves, the axes and the file."""
 
     def __init__(self):
-        self.backend, self.curves, self.calls = None, {}, {}
+        self.backend, self.curves, self.calls, self.style = None, {}, {}, {}
         test = self
 
         class Axes:
             def plot(self, x, y, **kw):
                 test.curves[kw.get("label")] = (np.asarray(x), np.asarray(y))
+                test.style[kw.get("label")] = kw.get("lw")
 
             def __getattr__(self, name):
                 return lambda *a, **kw: test.calls.setdefault(name, (a, kw))
@@ -515,6 +516,7 @@ class RecordingPyplot:
         class Figure:
             def savefig(self, path, **kw):
                 assert str(path).endswith(".png")  # matplotlib infers the format from the suffix
+                test.style["savefig"] = kw
                 Path(path).write_bytes(b"png")
 
         self.figure, self.axes = Figure(), Axes()
@@ -523,6 +525,7 @@ class RecordingPyplot:
         self.backend = backend
 
     def subplots(self, **kw):
+        self.style["subplots"] = kw
         return self.figure, self.axes
 
 
@@ -548,7 +551,10 @@ def test_plot_draws_fig_5s_four_curves_into_the_file(tmp_path, monkeypatch, caps
     x, y = plt.curves["RandPos"]
     assert x.tolist() == list(range(11)) and np.abs(y - exact).max() < 0.02
     assert np.array_equal(y, pose.coverage(5, 11, 5, 20000, seed=3, randpos=True))
-    assert plt.calls["axvline"][0] == (5,)
+    assert plt.calls["axvline"] == ((5,), {"color": "gray", "ls": ":"})  # L_c marked
+    # the figure's style, pinned as a golden spec (change it here when the figure changes)
+    assert plt.style == {"subplots": {"figsize": (7, 3.5)}, "N = 1": 0.8, "N = 2": 0.8, "N = 3": 0.8, "RandPos": 0.8,
+                         "savefig": {"dpi": 150, "bbox_inches": "tight"}}
     assert plt.calls["set"][1] == {"xlabel": "relative distance", "ylabel": "coverage probability", "yscale": "log",
                                    "title": "5 -> 11: one training example"}
 
