@@ -351,7 +351,8 @@ def test_rope_parameters_precedence_and_fallbacks():
     assert rope_parameters(phi3)["original_max_position_embeddings"] == 4096
     assert rope_parameters({})["original_max_position_embeddings"] == 2048
     # yarn without a factor: HF's fallback max_position_embeddings / original (DeepSeek-style)
-    yarn = {"max_position_embeddings": 16384, "rope_scaling": {"type": "yarn", "original_max_position_embeddings": 4096}}
+    yarn = {"max_position_embeddings": 16384,
+            "rope_scaling": {"type": "yarn", "original_max_position_embeddings": 4096}}
     assert rope_parameters(yarn)["factor"] == 4.0
     with pytest.raises(ValueError, match="'linear' needs a 'factor'"):  # the fallback is YaRN's only
         rope_parameters({"max_position_embeddings": 16384, "rope_scaling": {"type": "linear"}})
