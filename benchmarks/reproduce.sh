@@ -16,6 +16,7 @@
 # A step whose output exists is skipped, and a killed training resumes (--resume), so rerunning continues.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}  # the interpreter with torch installed; tests/test_reproduce.py passes its own
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 
 if [[ "${1:-}" == "--quick" ]]; then
@@ -36,7 +37,9 @@ mkdir -p "$OUT/logs" "$OUT/results"
 
 step() {  # step NAME OUTPUT COMMAND...: run COMMAND unless OUTPUT exists; log it, time it
     local name=$1 output=$2; shift 2
-    echo "$*" >> "$OUT/commands.sh"
+    local shown=("$@")
+    [[ "${shown[0]}" == "$PYTHON" ]] && shown[0]=python  # logged as `python ...`, whichever interpreter ran it
+    echo "${shown[*]}" >> "$OUT/commands.sh"
     if [[ -e "$output" ]]; then echo "== $name: $output exists, skipped"; return; fi
     echo "== $name: $*"
     local t0=$SECONDS
@@ -46,15 +49,15 @@ step() {  # step NAME OUTPUT COMMAND...: run COMMAND unless OUTPUT exists; log i
 
 : > "$OUT/commands.sh"
 step data "$OUT/data/eval.jsonl" \
-    python benchmarks/repro_data.py --out "$OUT/data" --window $LC --target $LT --max-bytes $DATA_BYTES --seed $SEED
+    "$PYTHON" benchmarks/repro_data.py --out "$OUT/data" --window $LC --target $LT --max-bytes $DATA_BYTES --seed $SEED
 step base "$OUT/base/final" \
-    python train.py --preset tiny --data "$OUT/data/pretrain.jsonl" --method plain --window $LC \
+    "$PYTHON" train.py --preset tiny --data "$OUT/data/pretrain.jsonl" --method plain --window $LC \
         --steps $PRE_STEPS --batch-size $PRE_BATCH --lr $PRE_LR --warmup 100 --seed $SEED --save-every 500 --log-every 50 --resume \
         --out "$OUT/base"
 
 finetune() {  # finetune NAME METHOD ROPE: same base, steps, batch, learning rate and documents for every method
     step "$1" "$OUT/$1/final" \
-        python train.py --model "$OUT/base/final" --data "$OUT/data/finetune.jsonl" --method "$2" --rope "$3" \
+        "$PYTHON" train.py --model "$OUT/base/final" --data "$OUT/data/finetune.jsonl" --method "$2" --rope "$3" \
             --window $LC --target $LT --steps $FT_STEPS --batch-size $FT_BATCH --lr $FT_LR --warmup 10 --seed $SEED \
             --save-every 500 --resume --out "$OUT/$1"
 }
@@ -67,10 +70,10 @@ finetune pose-yarn pose yarn-revised  # the paper's YaRN (authors' README: the r
 evaluate() {  # evaluate NAME MODEL [--rope ...]: perplexity and passkey at L_c, 2 L_c, ..., L_t
     local name=$1 model=$2; shift 2
     step "$name.ppl" "$OUT/results/$name.ppl.json" \
-        python evaluate.py ppl --model "$model" "$@" --data "$OUT/data/eval.jsonl" --lengths $LENGTHS \
+        "$PYTHON" evaluate.py ppl --model "$model" "$@" --data "$OUT/data/eval.jsonl" --lengths $LENGTHS \
             --stride $STRIDE --docs $DOCS --label "$name" --out "$OUT/results/$name.ppl.json"
     step "$name.passkey" "$OUT/results/$name.passkey.json" \
-        python evaluate.py passkey --model "$model" "$@" --lengths $LENGTHS --trials $TRIALS --seed $SEED \
+        "$PYTHON" evaluate.py passkey --model "$model" "$@" --lengths $LENGTHS --trials $TRIALS --seed $SEED \
             --label "$name" --out "$OUT/results/$name.passkey.json"
 }
 evaluate original "$OUT/base/final" --rope none
@@ -79,7 +82,7 @@ for name in full randpos pose pose-ntk pose-yarn; do
     evaluate "$name" "$OUT/$name/final"
 done
 
-report=(python benchmarks/repro_report.py "$OUT")
+report=("$PYTHON" benchmarks/repro_report.py "$OUT")
 [[ "$OUT" == runs/repro ]] && report+=(--into BENCHMARKS.md --plot benchmarks/reproduce.png)
 echo "== report: ${report[*]}"
 "${report[@]}"

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 import model as model_py
 from model import ModelArgs, Transformer, load_config
+from test_rope import ref_inv_freq
 
 DIM, H, HKV, D, FFN, V, LAYERS = 64, 4, 2, 16, 96, 101, 2  # GQA: 2 query heads per K/V head
 POSE_POSITIONS = torch.tensor([list(range(16)) + list(range(5000, 5016)),       # two chunks, skip u_1 ~ 5000
@@ -44,13 +45,20 @@ def meta_weights(tied, seed=0):
     return W
 
 
-def reference_logits(W, tokens, positions, base=10000.0, eps=1e-6, window=None):
+def reference_logits(W, tokens, positions, base=10000.0, eps=1e-6, inv_freq=None, scale=1.0, angles=None,
+                     window=None):
     """Plain float64 LLaMA: explicit causal mask, softmax, K/V head repeat; RoPE as the paper's Eq. (1).
-    window: Mistral's sliding window, a band of that many keys per query (itself included), by token index."""
+    A scaled rope: inv_freq = its θ'_j, scale = its cos/sin multiplier (YaRN's sqrt(1/t)); angles [B, T, D/2]
+    gives each token its own angles instead (dynamic NTK under a KV cache). window: Mistral's sliding window,
+    a band of that many keys per query (itself included), by token index."""
     B, T = tokens.shape
     theta = base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)  # θ_j = base^(-2j/d)
+    if inv_freq is not None:
+        theta = torch.tensor(inv_freq, dtype=torch.float64)
     angle = positions.double()[:, :, None, None] * theta               # [B, T, 1, D/2]; float positions allowed
-    cos, sin = torch.cos(angle), torch.sin(angle)
+    if angles is not None:
+        angle = angles.double()[:, :, None, :]
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
 
     def rope(x):  # x [B, T, heads, D]: rotate pair (x_2j, x_2j+1) by m·θ_j
         even, odd = x[..., 0::2], x[..., 1::2]
@@ -156,6 +164,61 @@ def test_generate_stops_once_every_row_has_produced_a_stop_id(tied_ckpt):
     both = max(first.index(stop), second.index(stop) if stop in second else 11) + 1
     assert torch.equal(model.generate(prompt, 12, stop_ids=[stop]), full[:, :both])
     assert torch.equal(model.generate(prompt, 12, stop_ids=[]), full)
+
+
+SCALED = {  # rope_scaling overrides of the tied checkpoint (L_c = 64, d = 16): every band of each type in use
+    "ntk": {"type": "ntk", "factor": 4.0},
+    "yarn": {"type": "yarn", "factor": 4.0},                  # ramp over pairs 0..3: r_j = 0, 1/3, 2/3, 1, ...
+    "yarn-revised": {"type": "yarn-revised", "factor": 4.0},
+    "dynamic": {"type": "dynamic", "factor": 4.0},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0},  # 3 bands
+}
+
+
+def scaled_reference(rope_type, seq_len=None):
+    """θ'_j and the cos/sin multiplier from each type's formula (tests/test_rope.py writes them out)."""
+    factor = SCALED[rope_type]["factor"]
+    return ref_inv_freq(rope_type, d=D, base=10000.0, factor=factor, window=64, seq_len=seq_len)
+
+
+@pytest.mark.parametrize("rope_type", SCALED)
+def test_every_scaled_rope_forward_matches_the_float64_reference_at_pose_positions(tied_ckpt, rope_type):
+    W, path = tied_ckpt
+    model = Transformer.from_pretrained(path, dtype=torch.float32, rope_scaling=SCALED[rope_type])
+    assert model.args.rope["rope_type"] == rope_type
+    tokens = tokens_for(POSE_POSITIONS)
+    inv_freq, scale = scaled_reference(rope_type, seq_len=int(POSE_POSITIONS.max()) + 1)  # dynamic: L = 5,016
+    want = reference_logits(W, tokens, POSE_POSITIONS, inv_freq=inv_freq, scale=scale)
+    assert rel_err(model(tokens, POSE_POSITIONS), want) < 1e-4
+    plain = reference_logits(W, tokens, POSE_POSITIONS)
+    assert rel_err(plain, want) > 1e-2  # the scaling matters at these positions: a no-op rope would fail
+
+
+@pytest.mark.parametrize("rope_type", SCALED)
+def test_every_scaled_rope_generates_what_the_float64_reference_decodes_greedily(tied_ckpt, rope_type):
+    """generate() with its KV cache against greedy decoding by the reference. Dynamic NTK recomputes the base per
+    call from the largest position it sees: the prompt's keys keep the prefill's angles (max prompt position + 1)
+    and each decoded token gets the angles of its own call (its position + 1), so the reference gives every
+    token its own angles; causal attention makes that exactly what the cache holds."""
+    W, path = tied_ckpt
+    model = Transformer.from_pretrained(path, dtype=torch.float32, rope_scaling=SCALED[rope_type])
+    prompt, positions = tokens_for(POSE_POSITIONS)[:1], POSE_POSITIONS[:1]
+    new = model.generate(prompt, 5, positions)
+    seq, pos = prompt, positions
+    call_len = [int(positions.max()) + 1] * positions.shape[1]  # the seq_len each token's call saw
+    for _ in range(5):
+        if rope_type == "dynamic":
+            angles = torch.stack([p * torch.tensor(scaled_reference(rope_type, n)[0], dtype=torch.float64)
+                                  for p, n in zip(pos[0].tolist(), call_len)])[None]
+            logits = reference_logits(W, seq, pos, angles=angles)[0, -1]
+        else:
+            inv_freq, scale = scaled_reference(rope_type)
+            logits = reference_logits(W, seq, pos, inv_freq=inv_freq, scale=scale)[0, -1]
+        top2 = logits.topk(2).values
+        assert top2[0] - top2[1] > 1e-3  # the greedy choice is not a float32 coin toss
+        seq, pos = torch.cat([seq, logits.argmax().view(1, 1)], 1), torch.cat([pos, pos[:, -1:] + 1], 1)
+        call_len.append(int(pos[0, -1]) + 1)
+    assert new.tolist() == seq[:, prompt.shape[1]:].tolist()
 
 
 def test_kv_cache_decoding_equals_repeated_full_forwards(tied_ckpt):

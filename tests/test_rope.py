@@ -1,5 +1,6 @@
 """rope.py against float64 references written out here (PoSE Eq. 1-2, §3.1; HF's YaRN / llama3 / dynamic)."""
 import math
+import re
 
 import pytest
 import torch
@@ -34,11 +35,14 @@ def ref_cos_sin(positions, inv_freq, scale=1.0):
     return torch.tensor(rows, dtype=torch.float64), torch.tensor(rows_sin, dtype=torch.float64)
 
 
-def hf_yarn_inv_freq(d, base, factor, window, beta_fast=32, beta_slow=1, revised=False):
-    """HF _compute_yarn_parameters (truncate=True), re-derived in Python floats; revised = PoSE's revised_yarn."""
+def hf_yarn_inv_freq(d, base, factor, window, beta_fast=32, beta_slow=1, revised=False, truncate=True):
+    """HF _compute_yarn_parameters, re-derived in Python floats; revised = PoSE's revised_yarn."""
     def corr(turns):
         return d * math.log(window / (turns * 2 * math.pi)) / (2 * math.log(base))
-    low, high = max(math.floor(corr(beta_fast)), 0), min(math.ceil(corr(beta_slow)), d - 1)
+    low, high = corr(beta_fast), corr(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d - 1)
     high = high + 0.001 if low == high else high
     out = []
     for j in range(d // 2):
@@ -49,6 +53,40 @@ def hf_yarn_inv_freq(d, base, factor, window, beta_fast=32, beta_slow=1, revised
     return out
 
 
+def llama3_inv_freq(d, base, s, window, low=1.0, high=4.0):
+    """Meta's apply_scaling (Llama 3.1) written out: wavelengths shorter than L_c/high keep θ_j, longer than
+    L_c/low get θ_j/s, in between a blend linear in L_c/wavelength."""
+    out = []
+    for j in range(d // 2):
+        f = theta(j, d, base)
+        wavelen = 2 * math.pi / f
+        if wavelen < window / high:
+            out.append(f)
+        elif wavelen > window / low:
+            out.append(f / s)
+        else:
+            smooth = (window / wavelen - low) / (high - low)
+            out.append((1 - smooth) * f / s + smooth * f)
+    return out
+
+
+def ref_inv_freq(rope_type, d=D, base=BASE, factor=4.0, window=256, seq_len=None):
+    """(θ'_j, cos/sin multiplier) of each rope type from its formula, never from rope.py (LLAMA3's bands)."""
+    if rope_type == "linear":                            # PI: m -> m/α
+        return [theta(j, d, base) / factor for j in range(d // 2)], 1.0
+    if rope_type == "ntk":                               # PoSE §3.1: base·α^(d/(d-2))
+        return [theta(j, d, base * factor ** (d / (d - 2))) for j in range(d // 2)], 1.0
+    if rope_type == "dynamic" and seq_len is not None and seq_len > window:  # HF's dynamic NTK
+        return [theta(j, d, base * (factor * seq_len / window - (factor - 1)) ** (d / (d - 2)))
+                for j in range(d // 2)], 1.0
+    if rope_type in ("yarn", "yarn-revised"):            # YaRN: sqrt(1/t) = 0.1 ln(s) + 1 on cos and sin
+        return hf_yarn_inv_freq(d, base, factor, window, revised=rope_type == "yarn-revised"), \
+            0.1 * math.log(factor) + 1
+    if rope_type == "llama3":
+        return llama3_inv_freq(d, base, factor, window, LLAMA3["low_freq_factor"], LLAMA3["high_freq_factor"]), 1.0
+    return [theta(j, d, base) for j in range(d // 2)], 1.0  # default; dynamic inside the window
+
+
 def score(rope, q, k, m, n):
     """<f(q, m), f(k, n)> through RotaryEmbedding + apply_rotary_emb; q, k [D] float64."""
     cos, sin = RotaryEmbedding(rope, D)(torch.tensor([[m, n]]))
@@ -57,13 +95,28 @@ def score(rope, q, k, m, n):
     return float(y[0] @ y[1])
 
 
+def relative_score(q, k, distance, inv_freq, scale):
+    """PoSE Eq. 2's g(q, k, m - n) written out: pair j of the rotate-half layout is the complex number
+    z = x_j + i·x_(j+d/2), rotated by e^(i·m·θ_j); the score is Σ_j Re[z_q·conj(z_k)·e^(i(m-n)θ_j)], times the
+    cos/sin multiplier squared."""
+    h, total = len(q) // 2, 0.0
+    for j, f in enumerate(inv_freq):
+        a, b, c, e = q[j], q[j + h], k[j], k[j + h]
+        total += (a * c + b * e) * math.cos(distance * f) - (b * c - a * e) * math.sin(distance * f)
+    return total * scale ** 2
+
+
 @pytest.mark.parametrize("rope", STATIC, ids=lambda r: r["rope_type"])
 @given(m=st.integers(0, 10**6), n=st.integers(0, 10**6), shift=st.integers(-10**5, 10**5))
-def test_score_depends_only_on_relative_distance(rope, m, n, shift):
-    # PoSE Eq. 2: a(q, k) = g(q, k, θ, m - n); shifting both positions changes nothing.
+def test_score_is_eq_2s_function_of_relative_distance_with_each_types_frequencies(rope, m, n, shift):
+    # PoSE Eq. 2: a(q, k) = g(q, k, θ, m - n), with g written out from the type's own formula: a rotation with
+    # other frequencies, another pairing or the wrong sense fails the first assertion, not only the second.
     shift = max(shift, -min(m, n))
     q, k = torch.randn(2, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert score(rope, q, k, m, n) == pytest.approx(score(rope, q, k, m + shift, n + shift), abs=1e-4)
+    inv_freq, scale = ref_inv_freq(rope["rope_type"])
+    want = relative_score(q.tolist(), k.tolist(), m - n, inv_freq, scale)
+    assert score(rope, q, k, m, n) == pytest.approx(want, abs=1e-4)
+    assert score(rope, q, k, m + shift, n + shift) == pytest.approx(want, abs=1e-4)
 
 
 def test_linear_equals_default_at_positions_over_alpha():
@@ -101,7 +154,7 @@ def test_yarn_keeps_fast_dims_divides_slow_dims_and_scales_attention(s):
 
 @pytest.mark.parametrize("d,window,s,base", [(128, 4096, 8.0, 10000.0), (64, 256, 4.0, 10000.0),
                                              (128, 8192, 16.0, 500000.0), (16, 64, 2.0, 10000.0),
-                                             (16, 4096, 4.0, 100.0)])  # last: HF clamps the ramp end to d - 1
+                                             (16, 4096, 4.0, 100.0), (16, 640, 4.0, 10.0)])  # last: ramp 4..d-1
 def test_yarn_inv_freq_equals_hf_formula(d, window, s, base):
     rope = rope_parameters({"rope_theta": base, "max_position_embeddings": window,
                             "rope_scaling": {"rope_type": "yarn", "factor": s}})
@@ -143,19 +196,8 @@ def test_llama3_bands():
     rope = rope_parameters({"rope_theta": base, "max_position_embeddings": 131072, "rope_scaling": {
         "rope_type": "llama3", "factor": s, "original_max_position_embeddings": window, **LLAMA3}})
     inv, scale = compute_inv_freq(rope, d)
-    ratio = []
-    for j in range(d // 2):
-        f = theta(j, d, base)
-        wavelen = 2 * math.pi / f
-        if wavelen < window / 4:
-            want = f
-        elif wavelen > window / 1:
-            want = f / s
-        else:
-            smooth = (window / wavelen - 1) / (4 - 1)
-            want = (1 - smooth) * f / s + smooth * f
-        assert float(inv[j]) == pytest.approx(want, rel=1e-12)
-        ratio.append(float(inv[j]) / f)
+    assert inv.tolist() == pytest.approx(llama3_inv_freq(d, base, s, window), rel=1e-12)
+    ratio = [float(inv[j]) / theta(j, d, base) for j in range(d // 2)]
     assert ratio[0] == 1.0 and ratio[-1] == pytest.approx(1 / s) and scale == 1.0
     assert all(a >= b - 1e-12 for a, b in zip(ratio, ratio[1:]))  # monotone from 1 down to 1/s: no jump
     assert any(1 / s < r < 1 for r in ratio)  # a real smooth band exists
@@ -176,19 +218,21 @@ def test_dynamic_is_default_inside_window_and_raises_base_beyond():
 @pytest.mark.parametrize("rope", STATIC, ids=lambda r: r["rope_type"])
 def test_cos_sin_exact_at_a_million_vs_float64(rope):
     positions = [[0, 1, 131_071, 524_287, 999_983, 1_000_000], [7, 65_536, 262_144, 777_777, 999_999, 3]]
-    inv, scale = compute_inv_freq(rope, D)
-    ref = ref_cos_sin(positions, inv.tolist(), scale)
+    ref = ref_cos_sin(positions, *ref_inv_freq(rope["rope_type"]))  # the type's formula, not compute_inv_freq
     cos, sin = RotaryEmbedding(rope, D)(torch.tensor(positions))
     assert cos.dtype == sin.dtype == torch.float32 and cos.shape == (2, 6, D)
     assert (cos.double() - ref[0]).abs().max() < 1e-5 and (sin.double() - ref[1]).abs().max() < 1e-5
 
 
-def test_float32_angles_would_be_wrong_at_128k():
-    # Why rope.py forms angles in float64: the naive float32 product is off by ~1e-2 rad at 128k.
+def test_angles_at_128k_are_exact_where_float32_angles_would_be_off_by_1e_2():
+    # Why rope.py forms m·θ_j in float64: the naive float32 product is off by ~1e-2 rad at 128k; rope.py is not.
     m = torch.arange(131_000, 131_072)
-    naive = (m.float()[:, None] * torch.tensor([theta(0), theta(1)], dtype=torch.float32)).cos()
-    exact = torch.tensor([[math.cos(p * theta(0)), math.cos(p * theta(1))] for p in m.tolist()])
+    exact = torch.tensor([[math.cos(p * theta(j)) for j in range(D // 2)] for p in m.tolist()], dtype=torch.float64)
+    naive = (m.float()[:, None] * torch.tensor([theta(j) for j in range(D // 2)], dtype=torch.float32)).cos()
     assert (naive.double() - exact).abs().max() > 1e-3
+    cos, _ = RotaryEmbedding(canon("default"), D)(m[None])
+    assert (cos[0, :, :D // 2].double() - exact).abs().max() < 1e-6
+    assert torch.equal(cos[..., :D // 2], cos[..., D // 2:])  # pair j at j and j + d/2
 
 
 def test_rotate_half_equals_paper_interleaved_rotation_on_depermuted_vectors():
@@ -253,8 +297,9 @@ def test_unknown_type_and_small_factor_raise_value_error_naming_them():
         rope_parameters({"rope_scaling": {"type": "linear"}})
 
 
-@pytest.mark.parametrize("rope", STATIC + [canon("dynamic"), canon("yarn", truncate=False, attention_factor=1.3)],
-                         ids=lambda r: r["rope_type"])
+@pytest.mark.parametrize("rope", STATIC + [canon("dynamic"), canon("yarn", truncate=False, attention_factor=1.3),
+                                  canon("ntk", factor=2.0), canon("dynamic", factor=1.0), canon("linear", factor=1.0)],
+                         ids=lambda r: f"{r['rope_type']}-{r['factor']:g}")
 def test_scaling_to_config_round_trip(rope):
     exported = scaling_to_config(rope, D)
     assert set(exported) <= {"rope_theta", "rope_scaling"}
@@ -270,3 +315,77 @@ def test_export_ntk_as_raised_base_and_revised_yarn_as_a_type_hf_refuses():
     scaling = scaling_to_config(canon("yarn-revised"), D)["rope_scaling"]
     assert scaling["rope_type"] not in hf_types and scaling["type"] not in hf_types
     assert set(ROPE_TYPES) - {"ntk", "yarn-revised"} <= hf_types
+
+
+@pytest.mark.parametrize("extra,ref", [
+    ({"beta_fast": 16.0, "beta_slow": 2.0}, dict(beta_fast=16.0, beta_slow=2.0)),
+    ({"beta_fast": 8.0, "beta_slow": 8.0, "truncate": False}, dict(beta_fast=8.0, beta_slow=8.0, truncate=False)),
+])
+def test_yarn_ramp_options_equal_hf_formula(extra, ref):
+    # equal betas without truncation: low == high, HF adds 0.001 to the end (a step, not a division by zero)
+    inv, _ = compute_inv_freq(canon("yarn", window=4096, **extra), 128)
+    assert inv.tolist() == pytest.approx(hf_yarn_inv_freq(128, BASE, 4.0, 4096, **ref), rel=1e-12)
+
+
+def test_yarn_attention_factor_edge_cases():
+    assert compute_inv_freq(canon("yarn", factor=1.0), D)[1] == 1.0        # no extension, no temperature
+    s, m, m_all = 40.0, 0.707, 0.8                                          # HF: mscale(s, m) / mscale(s, m_all)
+    got = compute_inv_freq(canon("yarn", factor=s, mscale=m, mscale_all_dim=m_all), D)[1]
+    assert got == pytest.approx((0.1 * m * math.log(s) + 1) / (0.1 * m_all * math.log(s) + 1), rel=1e-12)
+    got = compute_inv_freq(canon("yarn", factor=s, mscale=m), D)[1]        # one of the two: HF ignores it
+    assert got == pytest.approx(0.1 * math.log(s) + 1, rel=1e-12)
+
+
+def test_rope_parameters_precedence_and_fallbacks():
+    linear = rope_parameters({"rope_theta": BASE, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    # a non-null rope_scaling (or rope_parameters) overrides a canonical dict, as from_pretrained's override does
+    assert rope_parameters({**linear, "rope_scaling": {"type": "yarn", "factor": 4.0}})["rope_type"] == "yarn"
+    assert rope_parameters({**linear, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}})["rope_type"] == "yarn"
+    # an override of a transformers-5 config keeps the rope_theta that lives in its rope_parameters
+    new = {"max_position_embeddings": 4096, "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}
+    assert rope_parameters({**new, "rope_scaling": {"type": "linear", "factor": 2.0}})["rope_theta"] == 5e5
+    assert rope_parameters({**new, "rope_theta": BASE})["rope_theta"] == 5e5  # the scaling dict's own wins
+    # the original window: the scaling's, else a top-level original_max_position_embeddings (Phi-3), else 2048
+    phi3 = {"max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+            "rope_scaling": {"type": "linear", "factor": 32.0}}
+    assert rope_parameters(phi3)["original_max_position_embeddings"] == 4096
+    assert rope_parameters({})["original_max_position_embeddings"] == 2048
+    # yarn without a factor: HF's fallback max_position_embeddings / original (DeepSeek-style)
+    yarn = {"max_position_embeddings": 16384,
+            "rope_scaling": {"type": "yarn", "original_max_position_embeddings": 4096}}
+    assert rope_parameters(yarn)["factor"] == 4.0
+    with pytest.raises(ValueError, match="'linear' needs a 'factor'"):  # the fallback is YaRN's only
+        rope_parameters({"max_position_embeddings": 16384, "rope_scaling": {"type": "linear"}})
+
+
+@pytest.mark.parametrize("alias,name", [("vanilla_ntk", "ntk"), ("yarn_revised", "yarn-revised"),
+                                        ("revised_yarn", "yarn-revised")])
+def test_the_pose_repositorys_names_are_aliases(alias, name):
+    assert rope_parameters({"rope_scaling": {"type": alias, "factor": 2.0}})["rope_type"] == name
+
+
+@pytest.mark.parametrize("scaling,message", [
+    ({"type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5},
+     "partial_rotary_factor=0.5 is not supported (only 1.0)"),
+    ({"rope_type": "llama3", "factor": 8.0}, "rope type 'llama3' needs 'low_freq_factor' and 'high_freq_factor'"),
+])
+def test_unsupported_rope_configs_raise_naming_the_key(scaling, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        rope_parameters({"rope_scaling": scaling})
+    with pytest.raises(ValueError, match=r"^head_dim 15 must be even for RoPE$"):
+        RotaryEmbedding(canon("default"), 15)
+
+
+def test_cos_sin_are_made_on_the_positions_device():
+    # "meta" stands in for an accelerator here: the float64 frequencies must follow the positions
+    cos, sin = RotaryEmbedding(canon("yarn"), D)(torch.zeros(1, 3, dtype=torch.long, device="meta"))
+    assert cos.device.type == sin.device.type == "meta" and cos.shape == (1, 3, D)
+
+
+def test_scaling_to_config_writes_what_hf_reads():
+    assert scaling_to_config(canon("default"), D) == {"rope_theta": BASE}
+    assert scaling_to_config(canon("ntk", factor=1.0), D) == {"rope_theta": BASE}
+    linear = scaling_to_config(canon("linear"), D)["rope_scaling"]
+    assert linear["original_max_position_embeddings"] == 256  # the window L_c is recorded
+    assert "truncate" not in scaling_to_config(canon("yarn", truncate=True), D)["rope_scaling"]  # HF's default
+    assert scaling_to_config(canon("yarn", truncate=False), D)["rope_scaling"]["truncate"] is False
