@@ -923,12 +923,12 @@ def fail(message: str):
 
 
 if __name__ == "__main__":
-    # Leave without the interpreter's finalization. torch keeps the process group, and so gloo's worker threads,
-    # alive after destroy_process_group (DTensor's caches hold the DeviceMesh, which holds the group), and a rank
-    # exits right after its last collective: a worker thread still letting go of that collective's work can then
-    # need the GIL while Python tears down, and is killed through a noexcept frame, std::terminate ("terminate
-    # called without an active exception", SIGABRT: the rank-1 abort seen under load). Every file is written
-    # and closed and the group destroyed by now; only the exit code and the flushed output matter.
+    # Leave without the interpreter's finalization and C++ exit. torch keeps the process group, and so gloo's
+    # worker and socket threads, alive after destroy_process_group (DTensor's caches hold the DeviceMesh, which
+    # holds the group), and a rank exits right after its last collective while its peer's sockets close: a rank
+    # torn down around running gloo threads could abort ("terminate called without an active exception",
+    # SIGABRT: rank 1 of the two-process test, under load). Everything is written and closed and the group
+    # destroyed by now: only the exit code and the flushed output remain to deliver.
     try:
         main()
         code = 0

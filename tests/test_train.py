@@ -276,11 +276,11 @@ def torchrun(*args, check=True):
 def test_two_process_torchrun_resume_from_a_checkpoint_replays_the_uninterrupted_losses(micro_model, corpus, tmp_path):
     """Issue 16: this test once failed 3 runs in 4 on a loaded box (rank 1 "terminate called without an active
     exception", SIGABRT) and passed alone. torch keeps the gloo group, and its worker threads, alive after
-    destroy_process_group (DTensor's caches hold the DeviceMesh, which holds the group), so the group died
-    during interpreter finalization of a rank that exits right after its last collective. train.py's __main__
-    now leaves by os._exit after its orderly teardown (the comment there). The proof, the whole suite five
-    times in a row beside a process that keeps one core busy:
-        python -c "while True: pass" & for i in 1 2 3 4 5; do python -m pytest -q -p no:cacheprovider || break; done; kill %1
+    destroy_process_group (DTensor's caches hold the DeviceMesh, which holds the group), so every rank went
+    through interpreter finalization and C++ exit with gloo's threads running, its peer's sockets closing under
+    them. train.py's __main__ now leaves by os._exit after its orderly teardown (the comment there). The proof,
+    the whole suite five times in a row beside a process that keeps one core busy:
+        python -c "while True: pass" & for i in 1 2 3 4 5; do python -m pytest -q || break; done; kill %1
     """
     common = ["--model", micro_model, "--data", corpus, "--steps", "4", "--save-every", "2", *RUN]
     torchrun(*common, "--out", tmp_path / "a")
