@@ -815,7 +815,25 @@ def print_ruler_table(result: dict):
 # ---------------------------------------------------------------- output
 
 
+def table_title(result: dict) -> str:
+    """What was measured: the model and the rope it ran with, and the data, above every table."""
+    r = result["rope"]
+    rope = "plain RoPE" if r["rope_type"] == "default" else \
+        f"{r['rope_type']} rope x{r['factor']:g} on L_c {r['original_max_position_embeddings']:,}"
+    rope += f", theta {r['rope_theta']:g}, max_position_embeddings {result['max_position_embeddings']:,}"
+    if result["task"] == "ppl":
+        docs = result["results"][0]["documents"] if result["results"] else 0
+        data = f"data {' '.join(map(str, as_list(result['data'])))}: {docs} documents, " \
+               f"stride {result['options']['stride']:,}"
+    elif result["task"] == "passkey":
+        data = f"data: the Fig. 2a passkey prompt, seed {result['seed']}"
+    else:
+        data = f"data: RULER's prompts, haystack {result['haystack'] or 'noise sentences'}, seed {result['seed']}"
+    return f"{result['task']} | {result['label']} | model {result['model']} ({rope}) | {data}"
+
+
 def print_table(result: dict):
+    print(table_title(result))
     if result["task"] == "ruler":
         return print_ruler_table(result)
     if result["task"] == "ppl":
@@ -904,7 +922,9 @@ def main(argv=None) -> dict | None:
     command = args.pop("command")
     try:
         if command == "plot":
-            return plot(args["files"], args["out"])
+            plot(args["files"], args["out"])
+            print(f"wrote {args['out']}")
+            return None
         options, run = {"ppl": (PplOptions, run_ppl), "passkey": (PasskeyOptions, run_passkey),
                         "ruler": (RulerOptions, run_ruler)}[command]
         opts = options(**args)
@@ -920,8 +940,10 @@ def main(argv=None) -> dict | None:
         print_table(result)
         if opts.out:
             write_atomic(opts.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+            print(f"wrote {opts.out}")
         if opts.plot:
             plot_results([result], opts.plot)
+            print(f"wrote {opts.plot}")
         return result
     except (ValueError, FileNotFoundError) as e:
         fail(str(e).splitlines()[0])

@@ -95,26 +95,43 @@ class ModelArgs:
                    sliding_window=None if window is None else positive("sliding_window", None),
                    bos_token_id=config.get("bos_token_id", 1), eos_token_id=config.get("eos_token_id", 2))
 
-    def to_config(self, dtype: torch.dtype = torch.float32) -> dict:
-        """A Hugging Face config.json dict that makes other LLaMA tools compute what this model computes."""
+    def to_config(self, dtype: torch.dtype = torch.float32, base: dict | None = None) -> dict:
+        """A Hugging Face config.json dict that makes other LLaMA tools compute what this model computes.
+
+        base: the config.json this model was loaded from. Its keys are all kept (pad_token_id, use_cache,
+        initializer_range, ...) but those training changes: the rope keys, max_position_embeddings and the
+        dtype. Without it the config is built from these args alone (a model trained from scratch).
+        """
+        if base is not None:
+            same = dataclasses.replace(ModelArgs.from_config(base), rope=self.rope,
+                                       max_position_embeddings=self.max_position_embeddings)
+            if same != self:
+                raise ValueError("the base config.json describes another model than the one being saved")
         rope = scaling_to_config(self.rope, self.head_dim)  # ntk -> raised rope_theta; yarn-revised -> refused type
         # HF's dynamic NTK takes its original window from max_position_embeddings (see rope.scaling_to_config).
         dynamic = self.rope["rope_type"] == "dynamic"
-        config = {
-            # A sliding window is only honoured by the Mistral class; as "llama" it would be silently dropped.
-            "architectures": ["MistralForCausalLM" if self.sliding_window else "LlamaForCausalLM"],
-            "model_type": "mistral" if self.sliding_window else "llama",
-            "hidden_size": self.dim, "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads,
-            "num_key_value_heads": self.n_kv_heads, "head_dim": self.head_dim, "intermediate_size": self.hidden_dim,
-            "hidden_act": "silu", "vocab_size": self.vocab_size, "rms_norm_eps": self.norm_eps,
-            "max_position_embeddings": self.rope["original_max_position_embeddings"] if dynamic
-            else self.max_position_embeddings,
-            "tie_word_embeddings": self.tie_word_embeddings, "attention_bias": self.attention_bias,
-            "mlp_bias": self.mlp_bias, "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
-            "torch_dtype": str(dtype).removeprefix("torch."), **rope}
-        if self.sliding_window:
-            config["sliding_window"] = self.sliding_window
-        return config
+        context = self.rope["original_max_position_embeddings"] if dynamic else self.max_position_embeddings
+        if base is None:
+            config = {
+                # A sliding window is only honoured by the Mistral class; as "llama" it would be silently dropped.
+                "architectures": ["MistralForCausalLM" if self.sliding_window else "LlamaForCausalLM"],
+                "model_type": "mistral" if self.sliding_window else "llama",
+                "hidden_size": self.dim, "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads,
+                "num_key_value_heads": self.n_kv_heads, "head_dim": self.head_dim,
+                "intermediate_size": self.hidden_dim, "hidden_act": "silu", "vocab_size": self.vocab_size,
+                "rms_norm_eps": self.norm_eps, "tie_word_embeddings": self.tie_word_embeddings,
+                "attention_bias": self.attention_bias, "mlp_bias": self.mlp_bias,
+                "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id}
+            if self.sliding_window:
+                config["sliding_window"] = self.sliding_window
+        else:  # every rope key is rewritten below: a stale one of the other convention would contradict it
+            config = {k: v for k, v in base.items() if k not in
+                      ("rope_theta", "rope_scaling", "rope_parameters", "original_max_position_embeddings")}
+        config["max_position_embeddings"] = context
+        # transformers 4 reads "torch_dtype", 5 writes "dtype" (and reads both): update the checkpoint's own.
+        for key in [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]:
+            config[key] = str(dtype).removeprefix("torch.")
+        return {**config, **rope}
 
 
 # ---------------------------------------------------------------- layers
@@ -438,8 +455,9 @@ class Transformer(nn.Module):
             raise ValueError(f"{path}: tensor {missing[0]!r} missing from the checkpoint ({len(missing)} missing)")
         return model
 
-    def save_pretrained(self, path, max_shard_size: int = 5 * 2**30):
+    def save_pretrained(self, path, max_shard_size: int = 5 * 2**30, base_config: dict | None = None):
         """Write config.json + model.safetensors (or model-0000i-of-0000n.safetensors + index) in HF's layout.
+        base_config: the config.json the weights came from, kept but for what training changed (to_config).
 
         Everything is written into a sibling temp folder first; a failure leaves `path` as it was. Into an
         existing folder, our files replace the old weights and config and leave others (tokenizer) alone.
@@ -463,7 +481,7 @@ class Transformer(nn.Module):
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir(parents=True)
-            config = self.args.to_config(self.model.embed_tokens.weight.dtype)
+            config = self.args.to_config(self.model.embed_tokens.weight.dtype, base_config)
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             names = ["model.safetensors"] if len(shards) == 1 else \
                 [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]

@@ -79,8 +79,14 @@ def rope_parameters(config: dict) -> dict:
 
 
 def scaling_to_config(rope: dict, head_dim: int) -> dict:
-    """config.json keys (rope_theta, and rope_scaling unless plain RoPE) under which HF computes the same rope.
+    """config.json keys under which transformers 4 and 5, vLLM and llama.cpp compute the same rope, with no warning.
 
+    Two conventions, both written: transformers 4 reads top-level rope_theta + rope_scaling and warns about any
+    key its per-type validator does not list (linear / dynamic: only rope_type and factor); transformers 5 reads
+    rope_parameters (rope_theta inside; it also accepts rope_scaling, which then wins) and warns the same way.
+    L_c goes in a top-level original_max_position_embeddings, which no validator checks for these types
+    (transformers 5 and vLLM copy it into the rope only for yarn / llama3 / longrope, whose own key agrees);
+    rope_parameters() reads it back. "type" repeats rope_type for readers older than transformers 4.43.
     ntk has no HF type, so it is written as plain RoPE with the raised base (PoSE §3.1). yarn-revised is
     written as rope_type "yarn-revised": HF (KeyError in ROPE_INIT_FUNCTIONS), vLLM and old LlamaConfig
     reject that name, so no other tool silently computes standard YaRN instead; rope_parameters() reads it.
@@ -88,18 +94,22 @@ def scaling_to_config(rope: dict, head_dim: int) -> dict:
     max_position_embeddings = original_max_position_embeddings for HF to agree.
     """
     rope_type, theta, factor = rope["rope_type"], float(rope["rope_theta"]), float(rope["factor"])
+    window = int(rope["original_max_position_embeddings"])
     if rope_type == "default" or (rope_type == "ntk" and factor == 1.0):
-        return {"rope_theta": theta}
+        return {"rope_theta": theta, "rope_parameters": {"rope_type": "default", "rope_theta": theta}}
     if rope_type == "ntk":
-        return {"rope_theta": theta * factor ** (head_dim / (head_dim - 2))}
-    # "type" too: pre-4.43 transformers and the PoSE/YaRN repos read only that key.
-    # original_max_position_embeddings is recorded for linear too (HF ignores it there): the export says L_c.
-    scaling = {"rope_type": rope_type, "type": rope_type, "factor": factor,
-               "original_max_position_embeddings": int(rope["original_max_position_embeddings"])}
-    scaling.update({k: rope[k] for k in _EXTRA.get(rope_type, ()) if k in rope and k != "truncate"})
+        theta = theta * factor ** (head_dim / (head_dim - 2))
+        return {"rope_theta": theta, "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+                "original_max_position_embeddings": window}
+    extra = {k: rope[k] for k in _EXTRA.get(rope_type, ()) if k in rope and k != "truncate"}
     if rope.get("truncate") is False:  # only write it when it differs from HF's default
-        scaling["truncate"] = False
-    return {"rope_theta": theta, "rope_scaling": scaling}
+        extra["truncate"] = False
+    if rope_type in ("yarn", "yarn-revised", "llama3"):  # a key of their own in both conventions
+        extra["original_max_position_embeddings"] = window
+    return {"rope_theta": theta,
+            "rope_scaling": {"rope_type": rope_type, "type": rope_type, "factor": factor, **extra},
+            "rope_parameters": {"rope_type": rope_type, "rope_theta": theta, "factor": factor, **extra},
+            "original_max_position_embeddings": window}
 
 
 def _yarn_ramp(rope: dict, d: int) -> torch.Tensor:

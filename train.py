@@ -6,11 +6,13 @@
     torchrun --nproc_per_node 2 train.py  # CPU: two processes over gloo (what CI runs)
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train.py ...  # shared --out
     python evaluate.py ppl --model out/final  # the export is a Hugging Face LLaMA folder
+    python train.py --export-only --out runs/pose16k --checkpoint step_000500  # -> runs/pose16k/exports/step_000500
 On a CPU busy with other jobs, OMP_NUM_THREADS=1 is several times faster (idle OpenMP threads spin).
 
 Defaults are the paper's §4.1 recipe for a real --model: window L_c = the checkpoint's context, N = 2 chunks with
 uniform content (Eq. 3-5), linear interpolation with alpha = L_t / L_c, 1,000 steps, global batch 64, AdamW with
-torch's defaults, lr 2e-5, 10 warm-up steps then linear decay, bf16 on GPU. Without --model/--data the embedded
+torch's defaults, lr 2e-5, 10 warm-up steps then linear decay, bf16 on GPU; --model needs --data (a real
+checkpoint is never fine-tuned on the demo corpus) and --window <= its context. Without --model the embedded
 default trains the "tiny" preset from scratch on the .py files of Python's standard library (L_c 128 -> L_t 1,024)
 with a 4,096-piece sentencepiece tokenizer trained on them at first use and cached in .cache/.
 
@@ -31,18 +33,44 @@ Labels: every position's label is the document's true next token x[index + 1]. W
 (v_1 > v_0), the token after a chunk's last one in the *window* is not its successor in the text, so the usual
 "shift the window by one" would teach the model to predict an unrelated token; we draw indices from
 doc[:-1] so x[index + 1] always exists, and every one of the L_c positions is scored (no -100 needed).
+
+A run is its --out folder. settings.json (written before step 1) holds the resolved options; --resume refuses,
+in one line, any change of what is trained: RESUME_FIXED (the checkpoint and corpus, L_c, L_t and with them
+alpha, the method and its sampling, the rope, the batch, the optimizer's hyper-parameters, the seed). Free to
+change: --steps, saving and logging, and --micro-batch-size and the world size (memory, hardware; the examples
+drawn then differ from an uninterrupted run's, as the log warns for the world). The learning rate is a pure
+function of (step, --warmup, --steps) (lr_factor): raising --steps on resume re-stretches the linear decay, so
+a finished 40-step run resumed with --steps 44 trains steps 41-44 at the 44-step schedule's rates (the log says
+which), never at the 0 the 40-step schedule ended on. Checkpoints hold fp32 weights + Adam's two moments: about
+12 bytes per parameter (7B: ~84 GB each; --keep-checkpoints of them stay).
+
+Stopping. Ctrl-C (SIGINT) or SIGTERM stops at the next step boundary, which every rank agrees on (one MAX
+all-reduce of the flag per step), so no rank is left inside a collective. SIGTERM (what schedulers send before
+a kill) first saves a checkpoint of that step; SIGINT (a person, who wants the prompt back) does not. Either
+way rank 0 prints one line on stderr, the latest checkpoint and the command that resumes, and the run exits
+128 + the signal number. Every file is written under a temporary name and renamed, so a kill at any moment
+leaves the previous checkpoint / export intact. A second signal stops at once. torchrun forwards the signal to
+the workers and kills them --shutdown-timeout seconds later (default 30: raise it if a step plus a save takes
+longer); it then prints its own "Received ... death signal" lines and SignalException traceback. Likewise a
+bad input is one "error:" line from rank 0 with exit 2 on every rank, after which torchrun adds its own
+ChildFailedError report: the launcher's, and the same for any failing worker.
 """
 import argparse
 import contextlib
 import dataclasses
+import functools
+import io
 import json
 import math
-import resource
 import os
+import resource
+import shlex
 import shutil
+import signal
 import sys
 import time
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +129,11 @@ class TrainOptions:
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --out"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
     max_documents: int | None = field(default=None, metadata={"help": "stop reading after this many (steps x batch)"})
+    tensorboard: bool = field(default=False, metadata={"help": "also log to --out/tensorboard "
+                              "(pip install tensorboard)"})
+    export_only: bool = field(default=False, metadata={"help": "write a checkpoint of --out as a Hugging Face folder "
+                              "--out/exports/step_N and stop (the run's settings.json decides the rest)"})
+    checkpoint: str | None = field(default=None, metadata={"help": "with --export-only: step_N (default: the latest)"})
 
 
 def parse_args(argv=None) -> TrainOptions:
@@ -118,26 +151,46 @@ def parse_args(argv=None) -> TrainOptions:
     return TrainOptions(**vars(parser.parse_args(argv)))
 
 
+def checkpoint_config(o: TrainOptions) -> dict:
+    """The config.json of --model, or the --preset shape of a from-scratch run."""
+    if o.model is not None:
+        if not (Path(o.model) / "config.json").is_file():
+            raise FileNotFoundError(f"--model {o.model}: no such folder with a config.json")
+        return load_config(o.model)
+    if o.preset not in PRESETS:
+        raise ValueError(f"--preset {o.preset!r} unknown; choose from {', '.join(PRESETS)}")
+    return dict(PRESETS[o.preset])
+
+
+def checkpoint_context(config: dict) -> tuple[int, str]:
+    """The window a checkpoint was trained at, and the config key that says so: the original window of an
+    already-scaled rope (Llama 3.1, an earlier export), else max_position_embeddings."""
+    r = rope.rope_parameters(config)
+    if r["rope_type"] != "default":
+        return r["original_max_position_embeddings"], "original_max_position_embeddings"
+    return config.get("max_position_embeddings", 2048), "max_position_embeddings"
+
+
 def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
     """Fill the None defaults (paper recipe for --model, small for the embedded default) and check every value."""
-    if opts.model is not None:
-        if not (Path(opts.model) / "config.json").is_file():
-            raise FileNotFoundError(f"--model {opts.model}: no such folder with a config.json")
-        config = load_config(opts.model)
-    elif opts.preset in PRESETS:
-        config = dict(PRESETS[opts.preset])
-    else:
-        raise ValueError(f"--preset {opts.preset!r} unknown; choose from {', '.join(PRESETS)}")
+    if opts.model is not None and opts.data is None:  # never fine-tune a real checkpoint on the demo corpus
+        raise ValueError(f"--model {opts.model} needs --data (the embedded stdlib corpus is only the default of "
+                         "the from-scratch demo)")
+    config = checkpoint_config(opts)
     paper = opts.model is not None  # fine-tuning a real checkpoint: §4.1; from scratch: a one-minute demo
+    context, context_key = checkpoint_context(config)
+    saved = read_settings(Path(opts.out)) if opts.resume else None
     o = dataclasses.replace(opts)
     pick = lambda value, recipe, demo: value if value is not None else (recipe if paper else demo)  # noqa: E731
-    o.window = pick(o.window, config.get("max_position_embeddings", 2048), 128)
+    o.window = pick(o.window, context, 128)
     if o.target is None:  # Table 1's 2k -> 16k; "plain" does not extend
         o.target = o.window if o.method == "plain" else 8 * o.window
     o.steps, o.batch_size = pick(o.steps, 1000, 100), pick(o.batch_size, 64, 8)
     o.micro_batch_size = pick(o.micro_batch_size, 1, max(1, o.batch_size // world_size))
     o.lr, o.warmup = pick(o.lr, 2e-5, 3e-3), pick(o.warmup, 10, 10)  # from scratch wants a larger rate
     o.save_every, o.log_every = pick(o.save_every, 100, 50), pick(o.log_every, 10, 10)
+    if o.max_documents is None and saved:  # derived from --steps: keep the run's documents when --steps grows
+        o.max_documents = saved["options"]["max_documents"]
     o.max_documents = o.max_documents or o.steps * o.batch_size  # one fresh document per example is plenty
     for name in ("window", "steps", "batch_size", "micro_batch_size", "lr", "save_every", "log_every",
                  "keep_checkpoints", "max_documents"):
@@ -145,6 +198,9 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(o, name)}")
     if o.weight_decay < 0 or o.grad_clip < 0:
         raise ValueError(f"--weight-decay {o.weight_decay} and --grad-clip {o.grad_clip} must be >= 0")
+    if paper and o.window > context:  # the export would claim a window the checkpoint never saw as L_c
+        raise ValueError(f"--window {o.window} > {o.model}'s context {context} ({context_key}): PoSE trains "
+                         f"within the checkpoint's own window, L_c <= {context}")
     if o.target < o.window:
         raise ValueError(f"--target {o.target} < --window {o.window}: context extension needs L_t >= L_c")
     if o.crop == "random" and o.method == "pose":
@@ -157,10 +213,74 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
                          f" x world size {world_size}")
     if o.data is not None:
         find_files(o.data)  # a missing file, an empty folder or glob: one line now, before anything is written
+    if o.checkpoint is not None:
+        raise ValueError("--checkpoint picks what --export-only exports; training resumes from the latest (--resume)")
+    if o.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (an optional extra)
+        except ImportError:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
     check_writable(Path(o.out))
-    if not o.resume and latest_checkpoint(Path(o.out)) is not None:
-        raise ValueError(f"--out {o.out} already holds {latest_checkpoint(Path(o.out))}; pass --resume or a new --out")
+    latest = latest_checkpoint(Path(o.out))
+    if not o.resume and latest is not None:
+        raise ValueError(f"--out {o.out} already holds {latest}; pass --resume or a new --out")
+    if saved:
+        check_resume(o, saved, Path(o.out))
+    if latest is not None and step_of(latest) > o.steps:
+        raise ValueError(f"--steps {o.steps} is below {latest}'s step {step_of(latest)}; to export that checkpoint: "
+                         f"python train.py --export-only --out {o.out}")
     return o, config
+
+
+# ---------------------------------------------------------------- the run's settings (resume safety)
+
+# What is trained: a change on --resume would silently train another thing (a new target changes alpha, so the
+# weights trained so far would meet new frequencies). Everything else may change (see the docstring).
+RESUME_FIXED = ("model", "preset", "data", "text_field", "tokenizer", "window", "target", "method", "chunks",
+                "content", "crop", "rope", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "seed",
+                "max_documents")
+PATHS = ("model", "data", "tokenizer")
+
+
+def run_settings(o: TrainOptions, world: int, device, tokenizer_path) -> dict:
+    """settings.json: the resolved options (paths made absolute, so a resume from elsewhere compares the same
+    files), the world, and what --export-only needs besides."""
+    options = dataclasses.asdict(o)
+    for name in PATHS:
+        options[name] = None if options[name] is None else str(Path(options[name]).resolve())
+    return {"options": options, "world_size": world, "device": device.type,
+            "tokenizer_file": None if tokenizer_path is None else str(Path(tokenizer_path).resolve())}
+
+
+def read_settings(out: Path) -> dict | None:
+    path = out / "settings.json"
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text())
+        assert isinstance(settings["options"], dict)
+        return settings
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise ValueError(f"{path}: not a settings file written by train.py") from None
+
+
+def write_settings(out: Path, settings: dict):
+    tmp = out / f".tmp{os.getpid()}-settings.json"
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, out / "settings.json")  # atomic: a reader sees the old file or the new one
+
+
+def check_resume(o: TrainOptions, saved: dict, out: Path):
+    """Refuse, in one line, a --resume that changes what is trained (RESUME_FIXED)."""
+    now = run_settings(o, 1, torch.device("cpu"), None)["options"]
+    for name in RESUME_FIXED:
+        if name in saved["options"] and now[name] != saved["options"][name]:
+            raise ValueError(f"--resume: --{name.replace('_', '-')} {now[name]} differs from this run's "
+                             f"{saved['options'][name]} ({out / 'settings.json'}); a new --out starts a new run")
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("step_"))
 
 
 def check_writable(out: Path):
@@ -317,12 +437,13 @@ def latest_checkpoint(out: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def checkpoint_state(model, optim, scheduler, step, opts) -> dict:
+def checkpoint_state(model, optim, step, opts) -> dict:
     """The one dict DCP saves and loads in place. The data position is `step`: the stream is a function of
-    (seed, rank, step), so no generator state is needed (seed and world size are recorded to warn on change)."""
+    (seed, rank, step), so no generator state is needed (seed and world size are recorded to warn on change),
+    and the learning rate is a function of the step (lr_factor), so no scheduler state either."""
     model_sd, optim_sd = get_state_dict(model, optim)
-    return {"model": model_sd, "optim": optim_sd, "scheduler": scheduler.state_dict(), "step": step,
-            "seed": opts.seed, "world_size": dist.get_world_size()}
+    return {"model": model_sd, "optim": optim_sd, "step": step, "seed": opts.seed,
+            "world_size": dist.get_world_size()}
 
 
 def save_checkpoint(out: Path, state: dict, keep: int):
@@ -343,32 +464,92 @@ def save_checkpoint(out: Path, state: dict, keep: int):
     dist.barrier()
 
 
-def export(model, args: ModelArgs, opts: TrainOptions, tokenizer_path, device):
-    """Gather the full state dict on rank 0 and write a plain Hugging Face folder via save_pretrained."""
+def export(model, args: ModelArgs, base: dict | None, opts: TrainOptions, tokenizer_path, device) -> Path:
+    """Gather the full state dict on rank 0 and write it to --out/final (write_hf_folder)."""
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     final = Path(opts.out) / "final"
     if dist.get_rank() == 0:
         with torch.device("meta"):
             plain = Transformer(args)
         plain.load_state_dict(full, assign=True)  # adopt the gathered tensors, no second copy
-        plain.set_rope(args.rope)
-        if args.tie_word_embeddings:
-            plain.lm_head.weight = plain.model.embed_tokens.weight  # assign=True replaced the shared tensor
-        if device.type == "cuda":
-            plain.to(torch.bfloat16)  # what LLaMA checkpoints ship; the fp32 masters are in checkpoints/
-        tmp, old = final.with_name(".tmp-final"), final.with_name(".old-final")
-        shutil.rmtree(tmp, ignore_errors=True)
-        plain.save_pretrained(tmp)  # config.json: rope scaling + max_position_embeddings = L_t
-        for name, source in tokenizer_files(tokenizer_path).items():  # .model and/or .json, and their configs
-            shutil.copy(source, tmp / name)
-        if opts.model and (Path(opts.model) / "generation_config.json").is_file():  # what transformers / vLLM read
-            shutil.copy(Path(opts.model) / "generation_config.json", tmp / "generation_config.json")
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        # bf16 is what LLaMA checkpoints ship; the fp32 masters stay in checkpoints/
+        write_hf_folder(plain, base, opts.model, tokenizer_path, final,
+                        torch.bfloat16 if device.type == "cuda" else None)
     dist.barrier()
     return final
+
+
+def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_path, folder: Path, dtype):
+    """A Hugging Face folder at `folder`, swapped in whole: config.json is --model's own with only what training
+    changed (ModelArgs.to_config), plus the tokenizer files transformers / vLLM look for."""
+    plain.set_rope(plain.args.rope)  # the meta-built tables are garbage
+    if plain.args.tie_word_embeddings:
+        plain.lm_head.weight = plain.model.embed_tokens.weight  # assign / to_empty replaced the shared tensor
+    if dtype is not None:
+        plain.to(dtype)
+    tmp, old = folder.with_name(f".tmp-{folder.name}"), folder.with_name(f".old-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp, base_config=base)  # rope scaling, max_position_embeddings = L_t, L_c recorded
+    files = tokenizer_files(tokenizer_path)  # tokenizer.model and/or tokenizer.json, and their configs
+    if model_dir and (Path(model_dir) / "generation_config.json").is_file():  # what transformers / vLLM read
+        files["generation_config.json"] = Path(model_dir) / "generation_config.json"
+    for name, source in files.items():
+        shutil.copy(source, tmp / name)
+    tokenizer_config, target = tmp / "tokenizer_config.json", plain.args.max_position_embeddings
+    if tokenizer_config.is_file():  # a real model_max_length below L_t would cap vLLM and warn in transformers
+        config = json.loads(tokenizer_config.read_text())
+        if isinstance(config.get("model_max_length"), int) and config["model_max_length"] < target:
+            tokenizer_config.write_text(json.dumps({**config, "model_max_length": target}, indent=2) + "\n")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_only(opts: TrainOptions) -> Path:
+    """--export-only: --out's checkpoint (--checkpoint step_N, default the latest) as a Hugging Face folder
+    --out/exports/step_N, on rank 0 without FSDP: DCP reshards the saved shards into full tensors."""
+    out = Path(opts.out)
+    settings = read_settings(out)
+    if settings is None:
+        raise FileNotFoundError(f"--out {out}: no settings.json (not a train.py run folder)")
+    run = TrainOptions(**{k: v for k, v in settings["options"].items() if k in TrainOptions.__dataclass_fields__})
+    saved = sorted((out / "checkpoints").glob("step_*"))
+    if opts.checkpoint is None:
+        checkpoint = latest_checkpoint(out)
+    else:
+        name = opts.checkpoint.removeprefix("step_")
+        checkpoint = next((c for c in saved if name.isdigit() and step_of(c) == int(name)), None)
+    if checkpoint is None:
+        have = ", ".join(c.name for c in saved) or "none"
+        raise FileNotFoundError(f"--checkpoint {opts.checkpoint or '(latest)'}: not in {out / 'checkpoints'} "
+                                f"(saved: {have})")
+    config = checkpoint_config(run)
+    args = training_args(run, config)
+    folder = out / "exports" / checkpoint.name
+    if dist.get_rank() == 0:
+        with torch.device("meta"):
+            plain = Transformer(args)
+        plain.to_empty(device="cpu")
+        plain._tie()
+        state = {"model": plain.state_dict()}  # the parameters' own storage: DCP loads in place
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=checkpoint, no_dist=True)
+        folder.parent.mkdir(exist_ok=True)
+        write_hf_folder(plain, config if run.model else None, run.model, settings["tokenizer_file"], folder,
+                        torch.bfloat16 if settings["device"] == "cuda" else None)
+    dist.barrier()
+    return folder
+
+
+def training_args(o: TrainOptions, config: dict) -> ModelArgs:
+    """The trained model's args: the checkpoint's (or preset's) shape with alpha = L_t / L_c on its rope."""
+    if o.model is None:
+        config = {**config, "max_position_embeddings": o.window}  # the from-scratch model's "original" context
+    args = ModelArgs.from_config(config)
+    return dataclasses.replace(args, rope=scaled_rope(args.rope, o.rope, o.window, o.target),
+                               max_position_embeddings=o.target)
 
 
 def peak_flops(device) -> float:
@@ -380,127 +561,298 @@ class Diverged(RuntimeError):
     pass
 
 
+# ---------------------------------------------------------------- stopping on a signal
+
+class Stopped(Exception):
+    """Raised at a step boundary after SIGINT / SIGTERM (see the module docstring)."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(signum, step)
+        self.signum, self.step = signum, step
+
+
+class Signals:
+    """The first SIGINT / SIGTERM is noted, to stop at the next step boundary; a second stops at once."""
+
+    def __init__(self):
+        self.received, self.step = 0, 0
+
+    def __call__(self, signum, frame):
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def agreed(self, device) -> int:
+        """The signal any rank received (0: none): every rank stops at the same step boundary."""
+        flag = torch.tensor([self.received], dtype=torch.int32, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues this run: the same launcher and flags, plus --resume."""
+    args = [*argv, *([] if "--resume" in argv else ["--resume"])]
+    if "LOCAL_WORLD_SIZE" not in os.environ:  # plain python
+        return shlex.join(["python", sys.argv[0] if sys.argv[0].endswith("train.py") else "train.py", *args])
+    launcher = ["torchrun", "--nproc_per_node", os.environ["LOCAL_WORLD_SIZE"]]
+    if int(os.environ.get("GROUP_WORLD_SIZE", 1)) > 1:  # the rendezvous flags are the agent's, not ours to see
+        launcher[1:1] = ["--nnodes", os.environ["GROUP_WORLD_SIZE"], "<your rendezvous flags>"]
+    return shlex.join([*launcher, sys.argv[0], *args])
+
+
+# ---------------------------------------------------------------- output
+
+def count(n: float, unit: str = "") -> str:
+    """4.7M, 6.74B, 81G: three significant digits."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}{unit}"
+    return f"{n:.3g}{unit}"
+
+
+def human(seconds: float) -> str:
+    """1h02m, 3m05s, 42s: evaluate.py's Progress style, to the minute above an hour."""
+    s = max(0, round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def header(opts: TrainOptions, args: ModelArgs, config: dict, world: int, device) -> tuple[list[str], list[str]]:
+    """The log's first lines, around load_data's "data:" line: what model, what extension, what batch."""
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in Transformer(args).parameters())
+    context, _ = checkpoint_context(config)
+    model = (f"model: {opts.model} ({count(n_params)} parameters, context {context:,})" if opts.model else
+             f"model: from scratch, preset {opts.preset} ({count(n_params)} parameters, vocab {args.vocab_size:,})")
+    r = args.rope
+    scaling = "rope unchanged" if r["rope_type"] == "default" else \
+        f"{r['rope_type']} rope x{r['factor']:g} on L_c {r['original_max_position_embeddings']:,}"
+    method = {"pose": f"PoSE, {opts.chunks} chunks, content {opts.content}",
+              "full": f"full-length, up to L_t = {opts.target:,} tokens a sequence",
+              "randpos": "RandPos, random position ids in 0..L_t-1",
+              "plain": "plain fine-tuning at positions 0..L_c-1"}[opts.method]
+    length = opts.target if opts.method == "full" else opts.window
+    accum = opts.batch_size // (opts.micro_batch_size * world)
+    size = 12 * n_params  # fp32 weights + Adam's two moments
+    return [model], [
+        f"extension: L_c {opts.window:,} -> L_t {opts.target:,}, alpha {opts.target / opts.window:g} ({scaling}); "
+        f"{method}",
+        f"batch: {opts.batch_size} sequences of <= {length:,} tokens a step = world {world} ({device.type}) x "
+        f"micro-batch {opts.micro_batch_size} x accumulation {accum}; {opts.steps:,} steps, lr {opts.lr:g} "
+        f"({opts.warmup} warm-up, linear decay to 0 at step {opts.steps:,})",
+        f"out: {opts.out} (settings.json, metrics.jsonl; a checkpoint every {opts.save_every} steps, "
+        f"~{count(size, 'B')} each, {opts.keep_checkpoints} kept; final/ at the end)"]
+
+
+def log_line(row: dict, steps: int) -> str:
+    """A human line per log step; the same numbers go to metrics.jsonl."""
+    parts = [f"step {row['step']}/{steps}", f"loss {row['loss']:.4f}", f"lr {row['lr']:.3g}",
+             f"grad {row['grad_norm']:.3g}", f"{row['tokens_per_s']:,.0f} tok/s", f"{row['s_per_step']:.3g} s/step"]
+    if "mfu" in row:
+        parts.append(f"mfu {100 * row['mfu']:.0f}%")
+    return "  ".join([*parts, f"mem {row['peak_mem_gib']:.2f} GiB", f"ETA {human(row['eta_s'])}"])
+
+
 # ---------------------------------------------------------------- training
 
-def train(opts: TrainOptions, device) -> Transformer:
+def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transformer:
     rank, world = dist.get_rank(), dist.get_world_size()
     opts, config = resolve(opts, world)
+    signals = signals or Signals()
     out = Path(opts.out)
-    say = print if rank == 0 else (lambda *a, **k: None)
-    if opts.model is None:
-        config["max_position_embeddings"] = opts.window  # the from-scratch model's "original" context is L_c
-    args = ModelArgs.from_config(config)
-    args = dataclasses.replace(args, rope=scaled_rope(args.rope, opts.rope, opts.window, opts.target),
-                               max_position_embeddings=opts.target)
+    say = functools.partial(print, flush=True) if rank == 0 else (lambda *a, **k: None)
+    args = training_args(opts, config)
     length = opts.target if opts.method == "full" else opts.window  # tokens per training sequence (at most)
     accum = opts.batch_size // (opts.micro_batch_size * world)
-    say("settings: " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(opts).items()))
-    say(f"world {world} on {device.type}, gradient accumulation {accum}, sequence {length}, rope {args.rope}")
-
+    before, after = header(opts, args, config, world, device)
+    for line in before:
+        say(line)
     # Every method reads the same documents, those of >= L_c + 1 tokens (§4.1: "a minimum length requirement"
     # of L_c); full-length truncates them at L_t. A bad corpus fails here, before any weights load.
-    documents, tokenizer_path = load_data(opts, args, opts.window, say)
+    documents, tokenizer_path = load_data(opts, args, opts.window, say)  # says "data: ..."
+    for line in after:
+        say(line)
     dist.barrier()
+    saved = read_settings(out) if opts.resume else None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        write_settings(out, run_settings(opts, world, device, tokenizer_path))
 
     mesh = init_device_mesh(device.type, (world,))
     model = build_model(opts, args, device, mesh)
     # §4.1: "AdamW with its default hyper-parameters": torch's (betas 0.9/0.999, eps 1e-8, weight decay 0.01)
     optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, opts.warmup, opts.steps))
     start = 0
     if opts.resume and (path := latest_checkpoint(out)) is not None:
-        state = checkpoint_state(model, optim, scheduler, 0, opts)
+        state = checkpoint_state(model, optim, 0, opts)
         dcp.load(state, checkpoint_id=path)
         set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
         if (state["seed"], state["world_size"]) != (opts.seed, world):
             say(f"warning: {path} was written with seed {state['seed']}, world {state['world_size']}: the data "
                 "stream differs from an uninterrupted run")
         say(f"resumed from {path} at step {start}")
+        old_steps = saved["options"]["steps"] if saved else opts.steps
+        if old_steps != opts.steps and start < opts.steps:
+            rate = lambda steps: opts.lr * lr_factor(start, opts.warmup, steps)  # noqa: E731
+            say(f"--steps {old_steps} -> {opts.steps}: the learning rate follows the {opts.steps}-step schedule, "
+                f"step {start + 1} at {rate(opts.steps):.3g} (the {old_steps}-step one had {rate(old_steps):.3g})")
     elif opts.resume:
         say(f"--resume: no checkpoint in {out}/checkpoints, starting at step 0")
     metrics = out / "metrics.jsonl"
     if rank == 0:  # keep the rows of the steps we resume after, drop those a killed run logged beyond them
         rows = metrics.read_text().splitlines() if metrics.exists() and start else []
         metrics.write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= start))
+    board = None
+    if opts.tensorboard and rank == 0:
+        from torch.utils.tensorboard import SummaryWriter  # checked in resolve()
+        board = SummaryWriter(log_dir=str(out / "tensorboard"))
 
     n_params = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
     flops_per_token = 6 * n_params + 12 * args.n_layers * args.n_heads * args.head_dim * length  # PaLM App. B
     attention = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]) \
         if device.type == "cuda" else contextlib.nullcontext()  # a silent fall-back to math is an error on GPU
     clock, clock_step, clock_tokens = time.perf_counter(), start, 0.0
-    for step in range(start, opts.steps):
-        model.train()
-        batches = [make_batch(documents, opts, rank, step, micro, accum) for micro in range(accum)]
-        # The loss is the mean NLL over the global batch's scored tokens (full-length rows may be padded, so
-        # count them): each rank scales its sum by world / global count, and FSDP2 averages the gradients over
-        # the ranks (divides by world), which leaves the gradient of that global mean.
-        scored = torch.tensor([float(sum((targets != -100).sum() for _, targets, _ in batches))], device=device)
-        dist.all_reduce(scored)
-        scale = world / scored.item()
-        totals = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of nll, scored tokens] on this rank
-        for batch in batches:
-            tokens, targets, positions = (t.to(device) for t in batch)
-            with attention:
-                sum_nll, n = model.loss(tokens, targets, positions)
-                (sum_nll * scale).backward()
-            totals += torch.stack([sum_nll.detach().double(), n.double()])
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip or float("inf"))
-        grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
-        dist.all_reduce(totals)
-        loss, lr = (totals[0] / totals[1]).item(), scheduler.get_last_lr()[0]
-        clock_tokens += totals[1].item()
-        if not math.isfinite(loss):  # before optim.step(): no update and no checkpoint from a broken step
-            last = latest_checkpoint(out)
-            raise Diverged(f"loss is {loss} at step {step + 1}; stopped before the update, newest checkpoint: {last}")
-        optim.step()
-        optim.zero_grad(set_to_none=True)
-        scheduler.step()
-        done = step + 1
-        if done % opts.save_every == 0 or done == opts.steps:
-            save_checkpoint(out, checkpoint_state(model, optim, scheduler, done, opts), opts.keep_checkpoints)
-        if done % opts.log_every == 0 or done == opts.steps:
-            elapsed = time.perf_counter() - clock
-            seconds = elapsed / (done - clock_step)
-            row = {"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
-                   "tokens_per_s": clock_tokens / elapsed, "s_per_step": seconds,  # scored tokens, all ranks
-                   "eta_s": seconds * (opts.steps - done)}
-            clock, clock_step, clock_tokens = time.perf_counter(), done, 0.0
-            if device.type == "cuda":
-                row["mfu"] = row["tokens_per_s"] / world * flops_per_token / peak_flops(device)
-                row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-            else:  # ru_maxrss: KiB on Linux; the whole process, not only tensors
-                row["peak_mem_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-            say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-            if rank == 0:
-                with open(metrics, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-    say(f"exported {export(model, args, opts, tokenizer_path, device)}")
+    try:
+        for step in range(start, opts.steps):
+            signals.step = step
+            if received := signals.agreed(device):  # a step boundary: every rank stops here, together
+                if received == signal.SIGTERM and step > start:  # a scheduler's kill follows: keep the progress
+                    save_checkpoint(out, checkpoint_state(model, optim, step, opts), opts.keep_checkpoints)
+                raise Stopped(received, step)
+            model.train()
+            for group in optim.param_groups:  # the schedule is a function of the step (see lr_factor)
+                group["lr"] = opts.lr * lr_factor(step, opts.warmup, opts.steps)
+            batches = [make_batch(documents, opts, rank, step, micro, accum) for micro in range(accum)]
+            # The loss is the mean NLL over the global batch's scored tokens (full-length rows may be padded, so
+            # count them): each rank scales its sum by world / global count, and FSDP2 averages the gradients
+            # over the ranks (divides by world), which leaves the gradient of that global mean.
+            scored = torch.tensor([float(sum((targets != -100).sum() for _, targets, _ in batches))], device=device)
+            dist.all_reduce(scored)
+            scale = world / scored.item()
+            totals = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of nll, scored tokens] on this rank
+            for batch in batches:
+                tokens, targets, positions = (t.to(device) for t in batch)
+                with attention:
+                    sum_nll, n = model.loss(tokens, targets, positions)
+                    (sum_nll * scale).backward()
+                totals += torch.stack([sum_nll.detach().double(), n.double()])
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip or float("inf"))
+            grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
+            dist.all_reduce(totals)
+            loss, lr = (totals[0] / totals[1]).item(), optim.param_groups[0]["lr"]
+            clock_tokens += totals[1].item()
+            if not math.isfinite(loss):  # before optim.step(): no update and no checkpoint from a broken step
+                last = latest_checkpoint(out)
+                raise Diverged(f"loss is {loss} at step {step + 1}; stopped before the update, newest checkpoint: "
+                               f"{last}")
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            done = step + 1
+            if done % opts.save_every == 0 or done == opts.steps:
+                save_checkpoint(out, checkpoint_state(model, optim, done, opts), opts.keep_checkpoints)
+            if done % opts.log_every == 0 or done == opts.steps or done == start + 1:  # step 1: it runs, and how fast
+                elapsed = time.perf_counter() - clock
+                seconds = elapsed / (done - clock_step)
+                row = {"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
+                       "tokens_per_s": clock_tokens / elapsed, "s_per_step": seconds,  # scored tokens, all ranks
+                       "eta_s": seconds * (opts.steps - done)}
+                clock, clock_step, clock_tokens = time.perf_counter(), done, 0.0
+                if device.type == "cuda":
+                    row["mfu"] = row["tokens_per_s"] / world * flops_per_token / peak_flops(device)
+                    row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                else:  # ru_maxrss: KiB on Linux; the whole process, not only tensors
+                    row["peak_mem_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+                say(log_line(row, opts.steps))
+                if rank == 0:
+                    with open(metrics, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                if board is not None:
+                    for key, value in row.items():
+                        if key != "step":
+                            board.add_scalar(f"train/{key}", value, done)
+                    board.flush()
+        signals.step = opts.steps
+        say(f"exported {export(model, args, config if opts.model else None, opts, tokenizer_path, device)}")
+    finally:
+        if board is not None:
+            board.close()
     return model
 
 
+def main(argv=None):
+    """Run train.py; exit code 0, 1 (diverged), 2 (bad input) or 128 + the signal (stopped). Every rank
+    ends the same way and only rank 0 speaks, so torchrun shows one line of ours, not one per rank."""
+    signals = Signals()
+    with signals.installed():
+        opts = parse_args(argv)
+        with distributed() as device:
+            code, message = run(opts, device, signals, argv if argv is not None else sys.argv[1:])
+    if message and int(os.environ.get("RANK", 0)) == 0:
+        print(message, file=sys.stderr if code else sys.stdout, flush=True)
+    if code:
+        sys.exit(code)
+
+
+def run(opts: TrainOptions, device, signals: Signals, argv: list[str]) -> tuple[int, str | None]:
+    """(exit code, the one line to print) of a run; nothing of it (no traceback, no model) outlives the call."""
+    try:
+        if opts.export_only:
+            folder = export_only(opts)
+            return 0, f"exported {folder}"
+        train(opts, device, signals)
+        return 0, None
+    except (ValueError, FileNotFoundError) as e:
+        return 2, f"error: {e}"
+    except Diverged as e:
+        return 1, f"error: {e}"
+    except Stopped as e:
+        return 128 + e.signum, stop_line(opts, argv, e.signum, f"before step {e.step + 1}")
+    except KeyboardInterrupt:  # a second signal: at once, wherever the run was
+        pass
+    except Exception:
+        if not signals.received:
+            raise  # a bug: its traceback, from every rank
+        # else part of the stop, e.g. the broken connection of a peer that stopped at once
+    signum = signals.received or signal.SIGINT
+    return 128 + signum, stop_line(opts, argv, signum, f"during step {signals.step + 1}")
+
+
+def stop_line(opts: TrainOptions, argv: list[str], signum: int, when: str) -> str:
+    latest = latest_checkpoint(Path(opts.out))
+    saved = f"latest checkpoint {latest}" if latest else "no checkpoint yet"
+    return f"stopped by {signal.Signals(signum).name} {when}; {saved}; resume: {resume_command(argv)}"
+
+
 def fail(message: str):
-    print(f"error: {message}", file=sys.stderr)
+    """argparse's errors: one line, from rank 0 only under torchrun, exit 2."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def main(argv=None):
-    opts = parse_args(argv)
-    with distributed() as device:
-        try:
-            train(opts, device)
-        except (ValueError, FileNotFoundError) as e:
-            if dist.get_rank() == 0:
-                print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        except Diverged as e:
-            if dist.get_rank() == 0:
-                print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
-
-
 if __name__ == "__main__":
-    main()
+    # Leave without the interpreter's finalization and C++ exit. torch keeps the process group, and so gloo's
+    # worker and socket threads, alive after destroy_process_group (DTensor's caches hold the DeviceMesh, which
+    # holds the group), and a rank exits right after its last collective while its peer's sockets close: a rank
+    # torn down around running gloo threads could abort ("terminate called without an active exception",
+    # SIGABRT: rank 1 of the two-process test, under load). Everything is written and closed and the group
+    # destroyed by now: only the exit code and the flushed output remain to deliver.
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -225,17 +225,24 @@ def test_ppl_and_passkey_commands_write_results_json_with_rope_override(micro, t
     assert result["rope"]["rope_type"] == "linear" and result["rope"]["factor"] == 2.0
     assert [r["documents"] for r in result["results"]] == [2, 2]  # the 9-token document is below --min-tokens 32
     assert [r["tokens"] for r in result["results"]] == [110, 110] and result["bos"] is True
-    assert "ppl" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()  # the table says what it measured, and where it went
+    assert printed[0] == (f"ppl | {result['label']} | model {micro} (linear rope x2 on L_c 32, theta 10000, "
+                          f"max_position_embeddings 64) | data {tmp_path / 'ids.npy'}: 2 documents, stride 8")
+    assert printed[-1] == f"wrote {out}"
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"body": " ".join(evaluate.FILLER) * k}) + "\n"
                                                  for k in (3, 4)))
     evaluate.main(["ppl", "--model", str(micro), "--data", str(tmp_path / "docs.jsonl"), "--text-field", "body",
                    "--lengths", "16", "--rope", "none", "--truncate", "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["rope"]["rope_type"] == "default" and result["results"][0]["tokens"] == 2 * 15
+    capsys.readouterr()
     evaluate.main(["passkey", "--model", str(micro), "--lengths", "200", "--trials", "2", "--depths", "0", "1",
                    "--new-tokens", "3", "--out", str(out)])
     result = json.loads(out.read_text())
     assert [(r["depth"], r["trials"]) for r in result["results"]] == [(0.0, 2), (1.0, 2)]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"passkey | {result['label']} | model {micro} (plain RoPE, theta 10000, ")
+    assert printed[0].endswith("| data: the Fig. 2a passkey prompt, seed 0") and printed[-1] == f"wrote {out}"
     model, tokenizer = Transformer.from_pretrained(micro, dtype=torch.float32), Tokenizer(micro)
     for row in result["results"]:  # each case records the prompt it built and what the model answered to it
         for case in row["cases"]:

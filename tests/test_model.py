@@ -2,6 +2,7 @@
 
     python -m pytest tests/test_model.py -x -q
 """
+import dataclasses
 import json
 import math
 
@@ -337,6 +338,32 @@ def test_mistral_without_a_sliding_window_is_plain_causal_and_gelu_is_refused(tm
     tokens = tokens_for(POSE_POSITIONS)
     assert rel_err(model(tokens, POSE_POSITIONS), reference_logits(W, tokens, POSE_POSITIONS, base=1e6)) < 1e-4
     assert ModelArgs.from_config(config(sliding_window=24, use_sliding_window=False)).sliding_window is None
+
+
+def test_export_config_keeps_the_checkpoints_own_keys_and_changes_only_rope_context_and_dtype():
+    """Issue 16: the export starts from the input's config.json (pad_token_id, use_cache, ... survive)."""
+    from rope import rope_parameters
+    own = {"pad_token_id": 0, "initializer_range": 0.02, "use_cache": True, "pretraining_tp": 1,
+           "transformers_version": "4.31.0", "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+           "some_future_key": [1, 2]}
+    for base in (config(**own, rope_theta=5e5, torch_dtype="bfloat16", rope_scaling=None),  # transformers 4 style
+                 config(**own, dtype="bfloat16", rope_parameters={"rope_type": "default", "rope_theta": 5e5})):  # 5
+        args = ModelArgs.from_config(base)
+        extended = dataclasses.replace(args, max_position_embeddings=256, rope=rope_parameters(
+            {"rope_theta": 5e5, "rope_scaling": {"rope_type": "linear", "factor": 4.0,
+                                                 "original_max_position_embeddings": 64}}))
+        exported = extended.to_config(torch.float32, base)
+        changed = {"max_position_embeddings", "torch_dtype", "dtype", "rope_theta", "rope_scaling", "rope_parameters"}
+        assert {k: v for k, v in exported.items() if k not in changed | {"original_max_position_embeddings"}} == \
+            {k: v for k, v in base.items() if k not in changed}
+        assert exported["max_position_embeddings"] == 256 and exported["original_max_position_embeddings"] == 64
+        dtype_key = "torch_dtype" if "torch_dtype" in base else "dtype"
+        assert exported[dtype_key] == "float32" and ({"torch_dtype", "dtype"} - {dtype_key}).isdisjoint(exported)
+        assert exported["rope_scaling"]["factor"] == exported["rope_parameters"]["factor"] == 4.0
+        assert exported["rope_theta"] == exported["rope_parameters"]["rope_theta"] == 5e5
+        assert ModelArgs.from_config(exported) == extended  # and it reads back as the trained model
+    with pytest.raises(ValueError, match="another model"):
+        extended.to_config(torch.float32, config(hidden_size=2 * DIM))
     with pytest.raises(ValueError, match="hidden_act 'gelu'"):
         ModelArgs.from_config(config(hidden_act="gelu"))
 

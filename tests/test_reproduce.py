@@ -14,13 +14,14 @@ NAMES = ("original", "pi-only", "full", "randpos", "pose", "pose-ntk", "pose-yar
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # the whole pipeline (~3 min idle, 15+ on a busy 2-core box): past the 600 s default
+@pytest.mark.timeout(3600)  # the whole pipeline (~3 min idle, 15+ on a busy 2-core box): past the 600 s default
 def test_quick_reproduction_runs_every_step_and_writes_the_tables(tmp_path):
     out = tmp_path / "repro"
     # This interpreter, and a PATH without it: the pipeline must not depend on a `python` with torch on PATH.
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable, PATH=os.defpath)
+    # Timeouts here are hang guards, not speed limits: on a loaded 2-core box --quick took over 15 minutes.
     run = subprocess.run(["bash", "benchmarks/reproduce.sh", "--quick", str(out)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=1800)
+                         capture_output=True, text=True, timeout=3600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     for name in NAMES:
         ppl = json.loads((out / "results" / f"{name}.ppl.json").read_text())
@@ -41,5 +42,5 @@ def test_quick_reproduction_runs_every_step_and_writes_the_tables(tmp_path):
     assert sum(c.startswith("python evaluate.py") for c in commands) == 14
     # a second run finds every output and redoes nothing
     again = subprocess.run(["bash", "benchmarks/reproduce.sh", "--quick", str(out)], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=500)
+                           capture_output=True, text=True, timeout=1800)
     assert again.returncode == 0 and again.stdout.count("exists, skipped") == 21, again.stdout[-2000:]

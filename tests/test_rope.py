@@ -297,20 +297,71 @@ def test_unknown_type_and_small_factor_raise_value_error_naming_them():
         rope_parameters({"rope_scaling": {"type": "linear"}})
 
 
-@pytest.mark.parametrize("rope", STATIC + [canon("dynamic"), canon("yarn", truncate=False, attention_factor=1.3),
-                                  canon("ntk", factor=2.0), canon("dynamic", factor=1.0), canon("linear", factor=1.0)],
-                         ids=lambda r: f"{r['rope_type']}-{r['factor']:g}")
-def test_scaling_to_config_round_trip(rope):
+EXPORTED = STATIC + [canon("dynamic"), canon("yarn", truncate=False, attention_factor=1.3),
+                     canon("ntk", factor=2.0), canon("dynamic", factor=1.0), canon("linear", factor=1.0)]
+
+
+@pytest.mark.parametrize("rope", EXPORTED, ids=lambda r: f"{r['rope_type']}-{r['factor']:g}")
+def test_scaling_to_config_round_trip_through_either_convention_alone(rope):
+    """A transformers-4 reader sees rope_theta + rope_scaling, a transformers-5 one rope_parameters; each alone,
+    with the top-level original_max_position_embeddings, must give back the same rope."""
     exported = scaling_to_config(rope, D)
-    assert set(exported) <= {"rope_theta", "rope_scaling"}
-    back = rope_parameters({**exported, "max_position_embeddings": rope["original_max_position_embeddings"]})
+    assert set(exported) <= {"rope_theta", "rope_scaling", "rope_parameters", "original_max_position_embeddings"}
+    window = {"max_position_embeddings": rope["original_max_position_embeddings"] * 4}  # the export's L_t
+    top = {k: exported[k] for k in ("original_max_position_embeddings",) if k in exported}
+    v4 = {"rope_theta": exported["rope_theta"], **({"rope_scaling": exported["rope_scaling"]}
+                                                    if "rope_scaling" in exported else {})}
+    v5 = {"rope_parameters": exported["rope_parameters"]}
     positions = torch.tensor([[0, 100, 255, 4000, 999_999]])
-    for a, b in zip(RotaryEmbedding(rope, D)(positions), RotaryEmbedding(back, D)(positions)):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    for view in (v4, v5):
+        back = rope_parameters({**view, **top, **window})
+        if rope["rope_type"] not in ("default", "ntk"):  # ntk is exported as plain RoPE with the raised base
+            assert back["original_max_position_embeddings"] == rope["original_max_position_embeddings"]
+        for a, b in zip(RotaryEmbedding(rope, D)(positions), RotaryEmbedding(back, D)(positions)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+# The keys transformers accepts without "Unrecognized keys in `rope_scaling` / `rope_parameters`", read off its
+# validators (4.57: modeling_rope_utils._validate_*_parameters on rope_scaling, where "type" may stand for
+# rope_type; 5.x: RotaryEmbeddingConfigMixin._validate_*_rope_parameters on rope_parameters), written out here.
+HF4_KEYS = {"linear": {"rope_type", "type", "factor"}, "dynamic": {"rope_type", "type", "factor"},
+            "yarn": {"rope_type", "type", "factor", "original_max_position_embeddings", "attention_factor",
+                     "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"},
+            "llama3": {"rope_type", "type", "factor", "original_max_position_embeddings", "low_freq_factor",
+                       "high_freq_factor"}}
+HF5_KEYS = {"default": {"rope_type", "rope_theta"}, "linear": {"rope_type", "rope_theta", "factor"},
+            "dynamic": {"rope_type", "rope_theta", "factor"},
+            "yarn": {"rope_type", "rope_theta", "factor", "original_max_position_embeddings", "attention_factor",
+                     "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"},
+            "llama3": {"rope_type", "rope_theta", "factor", "original_max_position_embeddings", "low_freq_factor",
+                       "high_freq_factor"}}
+
+
+@pytest.mark.parametrize("rope", [r for r in EXPORTED if r["rope_type"] != "yarn-revised"],  # refused by design
+                         ids=lambda r: r["rope_type"])
+def test_exported_rope_keys_are_those_each_transformers_version_accepts_and_record_the_window(rope):
+    exported = scaling_to_config(rope, D)
+    kind = "default" if rope["rope_type"] == "ntk" else rope["rope_type"]
+    params = exported["rope_parameters"]
+    assert params["rope_type"] == kind and set(params) <= HF5_KEYS[kind]
+    assert params["rope_theta"] == exported["rope_theta"]  # the two conventions agree
+    if kind == "default":
+        assert "rope_scaling" not in exported
+    else:
+        scaling = exported["rope_scaling"]
+        assert scaling["rope_type"] == scaling["type"] == kind and set(scaling) <= HF4_KEYS[kind]
+        assert scaling["factor"] == params["factor"] == rope["factor"]
+        assert {k: v for k, v in scaling.items() if k != "type"} == \
+            {k: v for k, v in params.items() if k != "rope_theta"}
+    if rope["rope_type"] != "default":  # L_c, where no validator looks and rope_parameters() reads it back
+        assert exported["original_max_position_embeddings"] == rope["original_max_position_embeddings"]
 
 
 def test_export_ntk_as_raised_base_and_revised_yarn_as_a_type_hf_refuses():
-    assert scaling_to_config(canon("ntk", factor=4.0), D) == {"rope_theta": BASE * 4.0 ** (D / (D - 2))}
+    raised = BASE * 4.0 ** (D / (D - 2))
+    assert scaling_to_config(canon("ntk", factor=4.0), D) == {
+        "rope_theta": raised, "rope_parameters": {"rope_type": "default", "rope_theta": raised},
+        "original_max_position_embeddings": 256}
     hf_types = {"default", "linear", "dynamic", "yarn", "longrope", "llama3"}
     scaling = scaling_to_config(canon("yarn-revised"), D)["rope_scaling"]
     assert scaling["rope_type"] not in hf_types and scaling["type"] not in hf_types

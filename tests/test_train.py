@@ -78,7 +78,10 @@ def test_every_issue_flag_exists_and_defaults_are_the_papers_recipe_for_a_checkp
              "--batch-size", "64", "--micro-batch-size", "1", "--lr", "2e-5", "--warmup", "10", "--seed", "0",
              "--save-every", "100", "--log-every", "10", "--resume"]
     assert train.parse_args(flags).resume
-    opts, _ = train.resolve(train.parse_args(["--model", str(micro_model), "--out", str(tmp_path / "o")]), 8)
+    data = tmp_path / "x.npy"
+    np.save(data, np.arange(3))
+    opts, _ = train.resolve(train.parse_args(["--model", str(micro_model), "--data", str(data), "--out",
+                                              str(tmp_path / "o")]), 8)
     assert (opts.window, opts.target, opts.method, opts.chunks, opts.content, opts.rope) == \
         (16, 128, "pose", 2, "uniform", "linear")  # L_c from config.json, L_t = 8 L_c (Table 1's 2k -> 16k)
     assert (opts.steps, opts.batch_size, opts.lr, opts.warmup) == (1000, 64, 2e-5, 10)  # §4.1
@@ -191,7 +194,7 @@ def test_single_process_run_logs_finite_losses_and_exports_the_live_models_logit
     assert config["max_position_embeddings"] == 64
     scaling = config["rope_scaling"]  # alpha = L_t / L_c = 64 / 16, and the window L_c is recorded (issue 5)
     assert scaling["rope_type"] == scaling["type"] == "linear" and scaling["factor"] == 4.0
-    assert scaling["original_max_position_embeddings"] == 16
+    assert config["original_max_position_embeddings"] == 16  # beside the rope: no HF validator warns (issue 16)
     exported = Transformer.from_pretrained(out / "final", dtype=torch.float32)
     assert exported.args.rope["factor"] == 4.0
     with torch.no_grad():
@@ -233,13 +236,22 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoints(micro_model, 
 def torchrun(*args, check=True):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "train.py"), *map(str, args)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900,  # a hang guard, not a speed limit
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0 or not check, done.stderr[-3000:]
     return done
 
 
 @pytest.mark.slow
 def test_two_process_torchrun_resume_from_a_checkpoint_replays_the_uninterrupted_losses(micro_model, corpus, tmp_path):
+    """Issue 16: this test once failed 3 runs in 4 on a loaded box (rank 1 "terminate called without an active
+    exception", SIGABRT) and passed alone. torch keeps the gloo group, and its worker threads, alive after
+    destroy_process_group (DTensor's caches hold the DeviceMesh, which holds the group), so every rank went
+    through interpreter finalization and C++ exit with gloo's threads running, its peer's sockets closing under
+    them. train.py's __main__ now leaves by os._exit after its orderly teardown (the comment there). The proof,
+    the whole suite five times in a row beside a process that keeps one core busy:
+        python -c "while True: pass" & for i in 1 2 3 4 5; do python -m pytest -q || break; done; kill %1
+    """
     common = ["--model", micro_model, "--data", corpus, "--steps", "4", "--save-every", "2", *RUN]
     torchrun(*common, "--out", tmp_path / "a")
     whole = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
@@ -268,7 +280,9 @@ def bad_inputs(micro_model, corpus, tmp_path):
     (tmp_path / "used" / "checkpoints" / "step_000001").mkdir(parents=True)
     model = ["--model", str(micro_model), "--data", str(corpus)]
     return {
-        "missing model dir": (["--model", str(tmp_path / "nope")], "--model"),
+        "missing model dir": (["--model", str(tmp_path / "nope"), "--data", str(corpus)], "--model"),
+        "model without data": (model[:2], "needs --data"),
+        "window beyond the checkpoint's context": ([*model, "--window", "32"], "context 16"),
         "target < window": ([*model, "--window", "16", "--target", "8"], "--target 8 < --window 16"),
         "batch not divisible": ([*model, "--batch-size", "5", "--micro-batch-size", "2"], "not divisible"),
         "missing data": ([*model[:2], "--data", str(tmp_path / "nope.jsonl")], "--data"),
@@ -282,10 +296,10 @@ def bad_inputs(micro_model, corpus, tmp_path):
     }
 
 
-@pytest.mark.parametrize("case", ["missing model dir", "target < window", "batch not divisible", "missing data",
-                                  "empty data folder", "all documents too short", "empty .npy",
-                                  "empty .jsonl, from scratch", "unwritable out", "out holds an earlier run",
-                                  "unknown method"])
+@pytest.mark.parametrize("case", ["missing model dir", "model without data", "window beyond the checkpoint's context",
+                                  "target < window", "batch not divisible", "missing data",
+                                  "empty data folder", "all documents too short", "empty .npy", "empty .jsonl, from scratch",
+                                  "unwritable out", "out holds an earlier run", "unknown method"])
 def test_bad_input_prints_one_error_line_exits_2_and_writes_nothing(case, micro_model, corpus, tmp_path, capsys):
     argv, needle = bad_inputs(micro_model, corpus, tmp_path)[case]
     out = tmp_path / "fresh-out"
@@ -301,6 +315,6 @@ def test_bad_input_prints_one_error_line_exits_2_and_writes_nothing(case, micro_
 @pytest.mark.slow
 def test_the_command_line_reports_bad_input_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", str(tmp_path / "missing")],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)  # a hang guard
     assert done.returncode == 2 and done.stderr.strip().startswith("error: --model")
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
