@@ -226,6 +226,18 @@ class Transformer(nn.Module):
         self.args = dataclasses.replace(self.args, rope=rope)
         self.rotary_emb = RotaryEmbedding(rope, self.args.head_dim)
 
+    def compile_regions(self):
+        """torch.compile each transformer block's forward and the loss chunk ("regional compilation", as
+        torchtitan compiles per block): the blocks are identical, so they share one compiled graph and compile
+        time is one block's; module hooks (FSDP2's gathers, activation checkpointing) stay outside it; names
+        and state dict are unchanged. Decoding with a KV cache stays eager: its growing length would
+        recompile the graph per token."""
+        for block in self.model.layers:
+            eager, compiled = block.forward, torch.compile(block.forward)
+            block.forward = lambda *args, eager=eager, compiled=compiled: \
+                (eager if any(isinstance(a, KVCache) for a in args) else compiled)(*args)
+        self._chunk_nll = torch.compile(self._chunk_nll)
+
     @torch.no_grad()
     def init_weights(self, seed: int | None = None):
         """From-scratch init: every matrix N(0, 0.02) (HF's initializer_range), norms 1, biases 0."""
@@ -267,14 +279,18 @@ class Transformer(nn.Module):
 
         Logits are formed chunk_size rows at a time and, under autograd, recomputed in backward
         (checkpoint), so no [B*T, V] tensor ever exists: 128k tokens x 32k vocab in fp32 would be 16 GB.
+        The last chunk is kept instead: backward starts with it, so its saved logits cost no more memory
+        than recomputing them would (one chunk and its gradient either way), and a sequence that fits in
+        one chunk (every short training step) pays no recompute at all.
         """
         h = self.hidden(tokens, positions).flatten(0, 1)  # [B*T, dim]
         targets = targets.flatten().to(h.device)          # [B*T]
         total = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
         for i in range(0, h.shape[0], chunk_size):
             args = (h[i:i + chunk_size], targets[i:i + chunk_size])
+            last = i + chunk_size >= h.shape[0]
             total = total + (checkpoint(self._chunk_nll, *args, use_reentrant=False)
-                             if torch.is_grad_enabled() else self._chunk_nll(*args))
+                             if torch.is_grad_enabled() and not last else self._chunk_nll(*args))
         return total, (targets != -100).sum()
 
     def _chunk_nll(self, h, targets):
