@@ -77,6 +77,8 @@ class Options:
     plot: str | None = field(default=None, metadata=dict(help="also draw the results as this PNG (matplotlib)"))
     device: str | None = field(default=None, metadata=dict(help="cuda if available, else cpu"))
     dtype: str | None = field(default=None, metadata=dict(choices=DTYPES, help="bfloat16 on cuda, float32 on cpu"))
+    compile: bool = field(default=False, metadata=dict(action="store_true", help="torch.compile each block and the "
+                          "loss: for long runs (compile time and break-even in BENCHMARKS.md)"))
 
 
 @dataclass
@@ -172,6 +174,8 @@ def load_model(opts: Options):
     dtype = getattr(torch, opts.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     scaling = rope_override(opts, load_config(opts.model))
     model = Transformer.from_pretrained(opts.model, device=device, dtype=dtype, rope_scaling=scaling)
+    if opts.compile:
+        model.compile_regions()  # passkey's decoding with the KV cache stays eager (see compile_regions)
     return model.eval(), device
 
 

@@ -3,10 +3,10 @@
     python benchmarks/bench_step.py               # 3 interleaved rounds of fresh processes; prints the ratio table
     python benchmarks/bench_step.py --compile     # adds train.py --compile: compile time (cold cache), break-even
     python benchmarks/bench_step.py --profile     # torch.profiler, each side: time by step region and by operator
-    python benchmarks/bench_step.py --paired --steps 16   # both sides in one process, step by step (busy machine)
+    python benchmarks/bench_step.py --paired --steps 16   # the sides take turns in one process (busy machine)
 
 The step: --preset tiny --window 1024 --target 1024 --method plain --batch-size 2 --micro-batch-size 2, fp32.
-ours = train.build_model + train()'s AdamW and loop body (forward, loss, backward, clip, AdamW) on a
+ours = train.build_model + train.build_optimizer + train.train_step (forward, loss, backward, clip, AdamW) on a
 batch from train.make_batch; hf = transformers' LlamaForCausalLM of the same shape (attn_implementation "sdpa")
 + torch.optim.AdamW (torch's defaults) + clip_grad_norm_(1.0), on the same tokens (labels = tokens: HF shifts).
 transformers is never a dependency of the project; it runs from a side venv (--hf-python, default $HF_PYTHON or
@@ -61,23 +61,11 @@ def setup(side: str, out: str):
             optim.step()
             optim.zero_grad(set_to_none=True)
     else:
-        model = train.build_model(opts, args, torch.device("cpu"), train.init_device_mesh("cpu", (1,)))
-        optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)  # as train()
+        model = train.build_model(opts, args, torch.device("cpu"), None)  # one CPU process: no FSDP2, as train()
+        optim, _ = train.build_optimizer(model, opts)
 
-        def step(batch):  # train()'s loop body at this commit, for one micro-batch on one CPU process
-            scored = torch.tensor([float((batch[1] != -100).sum())])
-            train.dist.all_reduce(scored)
-            scale = 1 / scored.item()
-            totals = torch.zeros(2, dtype=torch.float64)
-            sum_nll, n = model.loss(*batch)
-            (sum_nll * scale).backward()
-            totals += torch.stack([sum_nll.detach().double(), n.double()])
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
-            grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, train.DTensor) else grad_norm
-            train.dist.all_reduce(totals)
-            (totals[0] / totals[1]).item()
-            optim.step()
-            optim.zero_grad(set_to_none=True)
+        def step(batch):
+            train.train_step(model, optim, [batch], opts.grad_clip)
     return model, step, documents, opts
 
 
@@ -98,23 +86,27 @@ def measure(side: str, steps: int, warmup: int) -> dict:
             "first_step_s": wall[0], "data_s": float(np.median(data[warmup:])), "threads": torch.get_num_threads()}
 
 
-def paired(steps: int, warmup: int) -> dict:
-    """Both sides in one process, alternating step by step (the order flips every step): each pair saw the
-    same load, so the per-pair ratio holds still on a busy machine (at the price of a shared allocator)."""
+def paired(steps: int, warmup: int, compiled: bool) -> dict:
+    """All sides in one process, taking turns step by step (the order rotates every step): each round saw the
+    same load, so the per-round ratio holds still on a busy machine (at the price of a shared allocator)."""
+    names = ("ours", "hf") + ("compiled",) * compiled
     with train.distributed(), tempfile.TemporaryDirectory() as out:
-        sides = {side: setup(side, out) for side in ("ours", "hf")}
-        times = {"ours": [], "hf": []}
+        sides = {side: setup(side, out) for side in names}
+        times = {side: [] for side in names}
         for i in range(warmup + steps):
-            for side in ("ours", "hf") if i % 2 else ("hf", "ours"):
+            for side in names[i % len(names):] + names[:i % len(names)]:
                 _, step, documents, opts = sides[side]
                 batch = train.make_batch(documents, opts, 0, i, 0, 1)
                 t, c = time.perf_counter(), time.process_time()
                 step(batch)
                 times[side].append((time.perf_counter() - t, time.process_time() - c))
-    ours, hf = np.array(times["ours"][warmup:]), np.array(times["hf"][warmup:])  # [steps, (wall, cpu)]
-    return {"pairs": steps, "ours_wall_s": float(np.median(ours[:, 0])), "hf_wall_s": float(np.median(hf[:, 0])),
-            "wall_ratio": float(np.median(ours[:, 0] / hf[:, 0])), "cpu_ratio": float(np.median(ours[:, 1] / hf[:, 1])),
-            "threads": torch.get_num_threads()}
+    t = {side: np.array(times[side]) for side in names}  # [warmup + steps, (wall, cpu)]
+    row = {"pairs": steps, "threads": torch.get_num_threads()}
+    for side in names:
+        row[side] = {"wall_s": float(np.median(t[side][warmup:, 0])), "first_step_s": float(t[side][0, 0]),
+                     "wall_ratio": float(np.median(t[side][warmup:, 0] / t["hf"][warmup:, 0])),
+                     "cpu_ratio": float(np.median(t[side][warmup:, 1] / t["hf"][warmup:, 1]))}
+    return row
 
 
 def profile(side: str, steps: int, warmup: int, top: int):
@@ -177,6 +169,7 @@ def run_one(side: str, o, cache: str | None = None) -> dict:
     if cache:
         env["TORCHINDUCTOR_CACHE_DIR"] = cache
     cmd = [python, __file__, "--one", side, "--steps", str(o.steps), "--warmup", str(o.warmup)]
+    cmd += ["--compile"] * (side == "paired" and o.compile)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
         sys.exit(f"error: {side} failed:\n{done.stderr[-3000:]}")
@@ -194,17 +187,17 @@ def main():
     p.add_argument("--steps", type=int, default=5, help="timed steps per process")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, compile)")
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every measured process")
-    p.add_argument("--compile", action="store_true", help="also time train.py --compile (cold inductor cache)")
+    p.add_argument("--compile", action="store_true", help="also time train.py --compile (fresh inductor cache)")
     p.add_argument("--profile", action="store_true", help="profile each side once instead of timing rounds")
     p.add_argument("--top", type=int, default=15, help="--profile: operators listed")
     p.add_argument("--hf-python", default=os.environ.get("HF_PYTHON", "/work/venvs/speed/bin/python"))
     p.add_argument("--paired", action="store_true", help="both sides in one process, step by step (busy box)")
-    p.add_argument("--one", choices=tuple(SIDES) + ("paired",), help=argparse.SUPPRESS)  # internal: one measurement, JSON out
+    p.add_argument("--one", choices=tuple(SIDES) + ("paired",), help=argparse.SUPPRESS)  # internal: JSON out
     o = p.parse_args()
     if o.one and o.profile:
         return profile(o.one, o.steps, o.warmup, o.top)
     if o.one == "paired":
-        return print(json.dumps(paired(o.steps, o.warmup)))
+        return print(json.dumps(paired(o.steps, o.warmup, o.compile)))
     if o.one:
         return print(json.dumps(measure(o.one, o.steps, o.warmup)))
     if not Path(o.hf_python).exists():
@@ -218,10 +211,23 @@ def main():
                             str(o.warmup), "--top", str(o.top)], env=env, check=True)
         return
     if o.paired:  # transformers' venv runs our code too (it has torch, numpy, sentencepiece, safetensors)
-        r = run_one("paired", o)
-        print(f"paired in one process, {r['pairs']} pairs after {o.warmup}: train.py {1e3 * r['ours_wall_s']:.0f} ms, "
-              f"transformers {1e3 * r['hf_wall_s']:.0f} ms; median ratio wall {r['wall_ratio']:.3f}, "
-              f"CPU {r['cpu_ratio']:.3f}; load average after {os.getloadavg()[0]:.1f}")
+        with tempfile.TemporaryDirectory() as cache:
+            r = run_one("paired", o, cache)
+        print(f"all sides in one process, taking turns; {r['pairs']} rounds after {o.warmup}; "
+              f"load average after {os.getloadavg()[0]:.1f}\n")
+        print("| side | ms / step (median) | ratio to transformers (median of rounds) | CPU-time ratio | "
+              "first step s |")
+        print("|---|---|---|---|---|")
+        for side in [k for k in SIDES if k in r]:
+            x = r[side]
+            print(f"| {SIDES[side]} | {1e3 * x['wall_s']:.0f} | {x['wall_ratio']:.3f} | {x['cpu_ratio']:.3f} | "
+                  f"{x['first_step_s']:.1f} |")
+        if o.compile:  # the first step compiles (fresh inductor cache); the break-even is against eager train.py
+            gain = r["ours"]["wall_s"] - r["compiled"]["wall_s"]
+            compile_s = r["compiled"]["first_step_s"] - r["compiled"]["wall_s"]
+            even = f"{compile_s / gain:.0f} steps" if gain > 0 else "never (no gain per step)"
+            print(f"\n--compile: compile time {compile_s:.1f} s (cold cache); saves {1e3 * gain:.0f} ms / step; "
+                  f"break-even after {even}")
         return
     sides = ["ours", "hf"] + ["compiled"] * o.compile
     rows = []
