@@ -41,9 +41,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import evaluate  # noqa: E402
+import train  # noqa: E402
+from bench_evaluate import build, cell  # noqa: E402
+from bench_train import synthetic_documents, time_steps  # noqa: E402
+from model import PRESETS, ModelArgs  # noqa: E402
+from rope import rope_parameters  # noqa: E402
 
 GPU = dict(device="cuda", preset="1b", budget=470, reserve=20,  # seconds: all stages, kept per later stage
            flash_layers=2, flash_lengths=(4096, 32768), precision_length=2048,
@@ -75,12 +85,10 @@ def emit(**row):
 
 def pretend_oom(S, stage, what):
     if (stage, what) in S["pretend_oom"]:
-        import torch
         raise torch.OutOfMemoryError(f"dry run: {what} pretends not to fit")
 
 
 def free():
-    import torch
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -93,9 +101,6 @@ def short(error: BaseException) -> str:
 def train_setup(S, method: str, target: int, micro=1, compile_=False, ac=False, layers=None, window=None):
     """train.py's options, model and optimizer as train() builds them on a GPU: FSDP2 over a one-rank mesh (bf16
     compute from fp32 masters; the dry run shards over one CPU rank, so the same wiring runs)."""
-    import torch
-    import train
-    from model import ModelArgs
     window = window or S["window"]
     argv = ["--preset", S["preset"], "--window", str(window), "--target", str(target), "--method", method,
             "--batch-size", str(micro), "--micro-batch-size", str(micro),
@@ -117,8 +122,6 @@ def with_micro_batch(opts, micro: int):
 
 
 def stage_env(S):
-    import torch
-    import train
     row = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
            "device": S["device"]}
     if S["device"] == "cuda":
@@ -135,14 +138,11 @@ def stage_env(S):
 def only_flash():
     """SDPA with every kernel but flash disabled: a fall-back raises ("No available kernel"). A fresh context
     per use (sdpa_kernel's cannot be entered twice)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
 
 
 def flash_train(S, T: int, list_kernels: bool) -> dict:
     """train.py's model (FSDP2: bf16 compute on the GPU), forward + backward of the loss at T tokens."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
     device = torch.device(S["device"])
     _, model, _ = train_setup(S, "plain", T, layers=S["flash_layers"], window=T)
     seen = []  # the dtype attention computes in (FSDP2 casts the fp32 masters for compute)
@@ -158,7 +158,8 @@ def flash_train(S, T: int, list_kernels: bool) -> dict:
         return sum_nll
 
     t0 = time.perf_counter()
-    row = {"ok": bool(torch.isfinite(forward_backward())), "seconds": time.perf_counter() - t0, "dtype": str(seen[0])}
+    ok = bool(torch.isfinite(forward_backward()))
+    row = {"ok": ok, "seconds": time.perf_counter() - t0, "dtype": str(seen[0])}
     if list_kernels:  # their names, for the record (the proof is that nothing but flash was allowed to run)
         try:
             activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")
@@ -174,11 +175,6 @@ def flash_train(S, T: int, list_kernels: bool) -> dict:
 def flash_eval(S, T: int) -> dict:
     """evaluate.py's path: bf16 weights, one perplexity window (inference mode, chunked loss) at T tokens, then
     greedy decoding with the KV cache (a T - 4 token prefill, then one token at a time)."""
-    import numpy as np
-    import torch
-
-    import evaluate
-    from bench_evaluate import build
     device = torch.device(S["device"])
     model = build(S["preset"], device, torch.bfloat16, T)
     model.model.layers = model.model.layers[:S["flash_layers"]]
@@ -189,7 +185,8 @@ def flash_eval(S, T: int) -> dict:
         model.generate(torch.tensor(doc[None, :T - 4], device=device), 3)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return {"ok": bool(np.isfinite(nll)) and n == T - 1, "seconds": time.perf_counter() - t0, "dtype": "torch.bfloat16"}
+    seconds = time.perf_counter() - t0
+    return {"ok": bool(np.isfinite(nll)) and n == T - 1, "seconds": seconds, "dtype": "torch.bfloat16"}
 
 
 def stage_flash(S):
@@ -206,17 +203,13 @@ def stage_flash(S):
 
 def stage_precision(S):
     """The same random 1B model in fp32, then cast to bf16 (flash): how far its logits move."""
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from bench_evaluate import build
     device, T = torch.device(S["device"]), S["precision_length"]
     model = build(S["preset"], device, torch.float32, T)
     tokens = torch.randint(3, model.args.vocab_size, (1, T), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         reference = model(tokens)  # [1, T, V] fp32 (fp32 attention: any kernel)
         model.to(torch.bfloat16)
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        with only_flash():
             low = model(tokens)  # bf16 compute, logits returned in fp32
     diff = (low - reference).abs()
     emit(T=T, max_rel_diff=(diff.max() / reference.abs().max()).item(),
@@ -227,8 +220,6 @@ def stage_precision(S):
 
 def timed(S, stage, what, model, optim, documents, opts):
     """bench_train.time_steps, or None when it runs out of memory (the model is then not to be trusted)."""
-    import torch
-    from bench_train import time_steps
     try:
         pretend_oom(S, stage, what)
         return time_steps(model, optim, documents, opts, S["fig3_steps" if stage == "fig3" else "steps"])
@@ -237,9 +228,6 @@ def timed(S, stage, what, model, optim, documents, opts):
 
 
 def stage_mfu(S):
-    import torch
-    import train
-    from bench_train import synthetic_documents
     device, target, deadline = torch.device(S["device"]), S["mfu_target"], S["deadline"]
     found = {}  # activation checkpointing -> the largest eager micro-batch that fit
     for compile_, ac in ((False, False), (False, True), (True, False), (True, True)):
@@ -260,7 +248,7 @@ def stage_mfu(S):
                     oom_at = micro
                     del model, optim
                     free()
-                    if not compile_:
+                    if not compile_ or micro == 1:
                         break
                     micro //= 2
                     opts, model, optim = train_setup(S, "pose", target, compile_=compile_, ac=ac)
@@ -284,11 +272,6 @@ def stage_mfu(S):
 
 def stage_fig3(S):
     """PoSE's rows first (the goal), then Full-length's, shortest first; one model, its rope rescaled per L_t."""
-    import torch
-    import train
-    from bench_train import synthetic_documents
-    from model import PRESETS
-    from rope import rope_parameters
     device, window = torch.device(S["device"]), S["window"]
     base = rope_parameters(dict(PRESETS[S["preset"]], max_position_embeddings=window))  # the preset's own RoPE
     documents, model = None, None
@@ -321,8 +304,6 @@ def stage_fig3(S):
 
 
 def stage_eval(S):
-    import torch
-    from bench_evaluate import build, cell
     device = torch.device(S["device"])
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     for name in S["eval_configs"]:
@@ -369,8 +350,6 @@ def stage_sliding(S):
 
 
 def run_stage(name: str, S: dict):
-    import torch
-    import train
     if S["device"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device (use --dry-run on a CPU)")
     with train.distributed() if name in ("flash", "mfu", "fig3") else contextlib.nullcontext():

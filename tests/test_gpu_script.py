@@ -46,7 +46,8 @@ def test_dry_run_runs_every_stage_and_writes_the_json_and_the_table(tmp_path):
     losses = [r["first_loss"] for r in mfu if r["micro_batch"] == 1]
     assert len(losses) == 3 and max(losses) - min(losses) < 1e-5 * losses[0]
     fig3 = stages["fig3"]["rows"]
-    assert [(r["method"], r["target"]) for r in fig3] == [(m, t) for m in ("pose", "full") for t in (256, 512, 1024, 2048)]
+    assert [(r["method"], r["target"]) for r in fig3] == \
+        [(m, t) for m in ("pose", "full") for t in (256, 512, 1024, 2048)]
     assert all(r["tokens"] == 64 for r in fig3[:4]) and [r["tokens"] for r in fig3[4:7]] == [256, 512, 1024]
     assert fig3[-1].get("oom") is True
     evals = stages["eval"]["rows"]
