@@ -232,10 +232,14 @@ class Transformer(nn.Module):
         time is one block's; module hooks (FSDP2's gathers, activation checkpointing) stay outside it; names
         and state dict are unchanged. Decoding with a KV cache stays eager: its growing length would
         recompile the graph per token."""
+        def eager_while_decoding(eager, compiled):
+            def forward(*args, **kwargs):
+                decoding = any(isinstance(a, KVCache) for a in (*args, *kwargs.values()))
+                return (eager if decoding else compiled)(*args, **kwargs)
+            return forward
+
         for block in self.model.layers:
-            eager, compiled = block.forward, torch.compile(block.forward)
-            block.forward = lambda *args, eager=eager, compiled=compiled: \
-                (eager if any(isinstance(a, KVCache) for a in args) else compiled)(*args)
+            block.forward = eager_while_decoding(block.forward, torch.compile(block.forward))
         self._chunk_nll = torch.compile(self._chunk_nll)
 
     @torch.no_grad()
