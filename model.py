@@ -127,6 +127,10 @@ class ModelArgs:
         else:  # every rope key is rewritten below: a stale one of the other convention would contradict it
             config = {k: v for k, v in base.items() if k not in
                       ("rope_theta", "rope_scaling", "rope_parameters", "original_max_position_embeddings")}
+            # A bare config may lack what picks the class (vLLM reads architectures, transformers model_type).
+            config.setdefault("model_type", "mistral" if self.sliding_window else "llama")
+            config.setdefault("architectures", ["MistralForCausalLM" if config["model_type"] == "mistral"
+                                                else "LlamaForCausalLM"])
         config["max_position_embeddings"] = context
         # transformers 4 reads "torch_dtype", 5 writes "dtype" (and reads both): update the checkpoint's own.
         for key in [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]:
@@ -315,6 +319,22 @@ class Transformer(nn.Module):
         self.args = dataclasses.replace(self.args, rope=rope)
         self.rotary_emb = RotaryEmbedding(rope, self.args.head_dim)
 
+    def compile_regions(self):
+        """torch.compile each transformer block's forward and the loss chunk ("regional compilation", as
+        torchtitan compiles per block): the blocks are identical, so they share one compiled graph and compile
+        time is one block's; module hooks (FSDP2's gathers, activation checkpointing) stay outside it; names
+        and state dict are unchanged. Decoding with a KV cache stays eager: its growing length would
+        recompile the graph per token."""
+        def eager_while_decoding(eager, compiled):
+            def forward(*args, **kwargs):
+                decoding = any(isinstance(a, KVCache) for a in (*args, *kwargs.values()))
+                return (eager if decoding else compiled)(*args, **kwargs)
+            return forward
+
+        for block in self.model.layers:
+            block.forward = eager_while_decoding(block.forward, torch.compile(block.forward))
+        self._chunk_nll = torch.compile(self._chunk_nll)
+
     @torch.no_grad()
     def init_weights(self, seed: int | None = None):
         """From-scratch init: every matrix N(0, 0.02) (HF's initializer_range), norms 1, biases 0."""
@@ -352,14 +372,18 @@ class Transformer(nn.Module):
 
         Logits are formed chunk_size rows at a time and, under autograd, recomputed in backward
         (checkpoint), so no [B*T, V] tensor ever exists: 128k tokens x 32k vocab in fp32 would be 16 GB.
+        The last chunk is kept instead: backward starts with it, so its saved logits cost no more memory
+        than recomputing them would (one chunk and its gradient either way), and a sequence that fits in
+        one chunk (every short training step) pays no recompute at all.
         """
         h = self.hidden(tokens, positions).flatten(0, 1)  # [B*T, dim]
         targets = targets.flatten().to(h.device)          # [B*T]
         total = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
         for i in range(0, h.shape[0], chunk_size):
             args = (h[i:i + chunk_size], targets[i:i + chunk_size])
+            last = i + chunk_size >= h.shape[0]
             total = total + (checkpoint(self._chunk_nll, *args, use_reentrant=False)
-                             if torch.is_grad_enabled() else self._chunk_nll(*args))
+                             if torch.is_grad_enabled() and not last else self._chunk_nll(*args))
         return total, (targets != -100).sum()
 
     def _chunk_nll(self, h, targets):

@@ -4,6 +4,7 @@
     torchrun --nproc_per_node 8 train.py --model ./Llama-2-7b-hf --data pile.jsonl --target 16384
     torchrun --nproc_per_node 8 train.py --model ./Llama-2-7b-hf --data pile.jsonl --target 16384 --resume
     torchrun --nproc_per_node 2 train.py  # CPU: two processes over gloo (what CI runs)
+    python train.py --compile             # torch.compile per block: pays off on long runs (BENCHMARKS.md)
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train.py ...  # shared --out
     python evaluate.py ppl --model out/final  # the export is a Hugging Face LLaMA folder
     python train.py --export-only --out runs/pose16k --checkpoint step_000500  # -> runs/pose16k/exports/step_000500
@@ -81,7 +82,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed._composable import checkpoint as activation_checkpoint
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_model_state_dict, set_state_dict)
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -128,6 +129,8 @@ class TrainOptions:
     log_every: int | None = field(default=None, metadata={"help": "log every k steps"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --out"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute each block in backward"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile each block and the loss (worth it for "
+                          "long runs: see BENCHMARKS.md for the compile time and break-even step count)"})
     max_documents: int | None = field(default=None, metadata={"help": "stop reading after this many (steps x batch)"})
     tensorboard: bool = field(default=False, metadata={"help": "also log to --out/tensorboard "
                               "(pip install tensorboard)"})
@@ -246,8 +249,12 @@ def run_settings(o: TrainOptions, world: int, device, tokenizer_path) -> dict:
     """settings.json: the resolved options (paths made absolute, so a resume from elsewhere compares the same
     files), the world, and what --export-only needs besides."""
     options = dataclasses.asdict(o)
-    for name in PATHS:
-        options[name] = None if options[name] is None else str(Path(options[name]).resolve())
+    for name in PATHS:  # --data is a list of files, folders and globs
+        value = options[name]
+        if isinstance(value, (list, tuple)):
+            options[name] = [str(Path(v).resolve()) for v in value]
+        elif value is not None:
+            options[name] = str(Path(value).resolve())
     return {"options": options, "world_size": world, "device": device.type,
             "tokenizer_file": None if tokenizer_path is None else str(Path(tokenizer_path).resolve())}
 
@@ -275,8 +282,9 @@ def check_resume(o: TrainOptions, saved: dict, out: Path):
     now = run_settings(o, 1, torch.device("cpu"), None)["options"]
     for name in RESUME_FIXED:
         if name in saved["options"] and now[name] != saved["options"][name]:
-            raise ValueError(f"--resume: --{name.replace('_', '-')} {now[name]} differs from this run's "
-                             f"{saved['options'][name]} ({out / 'settings.json'}); a new --out starts a new run")
+            show = lambda v: " ".join(map(str, v)) if isinstance(v, list) else v  # noqa: E731
+            raise ValueError(f"--resume: --{name.replace('_', '-')} {show(now[name])} differs from this run's "
+                             f"{show(saved['options'][name])} ({out / 'settings.json'}); a new --out starts a new run")
 
 
 def step_of(checkpoint: Path) -> int:
@@ -302,6 +310,12 @@ def lr_factor(step: int, warmup: int, steps: int) -> float:
 
 # ---------------------------------------------------------------- data
 
+@functools.lru_cache(maxsize=2)  # this epoch's and the next: one shuffle per epoch, not one per example
+def epoch_order(seed: int, rank: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which this rank reads its n documents in this epoch (a function of its arguments)."""
+    return np.random.default_rng([seed, rank, epoch, 2**32 - 1]).permutation(n)
+
+
 def make_batch(documents, opts: TrainOptions, rank: int, step: int, micro: int, accum: int):
     """One micro-batch (tokens, targets, positions), each int64 [micro_batch, L]: a pure function of
     (seed, rank, step, micro), so a resumed run replays the very same stream.
@@ -317,7 +331,7 @@ def make_batch(documents, opts: TrainOptions, rank: int, step: int, micro: int, 
     for b in range(opts.micro_batch_size):
         example = (step * accum + micro) * opts.micro_batch_size + b  # this rank's running example number
         epoch, k = divmod(example, len(documents))
-        doc = documents[np.random.default_rng([opts.seed, rank, epoch, 2**32 - 1]).permutation(len(documents))[k]]
+        doc = documents[epoch_order(opts.seed, rank, epoch, len(documents))[k]]
         n = len(doc) - 1  # draw from doc[:-1] so the true next token x[index + 1] always exists (see docstring)
         if opts.method == "pose":
             index, positions = pose.sample(rng, n, opts.window, opts.target, opts.chunks, opts.content)
@@ -405,20 +419,27 @@ def scaled_rope(base: dict, kind: str, window: int, target: int) -> dict:
         "rope_type": kind, "factor": target / window, "original_max_position_embeddings": window}})
 
 
-def build_model(opts: TrainOptions, args: ModelArgs, device, mesh) -> Transformer:
-    """torchtitan's order: meta-device model -> activation checkpointing -> fully_shard per block -> root ->
-    to_empty -> full state dict read on rank 0 (checkpoint or fresh init) and broadcast into the shards."""
+def build_model(opts: TrainOptions, args: ModelArgs, device, mesh: DeviceMesh | None) -> Transformer:
+    """torchtitan's order: meta-device model -> activation checkpointing -> compile -> fully_shard per block ->
+    root -> to_empty -> full state dict read on rank 0 (checkpoint or fresh init) and broadcast into the shards.
+    mesh None: no FSDP2 (train() passes None to a lone CPU process, which has nothing to shard or cast: the
+    hooks, copies and DTensor arithmetic cost ~4% of its step and change no number). Checkpoints are DCP's
+    either way, so a run may resume at another world size."""
     with torch.device("meta"):
         model = Transformer(args)  # no memory: every rank holds 1/world of the weights only after sharding
     model.set_rope(args.rope)  # outside the meta context: the rope tables must be real CPU tensors
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" \
         else MixedPrecisionPolicy()  # CPU: fp32 throughout (bf16 matmuls on CPU are slow, and tests compare exactly)
+    if opts.compile:
+        model.compile_regions()  # replaces each block's forward; the hooks added below wrap it
     for block in model.model.layers:
         if opts.activation_checkpointing:
             activation_checkpoint(block)  # composable form: parameter names stay HF's
-        fully_shard(block, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)  # root: embeddings, final norm, lm_head
-    register_fsdp_forward_method(model, "loss")  # loss() is not forward(); without this the root stays sharded
+        if mesh is not None:
+            fully_shard(block, mesh=mesh, mp_policy=mp)
+    if mesh is not None:
+        fully_shard(model, mesh=mesh, mp_policy=mp)  # root: embeddings, final norm, lm_head
+        register_fsdp_forward_method(model, "loss")  # loss() is not forward(); without this the root stays sharded
     model.to_empty(device=device)
     full = {}
     if dist.get_rank() == 0:
@@ -430,6 +451,14 @@ def build_model(opts: TrainOptions, args: ModelArgs, device, mesh) -> Transforme
             full = fresh.state_dict()
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     return model
+
+
+def build_optimizer(model, opts: TrainOptions):
+    """§4.1's "AdamW with its default hyper-parameters" (torch's: betas 0.9/0.999, eps 1e-8, weight decay
+    0.01); the schedule is set each step (lr_factor). fused: one kernel per step instead of ~10 per parameter
+    (each a DTensor dispatch under FSDP2), the same update; the largest cost train.py added around the model
+    on CPU (BENCHMARKS.md)."""
+    return torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -552,6 +581,14 @@ def training_args(o: TrainOptions, config: dict) -> ModelArgs:
                                max_position_embeddings=o.target)
 
 
+def flops_per_token(model: Transformer, length: int) -> float:
+    """Training FLOPs per token of a length-token sequence (PaLM App. B): 6 N for the weight matrices (N = the
+    parameters outside the embedding table) + 12 L H Q T for attention (L layers, H heads of size Q)."""
+    a = model.args
+    n = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
+    return 6 * n + 12 * a.n_layers * a.n_heads * a.head_dim * length
+
+
 def peak_flops(device) -> float:
     """Dense bf16 peak of the card (H100/H200 SXM 989 TFLOP/s unless it is an A100)."""
     return 312e12 if "A100" in torch.cuda.get_device_name(device) else 989e12
@@ -665,6 +702,41 @@ def log_line(row: dict, steps: int) -> str:
 
 # ---------------------------------------------------------------- training
 
+def attention_kernels(device):
+    """On GPU, SDPA restricted to flash / memory-efficient kernels: a silent fall-back to the math kernel (and
+    its [H, T, T] scores) is an error. A new context each time: sdpa_kernel's cannot be entered twice."""
+    if device.type == "cuda":
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION])
+    return contextlib.nullcontext()
+
+
+def train_step(model, optim, batches, grad_clip: float) -> tuple[float, float, float]:
+    """One optimizer step over this rank's micro-batches [(tokens, targets, positions)]; returns (loss, grad
+    norm, scored tokens of all ranks). A non-finite loss returns before the update, leaving the weights as
+    they were. The loss is the mean NLL over the global batch's scored tokens (full-length rows may be padded,
+    so count them): each rank scales its sum by world / global count, and FSDP2 averages the gradients over
+    the ranks (divides by world), which leaves the gradient of that global mean."""
+    device, world = next(model.parameters()).device, dist.get_world_size()
+    scored = torch.tensor([float(sum((targets != -100).sum() for _, targets, _ in batches))], device=device)
+    dist.all_reduce(scored)
+    scale = world / scored.item()
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of nll, scored tokens] on this rank
+    for batch in batches:
+        tokens, targets, positions = (t.to(device) for t in batch)
+        with attention_kernels(device):
+            sum_nll, n = model.loss(tokens, targets, positions)
+            (sum_nll * scale).backward()
+        totals += torch.stack([sum_nll.detach().double(), n.double()])
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
+    dist.all_reduce(totals)
+    loss = (totals[0] / totals[1]).item()
+    if math.isfinite(loss):
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+    return loss, grad_norm.item(), totals[1].item()
+
+
 def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transformer:
     rank, world = dist.get_rank(), dist.get_world_size()
     opts, config = resolve(opts, world)
@@ -688,10 +760,10 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
         out.mkdir(parents=True, exist_ok=True)
         write_settings(out, run_settings(opts, world, device, tokenizer_path))
 
-    mesh = init_device_mesh(device.type, (world,))
+    # FSDP2 shards over several ranks, and on a GPU it computes in bf16 from fp32 masters even alone
+    mesh = init_device_mesh(device.type, (world,)) if world > 1 or device.type == "cuda" else None
     model = build_model(opts, args, device, mesh)
-    # §4.1: "AdamW with its default hyper-parameters": torch's (betas 0.9/0.999, eps 1e-8, weight decay 0.01)
-    optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    optim = build_optimizer(model, opts)
     start = 0
     if opts.resume and (path := latest_checkpoint(out)) is not None:
         state = checkpoint_state(model, optim, 0, opts)
@@ -718,10 +790,7 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
         from torch.utils.tensorboard import SummaryWriter  # checked in resolve()
         board = SummaryWriter(log_dir=str(out / "tensorboard"))
 
-    n_params = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
-    flops_per_token = 6 * n_params + 12 * args.n_layers * args.n_heads * args.head_dim * length  # PaLM App. B
-    attention = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]) \
-        if device.type == "cuda" else contextlib.nullcontext()  # a silent fall-back to math is an error on GPU
+    flops = flops_per_token(model, length)
     clock, clock_step, clock_tokens = time.perf_counter(), start, 0.0
     try:
         for step in range(start, opts.steps):
@@ -734,42 +803,24 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
             for group in optim.param_groups:  # the schedule is a function of the step (see lr_factor)
                 group["lr"] = opts.lr * lr_factor(step, opts.warmup, opts.steps)
             batches = [make_batch(documents, opts, rank, step, micro, accum) for micro in range(accum)]
-            # The loss is the mean NLL over the global batch's scored tokens (full-length rows may be padded, so
-            # count them): each rank scales its sum by world / global count, and FSDP2 averages the gradients
-            # over the ranks (divides by world), which leaves the gradient of that global mean.
-            scored = torch.tensor([float(sum((targets != -100).sum() for _, targets, _ in batches))], device=device)
-            dist.all_reduce(scored)
-            scale = world / scored.item()
-            totals = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of nll, scored tokens] on this rank
-            for batch in batches:
-                tokens, targets, positions = (t.to(device) for t in batch)
-                with attention:
-                    sum_nll, n = model.loss(tokens, targets, positions)
-                    (sum_nll * scale).backward()
-                totals += torch.stack([sum_nll.detach().double(), n.double()])
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip or float("inf"))
-            grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
-            dist.all_reduce(totals)
-            loss, lr = (totals[0] / totals[1]).item(), optim.param_groups[0]["lr"]
-            clock_tokens += totals[1].item()
-            if not math.isfinite(loss):  # before optim.step(): no update and no checkpoint from a broken step
+            loss, grad_norm, tokens = train_step(model, optim, batches, opts.grad_clip)
+            lr, clock_tokens = optim.param_groups[0]["lr"], clock_tokens + tokens
+            if not math.isfinite(loss):  # train_step made no update: no checkpoint from a broken step either
                 last = latest_checkpoint(out)
                 raise Diverged(f"loss is {loss} at step {step + 1}; stopped before the update, newest checkpoint: "
                                f"{last}")
-            optim.step()
-            optim.zero_grad(set_to_none=True)
             done = step + 1
             if done % opts.save_every == 0 or done == opts.steps:
                 save_checkpoint(out, checkpoint_state(model, optim, done, opts), opts.keep_checkpoints)
             if done % opts.log_every == 0 or done == opts.steps or done == start + 1:  # step 1: it runs, and how fast
                 elapsed = time.perf_counter() - clock
                 seconds = elapsed / (done - clock_step)
-                row = {"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
+                row = {"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                        "tokens_per_s": clock_tokens / elapsed, "s_per_step": seconds,  # scored tokens, all ranks
                        "eta_s": seconds * (opts.steps - done)}
                 clock, clock_step, clock_tokens = time.perf_counter(), done, 0.0
                 if device.type == "cuda":
-                    row["mfu"] = row["tokens_per_s"] / world * flops_per_token / peak_flops(device)
+                    row["mfu"] = row["tokens_per_s"] / world * flops / peak_flops(device)
                     row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 else:  # ru_maxrss: KiB on Linux; the whole process, not only tensors
                     row["peak_mem_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

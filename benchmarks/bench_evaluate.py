@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import evaluate  # noqa: E402
 from model import PRESETS, ModelArgs, Transformer  # noqa: E402
 
-CONFIGS = {"tiny": PRESETS["tiny"], "1b": PRESETS["1b"],
+CONFIGS = {"tiny": PRESETS["tiny"], "small": PRESETS["small"], "1b": PRESETS["1b"],
            "7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                      intermediate_size=11008, vocab_size=32000, max_position_embeddings=2048)}  # LLaMA-7B
+                      intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096,
+                      rms_norm_eps=1e-5)}  # Llama-2-7b's config.json
 
 
 def build(name, device, dtype, length):
@@ -42,6 +43,22 @@ def peak_gib(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def cell(model, length: int, device) -> dict:
+    """One perplexity window of `length` tokens (a document of length - 1 tokens after its BOS, all scored):
+    seconds, tokens/s and peak memory (CUDA: since this call; CPU: the process's, which only grows)."""
+    doc = np.random.default_rng(length).integers(3, model.args.vocab_size, size=length - 1)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    row = evaluate.perplexity(model, [doc], [length], 1024, 1, device=device, every=1e9)[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    assert row["tokens"] == length - 1 and np.isfinite(row["ppl"])
+    return {"length": length, "seconds": seconds, "tokens_per_s": length / seconds, "peak_mem_gib": peak_gib(device)}
 
 
 def main():
@@ -64,21 +81,13 @@ def main():
         weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
         evaluate.perplexity(model, [np.arange(3, 3 + 255)], [256], 256, 1, device=device, every=1e9)  # warm-up
         for L in lengths:
-            doc = np.random.default_rng(L).integers(3, model.args.vocab_size, size=L - 1)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats(device)
-            t0 = time.perf_counter()
             try:
-                row = evaluate.perplexity(model, [doc], [L], 1024, 1, device=device, every=1e9)[0]
+                r = cell(model, L, device)
             except torch.OutOfMemoryError:
                 print(f"| {name} | {L:,} | out of memory | | | {weights:.2f} |", flush=True)
                 break
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-            assert row["tokens"] == L - 1 and np.isfinite(row["ppl"])
-            print(f"| {name} | {L:,} | {seconds:.2f} | {L / seconds:,.0f} | {peak_gib(device):.2f} | {weights:.2f} |", flush=True)
+            print(f"| {name} | {L:,} | {r['seconds']:.2f} | {r['tokens_per_s']:,.0f} | {r['peak_mem_gib']:.2f} | "
+                  f"{weights:.2f} |", flush=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,16 +1,12 @@
 """What SDPA buys: one forward+backward of the model with F.scaled_dot_product_attention vs an explicit-mask one.
 
     python benchmarks/bench_model.py                   # CPU, "tiny" preset, B=1, T = 256 / 1024 / 4096, both attentions
-    python benchmarks/bench_model.py --cuda            # one GPU: bf16, "1b" preset, T = 2048, flash/efficient only
+    bash benchmarks/gpu.sh                             # the GPU's side: flash proof, MFU, ... (benchmarks/bench_gpu.py)
 
 CPU: each (T, attention) runs in a fresh process; peak memory is that process's max RSS (getrusage) minus its
 RSS just before the first step, so it is the step's own memory (activations, [T, T] scores, gradients).
 `--attention math` monkeypatches torch's SDPA with a plain implementation that materialises the [T, T] causal
 mask and scores (repeating K/V heads for GQA); the model itself has no such option.
-CUDA: runs under sdpa_kernel([FLASH_ATTENTION, EFFICIENT_ATTENTION]), so a silent fallback to the math kernel
-raises instead, and a profiler pass lists the attention kernels that ran (they must name flash).
-MFU = (6·N + 6·L·T·H·D) FLOPs per token (N = non-embedding parameters; causal attention's QK^T and PV are
-half of 12·L·T·H·D) x tokens/s / 989 TFLOP/s (H100 SXM dense bf16).
 """
 import argparse
 import json
@@ -27,10 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model import PRESETS, ModelArgs, Transformer  # noqa: E402
-
-PEAK_BF16 = 989e12  # H100 SXM dense bf16 FLOP/s
-
+from model import Transformer  # noqa: E402
 
 def math_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     """Attention the textbook way: [B, H, T, S] scores with a materialised causal mask (what SDPA avoids)."""
@@ -97,65 +90,16 @@ def bench_cpu(seqs, threads: int):
               f"| {r['step_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
 
 
-def bench_cuda(seq: int, batch: int, steps: int):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.profiler import ProfilerActivity, profile
-
-    if not torch.cuda.is_available():
-        sys.exit("error: --cuda needs a CUDA device")
-    args = ModelArgs.from_config({**PRESETS["1b"], "max_position_embeddings": seq})
-    with torch.device("meta"):
-        model = Transformer(args)  # no host copy of 1.1B fp32 weights
-    model.to(torch.bfloat16).to_empty(device="cuda")  # bf16: flash takes no fp32, and enable_gqa needs flash
-    model.set_rope(args.rope)
-    model.init_weights(seed=0)
-    tokens = torch.randint(0, args.vocab_size, (batch, seq + 1), device="cuda")
-
-    def step():
-        sum_nll, n = model.loss(tokens[:, :-1], tokens[:, 1:])
-        (sum_nll / n).backward()
-        model.zero_grad(set_to_none=True)
-
-    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):  # math fallback -> error
-        for _ in range(2):
-            step()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            step()
-            torch.cuda.synchronize()
-    kernels = sorted({e.key for e in prof.key_averages()  # CUDA kernels (flash_fwd/bwd_kernel) and their aten ops
-                      if any(word in e.key.lower() for word in ("flash", "fmha", "efficient", "attention"))})
-    tokens_per_s = batch * seq * steps / elapsed
-    n = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
-    flops = 6 * n + 6 * args.n_layers * seq * args.n_heads * args.head_dim
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; 1b preset, bf16, B={batch}, T={seq}")
-    print(f"tokens/s {tokens_per_s:.0f}  MFU {flops * tokens_per_s / PEAK_BF16:.1%} (vs 989 TFLOP/s)  "
-          f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
-    print("attention kernels:", *kernels, sep="\n  ")
-    if not any("flash" in k.lower() for k in kernels):
-        sys.exit("error: no flash kernel ran")
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cuda", action="store_true", help="GPU mode: 1b preset, bf16, flash/efficient SDPA only")
-    p.add_argument("--seq", type=int, nargs="+", default=None, help="CPU: 256 1024 4096; CUDA: 2048")
-    p.add_argument("--batch", type=int, default=4, help="CUDA batch size (CPU uses 1)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps (CUDA; CPU: max(3, 2048 / T))")
+    p.add_argument("--seq", type=int, nargs="+", default=None, help="sequence lengths (256 1024 4096)")
     p.add_argument("--threads", type=int, default=2, help="CPU: OMP_NUM_THREADS of each measured process")
+    p.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)  # internal: timed steps of --one
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one CPU measurement in this process
     p.add_argument("--attention", choices=("sdpa", "math"), default="sdpa", help=argparse.SUPPRESS)
     o = p.parse_args()
     if o.one:
         print(json.dumps(one_cpu(o.one, o.attention, o.steps)))
-    elif o.cuda:
-        bench_cuda((o.seq or [2048])[0], o.batch, o.steps)
     else:
         bench_cpu(o.seq or [256, 1024, 4096], o.threads)
 

@@ -3,9 +3,10 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_train.py              # CPU, tiny preset, L_c 128, L_t 256..2048
     python benchmarks/bench_train.py --cuda                         # one GPU, "1b" preset, L_c 2048, L_t 4k..32k
 
-Each configuration runs train.py's own step (FSDP2 model from train.build_model, a batch from train.make_batch,
-model.loss, backward, clip, AdamW) in a fresh process, so peak memory (CPU: the process's max RSS above its
-level before the first step; CUDA: max_memory_allocated) belongs to that configuration alone.
+Each configuration runs train.py's own step (the model as train() builds it: FSDP2 with activation
+checkpointing on a GPU, a plain module in one CPU process; a batch from train.make_batch; train.train_step:
+loss, backward, clip, AdamW) in a fresh process, so peak memory (CPU: the process's max RSS above its level
+before the first step; CUDA: max_memory_allocated) belongs to that configuration alone.
 PoSE's cost should stay flat as L_t grows; full-length's grows at least linearly (attention quadratically).
 """
 import argparse
@@ -22,7 +23,39 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
-from model import PRESETS, ModelArgs  # noqa: E402
+from model import ModelArgs  # noqa: E402
+
+
+def synthetic_documents(vocab_size: int, length: int, n: int = 64) -> list[np.ndarray]:
+    """n documents of BOS + `length` random ids: long enough for every method's window at that length."""
+    rng = np.random.default_rng(0)
+    return [np.concatenate([[1], rng.integers(3, vocab_size, size=length)]).astype(np.int32) for _ in range(n)]
+
+
+def peak_gib(device) -> float:
+    """CUDA: max_memory_allocated since the last reset; CPU: the process's peak RSS (ru_maxrss, never reset)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def time_steps(model, optim, documents, opts, steps: int, warmup: int = 1) -> dict:
+    """train.py's optimizer step (train.train_step on a train.make_batch micro-batch): median seconds of `steps`
+    steps after `warmup` (the first includes any compiling), tokens per step, peak memory over all of them, and
+    the first step's loss (before any update: the same for any run of the same model and batch)."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, losses = [], []
+    for step in range(warmup + steps):
+        batch = train.make_batch(documents, opts, 0, step, 0, 1)
+        start = time.perf_counter()
+        loss, _, tokens = train.train_step(model, optim, [batch], opts.grad_clip)  # .item() inside: synchronised
+        times.append(time.perf_counter() - start)
+        losses.append(loss)
+    return {"s_per_step": float(np.median(times[warmup:])), "first_step_s": times[0], "tokens": int(tokens),
+            "tokens_per_s": tokens / float(np.median(times[warmup:])), "peak_mem_gib": peak_gib(device),
+            "first_loss": losses[0]}
 
 
 def one(method: str, window: int, target: int, preset: str, steps: int, micro_batch: int) -> dict:
@@ -34,41 +67,20 @@ def one(method: str, window: int, target: int, preset: str, steps: int, micro_ba
         argv.append("--activation-checkpointing")
     with train.distributed() as device:
         opts, config = train.resolve(train.parse_args(argv), 1)
-        length = target if method == "full" else window
-        args = ModelArgs.from_config(dict(PRESETS[preset], max_position_embeddings=window))
+        args = ModelArgs.from_config(dict(config, max_position_embeddings=window))
         args.rope = train.scaled_rope(args.rope, "linear", window, target)
         args.max_position_embeddings = target
-        docs = [np.random.default_rng(0).integers(3, args.vocab_size, size=4 * target + 1)]
-        model = train.build_model(opts, args, device, train.init_device_mesh(device.type, (1,)))
-        optim = torch.optim.AdamW(model.parameters(), lr=1e-5)
-        attention = train.sdpa_kernel([train.SDPBackend.FLASH_ATTENTION, train.SDPBackend.EFFICIENT_ATTENTION]) \
-            if device.type == "cuda" else train.contextlib.nullcontext()
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        docs = synthetic_documents(args.vocab_size, 4 * target, n=1)
+        mesh = train.init_device_mesh(device.type, (1,)) if device.type == "cuda" else None  # as train() builds
+        model = train.build_model(opts, args, device, mesh)
+        optim = train.build_optimizer(model, opts)
+        base = peak_gib(device)
+        row = {"method": method, "window": window, "target": target, **time_steps(model, optim, docs, opts, steps)}
         if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for step in range(steps + 1):
-            start = time.perf_counter()
-            tokens, targets, positions = (t.to(device) for t in train.make_batch(docs, opts, 0, step, 0, 1))
-            with attention:
-                sum_nll, n = model.loss(tokens, targets, positions)
-                (sum_nll / n).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        seconds = float(np.median(times[1:]))
-        row = {"method": method, "window": window, "target": target, "tokens": micro_batch * length,
-               "s_per_step": seconds, "tokens_per_s": micro_batch * length / seconds}
-        if device.type == "cuda":
-            row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            n_params = sum(p.numel() for p in model.parameters()) - args.vocab_size * args.dim
-            flops = 6 * n_params + 12 * args.n_layers * args.n_heads * args.head_dim * length
-            row["mfu"] = row["tokens_per_s"] * flops / train.peak_flops(device)
+            length = target if method == "full" else window  # tokens per sequence
+            row["mfu"] = row["tokens_per_s"] * train.flops_per_token(model, length) / train.peak_flops(device)
         else:
-            row["peak_mem_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - base
+            row["peak_mem_gib"] -= base  # the step's own memory above the process before it
     return row
 
 

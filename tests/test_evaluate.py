@@ -164,9 +164,12 @@ def test_windows_hold_at_most_L_tokens_and_score_every_token_exactly_once(n, len
 def test_passkey_prompt_has_the_requested_token_length_and_holds_its_key_at_the_depth(micro, length, depth):
     tokenizer = Tokenizer(micro)
     ids = evaluate.passkey_prompt(tokenizer, length, 31415, depth)
-    # the longest that fits: one more filler sentence (and the space before it) would not
+    # the longest whose answer still fits: one more filler sentence (and the space before it) would not
     slack = max(len(tokenizer.encode(" " + s, bos=False)) for s in evaluate.FILLER) + 1
-    assert length - slack < len(ids) <= length and ids[0] == tokenizer.bos_id
+    answered = tokenizer.encode(tokenizer.decode(ids[1:]) + " 31415", bos=True)  # what a right answer makes
+    assert answered[:len(ids)] == ids and length - slack < len(answered) <= length and ids[0] == tokenizer.bos_id
+    alone = evaluate.passkey_prompt(tokenizer, length, 31415, depth, fit="prompt")  # the authors' bound
+    assert length - slack < len(alone) <= length and len(alone) > len(ids)
     text = tokenizer.decode(ids)
     assert text.startswith(evaluate.TASK) and text.endswith(evaluate.QUESTION)
     assert "The pass key is 31415. Remember it. 31415 is the pass key." in text

@@ -247,7 +247,7 @@ def test_chunked_loss_and_its_gradient_equal_plain_cross_entropy_in_float64(tied
     sum_nll, n = model.loss(tokens, targets, POSE_POSITIONS, chunk_size=7)  # 64 rows: 10 chunks, last partial
     sum_nll.backward()
     hook.remove()
-    assert max(rows) == 7 and sum(rows) == 2 * 64  # forward + the recompute in backward (checkpoint)
+    assert max(rows) == 7 and sum(rows) == 64 + 63  # forward + the recompute in backward of all but the last
     chunked_grad = model.lm_head.weight.grad.clone()
     model.zero_grad()
     logits = model.hidden(tokens, POSE_POSITIONS).flatten(0, 1) @ model.lm_head.weight.T  # [B*T, V] in float64
@@ -256,6 +256,41 @@ def test_chunked_loss_and_its_gradient_equal_plain_cross_entropy_in_float64(tied
     assert n.item() == 64 - 8 and not n.is_floating_point()
     assert sum_nll.dtype == torch.float64 and abs(sum_nll.item() - plain.item()) < 1e-10 * plain.item()
     assert torch.allclose(chunked_grad, model.lm_head.weight.grad, rtol=1e-10, atol=1e-12)
+    rows.clear()  # a sequence that fits in one chunk: lm_head runs once, nothing is recomputed
+    hook = model.lm_head.register_forward_hook(lambda module, inputs, out: rows.append(inputs[0].shape[0]))
+    model.zero_grad()
+    one_chunk, _ = model.loss(tokens, targets, POSE_POSITIONS)
+    one_chunk.backward()
+    hook.remove()
+    assert rows == [64] and abs(one_chunk.item() - plain.item()) < 1e-10 * plain.item()
+    assert torch.allclose(chunked_grad, model.lm_head.weight.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_compiled_regions_give_the_float64_reference_loss_and_the_eager_gradients_with_one_graph_for_all_blocks(
+        tmp_path):
+    """--compile (Transformer.compile_regions: torch.compile per block and per loss chunk) changes no number
+    beyond float32 rounding, the blocks share one compiled graph, and KV-cache decoding (kept eager) still works."""
+    import torch._dynamo
+    W = meta_weights(tied=False)
+    path = write_checkpoint(tmp_path, W, config(), tied=False)
+    eager, compiled = (Transformer.from_pretrained(path, dtype=torch.float32) for _ in range(2))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled.compile_regions()
+    tokens, targets = tokens_for(POSE_POSITIONS), tokens_for(POSE_POSITIONS, seed=2)
+    logits = reference_logits(W, tokens, POSE_POSITIONS)  # float64, written plainly above
+    reference = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
+    losses = []
+    for model in (eager, compiled):
+        sum_nll, _ = model.loss(tokens, targets, POSE_POSITIONS, chunk_size=32)  # 64 rows: one checkpointed + last
+        sum_nll.backward()
+        losses.append(sum_nll.item())
+    assert abs(losses[1] - reference) < 1e-5 * reference and abs(losses[0] - reference) < 1e-5 * reference
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        assert rel_err(b.grad, a.grad) < 1e-5, name
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # one for both blocks, one for the loss chunk
+    prompt, positions = tokens[:1], POSE_POSITIONS[:1]
+    assert torch.equal(compiled.generate(prompt, 4, positions), eager.generate(prompt, 4, positions))
 
 
 # ---------------------------------------------------------------- save / load

@@ -434,9 +434,8 @@ def test_cos_sin_are_made_on_the_positions_device():
 
 
 def test_scaling_to_config_writes_what_hf_reads():
-    assert scaling_to_config(canon("default"), D) == {"rope_theta": BASE}
-    assert scaling_to_config(canon("ntk", factor=1.0), D) == {"rope_theta": BASE}
-    linear = scaling_to_config(canon("linear"), D)["rope_scaling"]
-    assert linear["original_max_position_embeddings"] == 256  # the window L_c is recorded
+    plain = {"rope_theta": BASE, "rope_parameters": {"rope_type": "default", "rope_theta": BASE}}
+    assert scaling_to_config(canon("default"), D) == scaling_to_config(canon("ntk", factor=1.0), D) == plain
+    assert scaling_to_config(canon("linear"), D)["original_max_position_embeddings"] == 256  # L_c is recorded
     assert "truncate" not in scaling_to_config(canon("yarn", truncate=True), D)["rope_scaling"]  # HF's default
     assert scaling_to_config(canon("yarn", truncate=False), D)["rope_scaling"]["truncate"] is False

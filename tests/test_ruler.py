@@ -342,6 +342,10 @@ def test_ruler_command_writes_the_results_json_and_the_table(folder, tok, tmp_pa
     assert not averages[128]["complete"] and averages[512]["complete"] and averages[512]["tasks"] == 3
     assert result["effective_length"] == 512  # threshold 0: every complete length passes; 128 is left out
     assert re.search(r"^niah_single_1 +- +\d+\.\d$", table, re.M) and "effective length: 512" in table
+    title = table.splitlines()[0]  # what was measured, above the table; where it went, below
+    assert title.startswith(f"ruler | {result['label']} | model {folder} (linear rope x2 on L_c ") and \
+        title.endswith(f"| data: RULER's prompts, haystack {result['haystack']}, seed 3")
+    assert table.splitlines()[-1] == f"wrote {out}"
     first = json.loads(out.read_text())
     evaluate.main(argv)  # the same run again: the same JSON but for the timings
     second = json.loads(out.read_text())
@@ -357,8 +361,8 @@ def test_ruler_table_states_the_effective_length(capsys):
             [(4096, "vt", 100.0), (4096, "cwe", 90.0), (8192, "vt", 90.0), (8192, "cwe", 70.0)]]
     averages = evaluate.ruler_averages(rows, [4096, 8192])
     assert [a["average"] for a in averages] == [95.0, 80.0]
-    evaluate.print_table(dict(task="ruler", tasks=["vt", "cwe"], results=rows, averages=averages, threshold=85.6,
-                              effective_length=evaluate.effective_length({4096: 95.0, 8192: 80.0}, 85.6)))
+    evaluate.print_ruler_table(dict(task="ruler", tasks=["vt", "cwe"], results=rows, averages=averages, threshold=85.6,
+                                    effective_length=evaluate.effective_length({4096: 95.0, 8192: 80.0}, 85.6)))
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["task", "4096", "8192"] and table[1].split() == ["vt", "100.0", "90.0"]
     assert table[3].split() == ["average", "95.0", "80.0"] and table[4].startswith("effective length: 4096 ")

@@ -209,6 +209,25 @@ def test_activation_checkpointing_changes_no_loss(micro_model, corpus, tmp_path)
     assert [r["loss"] for r in recomputed] == [r["loss"] for r in plain]
 
 
+def test_a_one_process_checkpoint_resumes_identically_and_loads_into_two_processes(micro_model, corpus, tmp_path):
+    """One CPU process trains without FSDP2 (plain tensors), two with it (DTensor shards): DCP checkpoints
+    written by either must load into the other."""
+    common = ["--model", micro_model, "--data", corpus, "--steps", "4", "--save-every", "2", *RUN]
+    whole = run_in_process([*map(str, common), "--out", str(tmp_path / "a")])
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step_000002", tmp_path / "b" / "checkpoints" / "step_000002")
+    resumed = run_in_process([*map(str, common), "--out", str(tmp_path / "b"), "--resume"])
+    assert [r["step"] for r in resumed] == [3, 4] and [r["loss"] for r in resumed] == [r["loss"] for r in whole[2:]]
+    # The finished one-process run's last checkpoint, resumed by two processes with nothing left to train,
+    # exports the same weights it did.
+    (tmp_path / "c" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step_000004", tmp_path / "c" / "checkpoints" / "step_000004")
+    torchrun(*common, "--out", tmp_path / "c", "--resume")
+    one, two = (Transformer.from_pretrained(tmp_path / run / "final", dtype=torch.float32).state_dict()
+                for run in ("a", "c"))
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+
+
 @pytest.mark.slow
 def test_loss_decreases_on_a_repeated_batch(micro_model, tmp_path):
     np.save(tmp_path / "one.npy", np.append(np.arange(3, 19), 2))  # one document of exactly L_c + 1 = 17 tokens

@@ -141,7 +141,7 @@ def test_settings_json_records_the_resolved_run_before_training(finished):
     assert (o["window"], o["target"], o["method"], o["rope"], o["chunks"], o["steps"]) == \
         (16, 64, "pose", "linear", 2, 2)
     assert o["max_documents"] == 2 * 4 and o["lr"] == 1e-3 and settings["world_size"] == 1
-    assert o["model"] == str(Path(argv[1]).resolve()) and Path(o["data"]).is_absolute()
+    assert o["model"] == str(Path(argv[1]).resolve()) and [Path(p).is_absolute() for p in o["data"]] == [True]
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # written under a temporary name, then renamed
 
 
@@ -211,11 +211,13 @@ def test_lowering_steps_below_the_checkpoint_is_refused(finished, tmp_path, caps
 def test_the_log_opens_with_a_header_and_logs_step_1_with_an_eta(finished):
     lines = finished[2].splitlines()
     assert lines[0].startswith("model: ") and "parameters, context 16" in lines[0]
-    assert lines[1].startswith("data: ")  # load_data's line, in the header's slot
-    assert lines[2].startswith("extension: L_c 16 -> L_t 64, alpha 4 (linear rope x4 on L_c 16); PoSE, 2 chunks")
-    assert lines[3].startswith("batch: 4 sequences of <= 16 tokens a step = world 1 (cpu) x micro-batch 2 x "
+    data = 1 + next(i for i, line in enumerate(lines[1:]) if not line.startswith("data: "))
+    assert data == 3 and lines[1].startswith("data: 1 file")  # load_data's lines (files, documents), in the header
+    assert lines[2].startswith("data: 8 documents kept, 0 skipped as shorter than L_c + 1 = 17 tokens")
+    assert lines[3].startswith("extension: L_c 16 -> L_t 64, alpha 4 (linear rope x4 on L_c 16); PoSE, 2 chunks")
+    assert lines[4].startswith("batch: 4 sequences of <= 16 tokens a step = world 1 (cpu) x micro-batch 2 x "
                                "accumulation 2; 2 steps, lr 0.001")
-    assert lines[4].startswith(f"out: {finished[0]} (settings.json")
+    assert lines[5].startswith(f"out: {finished[0]} (settings.json")
     steps = [line for line in lines if line.startswith("step ")]
     assert re.match(r"step 1/2  loss \d+\.\d{4}  lr .*  ETA (\d+h\d\dm|\d+m\d\ds|\d+s)$", steps[0]), steps[0]
     assert steps[-1].startswith("step 2/2") and lines[-1] == f"exported {finished[0] / 'final'}"
