@@ -48,8 +48,7 @@ def machine() -> str:
 def report(out: Path, plot_link: str | None) -> str:
     times = dict(line.split("\t") for line in (out / "times.tsv").read_text().splitlines() if "\t" in line)
     base = json.loads((out / "base" / "final" / "config.json").read_text())
-    base_opts = _options(out / "logs" / "base.log")
-    ft_opts = _options(out / "logs" / "pose.log")
+    base_opts, ft_opts = _options(out / "base"), _options(out / "pose")
     ppl = {name: load(out, name, "ppl") for name, *_ in ROWS}
     keys = {name: load(out, name, "passkey") for name, *_ in ROWS}
     ppl_opts = next(r for r in ppl.values() if r)["options"]  # every row ran with the same options
@@ -70,7 +69,8 @@ def report(out: Path, plot_link: str | None) -> str:
           f"{base_opts.get('lr')}, seed {base_opts.get('seed')}. Every fine-tune: {ft_opts.get('steps')} steps x "
           f"{ft_opts.get('batch_size')} sequences, lr {ft_opts.get('lr')}, seed {ft_opts.get('seed')}, "
           f"L_c = {lc} -> L_t = {lt}. Held-out data: {ppl_opts['docs']} stdlib eval-split files, sliding windows "
-          f"with stride {ppl_opts['stride']}; passkey: {key_opts['trials']} prompts per length, key at a random depth.",
+          f"with stride {ppl_opts['stride']}; passkey: {key_opts['trials']} prompts per length, key at a random depth, prompt and answer within the "
+          f"length (`--fit {key_opts.get('fit', 'answer')}`).",
           "",
           "**Perplexity** (lower is better; Table 1 and Table 6 of the paper)", "",
           "| method | " + " | ".join(str(L) for L in lengths) + " |",
@@ -103,12 +103,10 @@ def report(out: Path, plot_link: str | None) -> str:
     return "\n".join(md) + "\n"
 
 
-def _options(log: Path) -> dict:
-    """train.py's 'settings: k=v ...' line."""
-    for line in log.read_text().splitlines() if log.exists() else ():
-        if line.startswith("settings: "):
-            return dict(kv.split("=", 1) for kv in line[len("settings: "):].split())
-    return {}
+def _options(run: Path) -> dict:
+    """The resolved options train.py wrote to RUN/settings.json ({} for a run not there)."""
+    path = run / "settings.json"
+    return json.loads(path.read_text())["options"] if path.exists() else {}
 
 
 def main(argv=None):
