@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's headline result (Table 1, Fig. 2, Table 6) in miniature on a CPU: PoSE ≈ Full-length ≫ PI-only ≫ Original.
 #
-#   bash benchmarks/reproduce.sh           # ~1 hour on 2 CPU cores -> runs/repro/, tables + plot into BENCHMARKS.md
+#   bash benchmarks/reproduce.sh           # ~45 min on 2 CPU cores -> runs/repro/, tables + plot into BENCHMARKS.md
 #   bash benchmarks/reproduce.sh --quick   # ~3 minutes -> runs/repro-quick/: runs every step, proves nothing
 #
 # 1. pre-train a small LLaMA from scratch at window L_c (--method plain) on Python's standard library plus
@@ -30,7 +30,7 @@ else
     PRE_STEPS=2000 PRE_BATCH=16 FT_STEPS=150 FT_BATCH=8 DOCS=12 STRIDE=256 TRIALS=30
 fi
 PRE_LR=3e-3 FT_LR=1e-3 SEED=0
-PASSKEY=0.5  # share of passkey documents in pre-training: 0.25 gave a base at 0.50 at L_c, 0.5 one at 0.70 (BENCHMARKS.md)
+PASSKEY=0.5  # share of passkey documents in pre-training (0.25 gave a weaker base: BENCHMARKS.md)
 ALPHA=$((LT / LC))
 LENGTHS=$(l=$LC; while ((l <= LT)); do printf '%s ' $l; l=$((l * 2)); done)
 mkdir -p "$OUT/logs" "$OUT/results"
