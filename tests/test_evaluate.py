@@ -25,12 +25,7 @@ MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention
 BOS = 1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two OpenMP threads on a shared two-core box are several times slower
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread per test
 
 
 WORDS = ("the of and to in is was for on that with as by at from his her an which but they have had not are this "

@@ -34,12 +34,7 @@ STEP = ["--method", "full", "--window", WINDOW, "--target", TARGET, "--steps", 1
         "--log-every", 1, "--seed", 0]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two OpenMP threads on a shared two-core box are several times slower
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread per test
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,7 @@ ESSAY = ("It was a bright cold day in April, and the clocks were striking thirte
          "through the glass doors! Was it not the case? The hallway smelt of boiled cabbage and old rag mats. ") * 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread per test
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ from test_model import (LAYERS, POSE_POSITIONS, V, config, meta_weights, referen
 SW = 8  # the sliding window: POSE_POSITIONS' 32 tokens are 4 windows, and each jump of ids lies inside a band
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two OpenMP threads on a shared two-core box are several times slower
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread per test
 
 
 @pytest.fixture(scope="module")

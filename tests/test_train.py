@@ -28,13 +28,7 @@ RUN = ["--window", "16", "--target", "64", "--batch-size", "4", "--micro-batch-s
        "--lr", "1e-3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two OpenMP threads on a shared two-core box run ~8x slower than one; one thread is also bitwise stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread per test
 
 
 @pytest.fixture(scope="module")
