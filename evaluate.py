@@ -42,9 +42,9 @@ eval_passkey.py bounds the prompt alone, by its own count (32 + 26 + 11 tokens o
 25): at L = 2,048 that is 2,044 tokens, so LLaMA's 6-token answer runs 2 positions past L. That matters little
 at 2k-32k, and decides the result for a window of 128, where a model never trained past position 127 would be
 graded on digits at positions 128-130. `--fit prompt` gives the authors' bound (at sentence, not block,
-granularity); every command here uses the default, `--fit answer`. Greedy decoding of --new-tokens tokens with
-the KV cache; a trial passes when the first integer in the answer equals the random 5-digit key. Keys and depths depend only on
-(--seed, L, depth), so every model is asked the same questions.
+granularity); every command here uses the default, `--fit answer`. Greedy decoding of --new-tokens tokens
+with the KV cache; a trial passes when the first integer in the answer equals the random 5-digit key. Keys and
+depths depend only on (--seed, L, depth), so every model is asked the same questions.
 
 RULER (Hsieh et al. 2024, github.com/NVIDIA/RULER, scripts/synthetic.yaml and scripts/data/synthetic/): the 11
 tasks that need only a tokenizer and the model, with RULER's prompts word for word (its "base" template: the task

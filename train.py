@@ -60,7 +60,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import io
 import json
 import math
 import os

@@ -37,6 +37,11 @@ def load(out: Path, name: str, task: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+# evaluate.py passkey --fit: what holds at most L tokens
+FIT = {"answer": "prompt and answer within the length (`--fit answer`)",
+       "prompt": "the prompt alone within the length, the authors' bound (`--fit prompt`)"}
+
+
 def machine() -> str:
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -69,8 +74,8 @@ def report(out: Path, plot_link: str | None) -> str:
           f"{base_opts.get('lr')}, seed {base_opts.get('seed')}. Every fine-tune: {ft_opts.get('steps')} steps x "
           f"{ft_opts.get('batch_size')} sequences, lr {ft_opts.get('lr')}, seed {ft_opts.get('seed')}, "
           f"L_c = {lc} -> L_t = {lt}. Held-out data: {ppl_opts['docs']} stdlib eval-split files, sliding windows "
-          f"with stride {ppl_opts['stride']}; passkey: {key_opts['trials']} prompts per length, key at a random depth, prompt and answer within the "
-          f"length (`--fit {key_opts.get('fit', 'answer')}`).",
+          f"with stride {ppl_opts['stride']}; passkey: {key_opts['trials']} prompts per length, key at a random "
+          f"depth, {FIT[key_opts.get('fit', 'answer')]}.",
           "",
           "**Perplexity** (lower is better; Table 1 and Table 6 of the paper)", "",
           "| method | " + " | ".join(str(L) for L in lengths) + " |",

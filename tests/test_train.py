@@ -310,8 +310,8 @@ def bad_inputs(micro_model, corpus, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing model dir", "model without data", "window beyond the checkpoint's context",
-                                  "target < window", "batch not divisible", "missing data",
-                                  "empty data folder", "all documents too short", "empty .npy", "empty .jsonl, from scratch",
+                                  "target < window", "batch not divisible", "missing data", "empty data folder",
+                                  "all documents too short", "empty .npy", "empty .jsonl, from scratch",
                                   "unwritable out", "out holds an earlier run", "unknown method"])
 def test_bad_input_prints_one_error_line_exits_2_and_writes_nothing(case, micro_model, corpus, tmp_path, capsys):
     argv, needle = bad_inputs(micro_model, corpus, tmp_path)[case]
