@@ -8,7 +8,8 @@
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train.py ...  # shared --out
     python evaluate.py ppl --model out/final  # the export is a Hugging Face LLaMA folder
     python train.py --export-only --out runs/pose16k --checkpoint step_000500  # -> runs/pose16k/exports/step_000500
-On a CPU busy with other jobs, OMP_NUM_THREADS=1 is several times faster (idle OpenMP threads spin).
+On a CPU busy with other jobs, OMP_NUM_THREADS=1 is several times faster (idle OpenMP threads spin). On a CPU
+the process keeps the memory a step frees for the next one (keep_freed_memory: glibc's malloc, Linux).
 
 Defaults are the paper's §4.1 recipe for a real --model: window L_c = the checkpoint's context, N = 2 chunks with
 uniform content (Eq. 3-5), linear interpolation with alpha = L_t / L_c, 1,000 steps, global batch 64, AdamW with
@@ -460,6 +461,26 @@ def build_optimizer(model, opts: TrainOptions):
     return torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
 
 
+def keep_freed_memory() -> bool:
+    """CPU training: keep the memory a step frees for the next step instead of giving it back to the kernel.
+
+    glibc's malloc serves big blocks (above a threshold that never exceeds 32 MB) with mmap and unmaps them on
+    free, and trims the heap's top, so each step's activations, logits and gradients arrive as fresh pages that
+    the kernel faults in and zeroes: ~38,000 page faults (150 MB) per step of issue 15's tiny step, ~10 % of
+    its time (BENCHMARKS.md). With mmap off (M_MMAP_MAX = 0) and trimming off (M_TRIM_THRESHOLD = -1) freed
+    blocks stay in the heap and the next step reuses them, as jemalloc or tcmalloc would (PyTorch's CPU tuning
+    guide preloads one of those; this needs no package). The process keeps its peak resident memory, which a
+    training step reaches again every step. Skipped off glibc, and when the environment already sets either
+    knob (MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_: the user's choice wins). Returns whether it applied."""
+    import ctypes
+
+    if sys.platform != "linux" or os.environ.keys() & {"MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"}:
+        return False
+    mallopt = ctypes.CDLL(None).mallopt  # glibc's returns 1 on success; musl's is a stub returning 0
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     done = sorted((out / "checkpoints").glob("step_*"))  # never the .tmp-* of an interrupted save
     return done[-1] if done else None
@@ -761,6 +782,8 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
 
     # FSDP2 shards over several ranks, and on a GPU it computes in bf16 from fp32 masters even alone
     mesh = init_device_mesh(device.type, (world,)) if world > 1 or device.type == "cuda" else None
+    if device.type == "cpu":
+        keep_freed_memory()
     model = build_model(opts, args, device, mesh)
     optim = build_optimizer(model, opts)
     start = 0

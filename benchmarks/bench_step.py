@@ -4,6 +4,7 @@
     python benchmarks/bench_step.py --compile     # adds train.py --compile: compile time (cold cache), break-even
     python benchmarks/bench_step.py --profile     # torch.profiler, each side: time by step region and by operator
     python benchmarks/bench_step.py --paired --steps 16   # the sides take turns in one process (busy machine)
+    python benchmarks/bench_step.py --hf-kept     # adds the transformers step under train.py's malloc setting
 
 The step: --preset tiny --window 1024 --target 1024 --method plain --batch-size 2 --micro-batch-size 2, fp32.
 ours = train.build_model + train.build_optimizer + train.train_step (forward, loss, backward, clip, AdamW) on a
@@ -16,12 +17,17 @@ transformers is never a dependency of the project; it runs from a side venv (--h
 Each measurement is a fresh process (--one SIDE); the sides alternate within a round and the order flips every
 round, all with the same OMP_NUM_THREADS. Per round: the median of --steps timed steps after --warmup, and the
 ratio ours / hf. Wall time is what counts on an idle machine; CPU time (process_time) is printed beside it
-because on a shared box it moves less with the load (with one thread it is the step's own work).
+because on a shared box it moves less with the load (with one thread it is the step's own work); so are the
+minor page faults per step. train.py's sides run train.keep_freed_memory() as train() does on a CPU (glibc
+keeps what a step frees); hf_kept is the transformers step with the same setting, which separates what the
+process's malloc buys from what the step's code does. --paired runs every side in one process, so all of them
+share train.py's malloc setting there.
 """
 import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -38,7 +44,8 @@ from model import ModelArgs, Transformer  # noqa: E402
 
 STEP = ["--preset", "tiny", "--window", "1024", "--target", "1024", "--method", "plain", "--batch-size", "2",
         "--micro-batch-size", "2"]
-SIDES = {"ours": "train.py", "hf": "transformers + AdamW", "compiled": "train.py --compile"}
+SIDES = {"ours": "train.py", "hf": "transformers + AdamW", "compiled": "train.py --compile",
+         "hf_kept": "transformers + AdamW, freed memory kept"}
 
 
 def setup(side: str, out: str):
@@ -49,7 +56,9 @@ def setup(side: str, out: str):
     rng = np.random.default_rng(0)  # 256 documents of BOS + 1.1k-4k random ids: every window is a full 1,024
     documents = [np.concatenate([[1], rng.integers(3, args.vocab_size, size=n)]) for n in rng.integers(1100, 4000, 256)]
     torch.manual_seed(0)
-    if side == "hf":
+    if side != "hf":  # train() does this for a CPU run; hf_kept: the transformers step under the same malloc
+        train.keep_freed_memory()
+    if side.startswith("hf"):
         from transformers import LlamaConfig, LlamaForCausalLM
         model = LlamaForCausalLM(LlamaConfig(**config, attn_implementation="sdpa")).train()
         optim = torch.optim.AdamW(model.parameters(), lr=opts.lr)  # torch's defaults otherwise, as train.py
@@ -73,17 +82,19 @@ def measure(side: str, steps: int, warmup: int) -> dict:
     """Median wall / CPU seconds of `steps` steps after `warmup` (the first one includes any compiling)."""
     with train.distributed(), tempfile.TemporaryDirectory() as out:
         _, step, documents, opts = setup(side, out)
-        wall, cpu, data = [], [], []
+        wall, cpu, data, faults = [], [], [], []
         for i in range(warmup + steps):
             t0 = time.perf_counter()
             batch = train.make_batch(documents, opts, 0, i, 0, 1)
-            t1, c1 = time.perf_counter(), time.process_time()
+            t1, c1, f1 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             step(batch)
             wall.append(time.perf_counter() - t1)
             cpu.append(time.process_time() - c1)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f1)  # pages the kernel handed in
             data.append(t1 - t0)
     return {"side": side, "wall_s": float(np.median(wall[warmup:])), "cpu_s": float(np.median(cpu[warmup:])),
-            "first_step_s": wall[0], "data_s": float(np.median(data[warmup:])), "threads": torch.get_num_threads()}
+            "first_step_s": wall[0], "data_s": float(np.median(data[warmup:])), "threads": torch.get_num_threads(),
+            "faults": float(np.median(faults[warmup:]))}
 
 
 def paired(steps: int, warmup: int, compiled: bool) -> dict:
@@ -164,7 +175,7 @@ def profile(side: str, steps: int, warmup: int, top: int):
 
 
 def run_one(side: str, o, cache: str | None = None) -> dict:
-    python = o.hf_python if side in ("hf", "paired") else sys.executable
+    python = o.hf_python if side in ("hf", "hf_kept", "paired") else sys.executable
     env = {**os.environ, "OMP_NUM_THREADS": str(o.threads), "PYTHONWARNINGS": "ignore"}
     if cache:
         env["TORCHINDUCTOR_CACHE_DIR"] = cache
@@ -192,6 +203,8 @@ def main():
     p.add_argument("--top", type=int, default=15, help="--profile: operators listed")
     p.add_argument("--hf-python", default=os.environ.get("HF_PYTHON", "/work/venvs/speed/bin/python"))
     p.add_argument("--paired", action="store_true", help="both sides in one process, step by step (busy box)")
+    p.add_argument("--hf-kept", action="store_true",
+                   help="also time the transformers step with train.py's malloc setting (keep_freed_memory)")
     p.add_argument("--one", choices=tuple(SIDES) + ("paired",), help=argparse.SUPPRESS)  # internal: JSON out
     o = p.parse_args()
     if o.one and o.profile:
@@ -229,41 +242,38 @@ def main():
             print(f"\n--compile: compile time {compile_s:.1f} s (cold cache); saves {1e3 * gain:.0f} ms / step; "
                   f"break-even after {even}")
         return
-    sides = ["ours", "hf"] + ["compiled"] * o.compile
+    sides = ["ours", "hf"] + ["compiled"] * o.compile + ["hf_kept"] * o.hf_kept
     rows = []
     for r in range(o.rounds):
         for side in (sides if r % 2 == 0 else sides[::-1]):
             with tempfile.TemporaryDirectory() as cache:  # a fresh inductor cache: the compile a new run pays
                 rows.append({**run_one(side, o, cache if side == "compiled" else None), "round": r + 1})
             print(f"  round {r + 1} {side}: {1e3 * rows[-1]['wall_s']:.0f} ms", file=sys.stderr, flush=True)
-    print(f"after: load average {os.getloadavg()[0]:.1f}; {o.steps} timed steps after {o.warmup} per process\n")
+    print(f"after: load average {os.getloadavg()[0]:.1f}; {o.steps} timed steps after {o.warmup} per process; "
+          "ratio: to the transformers step of the same round; faults: minor page faults per step\n")
     get = {(row["round"], row["side"]): row for row in rows}
-    head = "| round | train.py ms | transformers ms | ratio | train.py CPU ms | transformers CPU ms | CPU ratio |"
-    print(head + (" train.py --compile ms | ratio | first step s |" if o.compile else ""))
-    print("|---" * (7 + 3 * o.compile) + "|")
-    ratios, cpu_ratios, compiled = [], [], []
-    for r in range(1, o.rounds + 1):
-        ours, hf = get[r, "ours"], get[r, "hf"]
-        ratios.append(ours["wall_s"] / hf["wall_s"])
-        cpu_ratios.append(ours["cpu_s"] / hf["cpu_s"])
-        line = (f"| {r} | {1e3 * ours['wall_s']:.0f} | {1e3 * hf['wall_s']:.0f} | {ratios[-1]:.3f} | "
-                f"{1e3 * ours['cpu_s']:.0f} | {1e3 * hf['cpu_s']:.0f} | {cpu_ratios[-1]:.3f} |")
-        if o.compile:
-            c = get[r, "compiled"]
-            compiled.append(c)
-            line += f" {1e3 * c['wall_s']:.0f} | {c['wall_s'] / hf['wall_s']:.3f} | {c['first_step_s']:.1f} |"
-        print(line)
-    print(f"\nmedian ratio train.py / transformers: wall {np.median(ratios):.3f}, CPU {np.median(cpu_ratios):.3f}")
-    if o.compile:
-        eager = np.median([get[r, "ours"]["wall_s"] for r in range(1, o.rounds + 1)])
-        fast = np.median([c["wall_s"] for c in compiled])
-        compile_s = np.median([c["first_step_s"] - c["wall_s"] for c in compiled])
-        ratio = np.median([c["wall_s"] / get[c["round"], "hf"]["wall_s"] for c in compiled])
+    rounds = range(1, o.rounds + 1)
+    ratio = {side: [get[r, side]["wall_s"] / get[r, "hf"]["wall_s"] for r in rounds] for side in sides}
+    cpu_ratio = {side: [get[r, side]["cpu_s"] / get[r, "hf"]["cpu_s"] for r in rounds] for side in sides}
+    print("| round | " + " | ".join(f"{SIDES[side]}: ms, faults" + ", ratio" * (side != "hf") for side in sides)
+          + " | CPU-time ratio, train.py |")
+    print("|---" * (len(sides) + 2) + "|")
+    for i, r in enumerate(rounds):
+        cells = [f"{1e3 * get[r, side]['wall_s']:.0f}, {get[r, side]['faults']:.0f}"
+                 + (f", {ratio[side][i]:.3f}" if side != "hf" else "") for side in sides]
+        print(f"| {r} | " + " | ".join(cells) + f" | {cpu_ratio['ours'][i]:.3f} |")
+    for side in sides:
+        if side != "hf":
+            print(f"median ratio {SIDES[side]} / transformers: wall {np.median(ratio[side]):.3f}, "
+                  f"CPU {np.median(cpu_ratio[side]):.3f}")
+    if o.compile:  # the first step compiles (fresh inductor cache); the break-even is against eager train.py
+        eager = np.median([get[r, "ours"]["wall_s"] for r in rounds])
+        fast = np.median([get[r, "compiled"]["wall_s"] for r in rounds])
+        compile_s = np.median([get[r, "compiled"]["first_step_s"] - get[r, "compiled"]["wall_s"] for r in rounds])
         gain = eager - fast
         even = f"{compile_s / gain:.0f} steps" if gain > 0 else "never (no gain per step)"
-        print(f"--compile: ratio to transformers {ratio:.3f}; compile time (first step - median step, cold cache) "
-              f"{compile_s:.1f} s; saves {1e3 * gain:.0f} ms / step; break-even after {even}")
-
+        print(f"--compile: compile time (first step - median step, cold cache) {compile_s:.1f} s; saves "
+              f"{1e3 * gain:.0f} ms / step; break-even after {even}")
 
 if __name__ == "__main__":
     main()
