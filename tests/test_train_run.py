@@ -250,7 +250,8 @@ def test_the_export_keeps_the_input_config_and_writes_rope_keys_every_reader_acc
     assert {k: v for k, v in config.items() if k not in changed} == {k: v for k, v in given.items() if k not in changed}
     assert config["max_position_embeddings"] == 64 and config["torch_dtype"] == "float32"  # L_t; fp32 on CPU
     # transformers 4 (rope_scaling: nothing but rope_type / type / factor for linear), transformers 5
-    # (rope_parameters: rope_type, rope_theta, factor), L_c in a key neither validates
+    # (rope_parameters: rope_type, rope_theta, factor), L_c in a key neither validates; as read in 4.57.6 and 5.24.0
+    # (test_rope.py's HF4_KEYS / HF5_KEYS, checked there by benchmarks/hf_consumers.py)
     assert config["rope_scaling"] == {"rope_type": "linear", "type": "linear", "factor": 4.0}
     assert config["rope_parameters"] == {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}
     assert config["rope_theta"] == 10000.0 and config["original_max_position_embeddings"] == 16
