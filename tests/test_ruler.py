@@ -372,7 +372,8 @@ def test_the_seed_reaches_every_ruler_prompt(tok):
     tasks = ["niah_single_1", "niah_multikey_3", "vt", "fwe"]
     asked = {seed: [c["answers"] for r in evaluate.ruler(Silent(tok), tok, [512], tasks, samples=2, seed=seed)
                     for c in r["cases"]] for seed in (1, 2)}
-    again = [c["answers"] for r in evaluate.ruler(Silent(tok), tok, [512], tasks, samples=2, seed=1) for c in r["cases"]]
+    again = [c["answers"] for r in evaluate.ruler(Silent(tok), tok, [512], tasks, samples=2, seed=1)
+             for c in r["cases"]]
     assert len(asked[1]) == 8 and asked[1] == again
     assert all(a != b for a, b in zip(asked[1], asked[2]))
 
