@@ -1,6 +1,6 @@
-"""train.py's recipe and run folder pinned against values written here (issue 29): every default for a real
---model (§4.1 and the documented choices) and for the demo, AdamW over several steps against a float64 AdamW,
-the seed reaching every random stream, checkpoint rotation, and every --resume refusal.
+"""train.py's recipe and its run folder (checkpoints.py) pinned against values written here (issue 29): every
+default for a real --model (§4.1 and the documented choices) and for the demo, AdamW over several steps against a
+float64 AdamW, the seed reaching every random stream, checkpoint rotation, and every --resume refusal.
 
     python -m pytest tests/test_recipe.py -x -q
 
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoints
 import pose
 import train
 from model import PRESETS, ModelArgs, Transformer
@@ -61,7 +62,7 @@ def run_in_process(argv) -> tuple[list[dict], str]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], log.getvalue()
 
 
-def checkpoints(out: Path) -> list[str]:
+def kept(out: Path) -> list[str]:
     return sorted(p.name for p in (out / "checkpoints").iterdir())
 
 
@@ -231,17 +232,17 @@ def test_a_run_keeps_exactly_its_newest_checkpoints_and_resumes_from_the_newest(
     argv = ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), "--save-every", "1", *RUN]
     rows, _ = run_in_process([*argv, "--steps", "5", "--keep-checkpoints", "2"])
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
-    assert checkpoints(out) == ["step_000004", "step_000005"]
+    assert kept(out) == ["step_000004", "step_000005"]
     rows, log = run_in_process([*argv, "--steps", "7", "--keep-checkpoints", "3", "--resume"])
     assert f"resumed from {out / 'checkpoints' / 'step_000005'} at step 5\n" in log
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6, 7]
-    assert checkpoints(out) == ["step_000005", "step_000006", "step_000007"]
+    assert kept(out) == ["step_000005", "step_000006", "step_000007"]
 
 
 # ---------------------------------------------------------------- --resume refuses a change of what is trained
 
 # README's resume list, and RESUME_FIXED beside it: (flag, another value, this run's value). Written here, not read
-# from train.RESUME_FIXED, so that a name dropped from the constant fails its case.
+# from checkpoints.RESUME_FIXED, so that a name dropped from the constant fails its case.
 REFUSED = [
     ("--model", "OTHER", "model"), ("--preset", "small", "tiny"), ("--data", "OTHER", "ids.npy"),
     ("--text-field", "body", "text"), ("--tokenizer", "tokenizer.model", "None"), ("--window", "8", "16"),
@@ -252,7 +253,7 @@ REFUSED = [
 
 
 def test_the_refusals_written_here_are_resume_fixed():
-    assert tuple(flag[2:].replace("-", "_") for flag, _, _ in REFUSED) == train.RESUME_FIXED
+    assert tuple(flag[2:].replace("-", "_") for flag, _, _ in REFUSED) == checkpoints.RESUME_FIXED
 
 
 @pytest.fixture(scope="module")
