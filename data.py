@@ -417,9 +417,12 @@ class DataOptions:
 HEADER = 128  # bytes of the .npy header (format 1.0, padded to 64): any 1-D shape up to 20 digits fits
 
 
-def _batches(texts, max_chars=1 << 18):
-    """Lists of documents of about max_chars characters: the unit of work a process tokenises."""
-    batch, chars = [], 0
+BATCH_CHARS = 1 << 18  # characters of text per batch, the unit of work a process tokenises
+
+
+def _batches(texts):
+    """Lists of documents of about BATCH_CHARS characters: the unit of work a process tokenises."""
+    max_chars, batch, chars = BATCH_CHARS, [], 0
     for text in texts:
         batch.append(text)
         chars += len(text)

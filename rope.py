@@ -81,8 +81,9 @@ def rope_parameters(config: dict) -> dict:
     rope_type = _ALIASES.get(name, name)
     if rope_type not in ROPE_TYPES:
         raise ValueError(f"unknown rope type {name!r} in config; supported: {', '.join(ROPE_TYPES)}")
-    if config_value(scaling, "partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError(f"partial_rotary_factor={scaling['partial_rotary_factor']} is not supported (only 1.0)")
+    for c in (scaling, config):  # transformers 5 reads it from the rope block, 4 from the top level
+        if config_value(c, "partial_rotary_factor", 1.0) != 1.0:
+            raise ValueError(f"partial_rotary_factor={c['partial_rotary_factor']} is not supported (only 1.0)")
     # HF reads the pre-training window from rope_scaling, else a top-level key (Phi-3), else max_position_embeddings.
     original = next((config_value(c, k, kind=int, low=1) for c, k in (
         (scaling, "original_max_position_embeddings"), (config, "original_max_position_embeddings"),
