@@ -149,7 +149,7 @@ def test_a_header_whose_bytes_disagree_with_its_shape_is_refused_without_reading
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + n])
     header["model.norm.weight"]["shape"] = [32]  # 64 floats of data, a shape of 32
-    text = json.dumps(header, separators=(",", ":")).encode().ljust(n)  # the same header length, so the offsets stay valid
+    text = json.dumps(header, separators=(",", ":")).encode().ljust(n)  # the same length: the offsets stay valid
     file.write_bytes(raw[:8] + text + raw[8 + n:])
     with pytest.raises(ValueError, match=r"tensor 'model.norm.weight' has 256 bytes, its F32 shape \[32\] needs 128"):
         check_checkpoint(model, ModelArgs.from_config(MICRO))
@@ -350,7 +350,8 @@ def test_a_bad_record_only_rank_1_reads_is_one_line_of_ours_naming_file_and_line
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "train.py"), "--data", str(tmp_path / "c.jsonl"), "--tokenizer",
-           str(spm_model / "tokenizer.model"), "--out", str(out), "--window", "16", "--target", "64", "--steps", "2", "--batch-size", "2"]
+           str(spm_model / "tokenizer.model"), "--out", str(out), "--window", "16", "--target", "64", "--steps", "2",
+           "--batch-size", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,  # a hang guard
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
     ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
