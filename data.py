@@ -36,6 +36,7 @@ two chunks out of min(length, L_c) tokens, so a document shorter than L_c is use
 """
 import argparse
 import dataclasses
+import errno
 import glob
 import gzip
 import importlib
@@ -44,6 +45,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import sysconfig
@@ -546,6 +548,13 @@ def pretokenise(opts: DataOptions, every: float = 5.0) -> dict:
                                                      "fortran_order": False, "shape": (n,)})
             assert f.tell() == HEADER, f.tell()
         os.replace(tmp, out)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        written = tmp.stat().st_size if tmp.exists() else 0
+        raise ValueError(f"--out {out}: no space left on device after {written / 2**20:,.1f} MiB of ids "
+                         f"({meter.docs:,} documents; {shutil.disk_usage(out.parent).free / 2**20:,.1f} MiB free); "
+                         f"the temporary file is removed") from None
     finally:
         tmp.unlink(missing_ok=True)
         for s, handler in previous.items():

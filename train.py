@@ -37,13 +37,14 @@ Labels: every position's label is the document's true next token x[index + 1]. W
 doc[:-1] so x[index + 1] always exists, and every one of the L_c positions is scored (no -100 needed).
 
 A run is its --out folder (checkpoints.py: settings.json, DCP checkpoints, the export). settings.json is written
-once the inputs are checked; --resume refuses, in one line, any change of what is trained (RESUME_FIXED). Free to
-change: --steps, saving and logging, --micro-batch-size and the world size (the examples drawn then differ from an
-uninterrupted run's, as the log warns for the world). The learning rate is a pure function of (step, --warmup,
---steps) (lr_factor): raising --steps on resume re-stretches the linear decay, so a finished 40-step run resumed
-with --steps 44 trains steps 41-44 at the 44-step schedule's rates (the log says which), never at the 0 the
-40-step schedule ended on. Checkpoints hold fp32 weights + Adam's two moments: about 12 bytes per parameter
-(7B: ~84 GB each; --keep-checkpoints of them stay).
+once the inputs are checked, the data read and the weights (or the resumed checkpoint) loaded, so a bad input found
+on the way leaves a fresh --out absent and a resumed one untouched; --resume refuses, in one line, any change of
+what is trained (RESUME_FIXED). Free to change: --steps, saving and logging, --micro-batch-size and the world size
+(the examples drawn then differ from an uninterrupted run's, as the log warns for the world). The learning rate is a
+pure function of (step, --warmup, --steps) (lr_factor): raising --steps on resume re-stretches the linear decay, so
+a finished 40-step run resumed with --steps 44 trains steps 41-44 at the 44-step schedule's rates (the log says
+which), never at the 0 the 40-step schedule ended on. Checkpoints hold fp32 weights + Adam's two moments: about 12
+bytes per parameter (7B: ~84 GB each; --keep-checkpoints of them stay).
 
 Stopping. Ctrl-C (SIGINT) or SIGTERM stops at the next step boundary, which every rank agrees on (one MAX
 all-reduce of the flag per step), so no rank is left inside a collective. SIGTERM (what schedulers send before
@@ -89,9 +90,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import pose
 import rope
-from checkpoints import (check_resume, check_writable, checkpoint_state, export, find_checkpoint, latest_checkpoint,
-                         load_checkpoint, load_weights, read_settings, run_settings, save_checkpoint, step_of,
-                         write_hf_folder, write_settings)
+from checkpoints import (DiskFull, check_resume, check_writable, checkpoint_state, export, find_checkpoint,
+                         latest_checkpoint, load_checkpoint, load_weights, read_settings, run_settings,
+                         save_checkpoint, step_of, weights_finite, write_hf_folder, write_settings)
 from data import (Tokenizer, as_list, check_vocabulary, default_tokenizer, describe, find_files, needs_tokenizer,
                   read_documents)
 from model import PRESETS, ModelArgs, Transformer, check_checkpoint, load_config
@@ -647,9 +648,6 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
         say(line)
     dist.barrier()
     saved = read_settings(out) if opts.resume else None
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        write_settings(out, run_settings(opts, world, device, tokenizer_path))
 
     # FSDP2 shards over several ranks, and on a GPU it computes in bf16 from fp32 masters even alone
     mesh = init_device_mesh(device.type, (world,)) if world > 1 or device.type == "cuda" else None
@@ -672,6 +670,11 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
                 f"step {start + 1} at {rate(opts.steps):.3g} (the {old_steps}-step one had {rate(old_steps):.3g})")
     elif opts.resume:
         say(f"--resume: no checkpoint in {out}/checkpoints, starting at step 0")
+    # Only now, with the data read, the weights loaded (and found finite) and any checkpoint resumed, is anything
+    # written: a bad input found on the way leaves a fresh --out absent and a resumed one as it was.
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_settings(out, run_settings(opts, world, device, tokenizer_path))
     metrics = out / "metrics.jsonl"
     if rank == 0:  # keep the rows of the steps we resume after, drop those a killed run logged beyond them
         rows = metrics.read_text().splitlines() if metrics.exists() and start else []
@@ -681,6 +684,12 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
         from torch.utils.tensorboard import SummaryWriter  # checked in resolve()
         board = SummaryWriter(log_dir=str(out / "tensorboard"))
 
+    def save(step: int):  # never a checkpoint of non-finite weights (a finite loss, then an infinite gradient)
+        if not weights_finite(model):
+            raise Diverged(f"weights are not finite after step {step}; nothing saved, newest checkpoint: "
+                           f"{latest_checkpoint(out)}")
+        save_checkpoint(out, checkpoint_state(model, optim, step, opts), opts.keep_checkpoints)
+
     flops = flops_per_token(model, length)
     clock, clock_step, clock_tokens = time.perf_counter(), start, 0.0
     try:
@@ -688,7 +697,7 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
             signals.step = step
             if received := signals.agreed(device):  # a step boundary: every rank stops here, together
                 if received == signal.SIGTERM and step > start:  # a scheduler's kill follows: keep the progress
-                    save_checkpoint(out, checkpoint_state(model, optim, step, opts), opts.keep_checkpoints)
+                    save(step)
                 raise Stopped(received, step)
             model.train()
             for group in optim.param_groups:  # the schedule is a function of the step (see lr_factor)
@@ -702,7 +711,7 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
                                f"{last}")
             done = step + 1
             if done % opts.save_every == 0 or done == opts.steps:
-                save_checkpoint(out, checkpoint_state(model, optim, done, opts), opts.keep_checkpoints)
+                save(done)
             if done % opts.log_every == 0 or done == opts.steps or done == start + 1:  # step 1: it runs, and how fast
                 elapsed = time.perf_counter() - clock
                 seconds = elapsed / (done - clock_step)
@@ -725,6 +734,8 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
                             board.add_scalar(f"train/{key}", value, done)
                     board.flush()
         signals.step = opts.steps
+        if not weights_finite(model):  # the last save checked them, but a resumed finished run saves nothing
+            raise Diverged(f"weights are not finite; not exported, newest checkpoint: {latest_checkpoint(out)}")
         say(f"exported {export(model, args, config if opts.model else None, opts, tokenizer_path, device)}")
     finally:
         if board is not None:
@@ -778,7 +789,7 @@ def run(opts: TrainOptions, device, signals: Signals, argv: list[str]) -> tuple[
         return 0, None
     except (ValueError, FileNotFoundError) as e:
         return 2, f"error: {e}"
-    except Diverged as e:
+    except (Diverged, DiskFull) as e:
         return 1, f"error: {e}"
     except Stopped as e:
         return 128 + e.signum, stop_line(opts, argv, e.signum, f"before step {e.step + 1}")
