@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 from torch.distributed.tensor import DTensor
@@ -129,8 +130,8 @@ def disk_full(e: BaseException) -> bool:
         e = seen.pop()
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        seen += [x for x in (e.__cause__, e.__context__, *getattr(e, "failures", {}).values())
-                 if isinstance(x, BaseException)]
+        failures = [f[0] if isinstance(f, tuple) else f for f in getattr(e, "failures", {}).values()]  # (e, tb)
+        seen += [x for x in (e.__cause__, e.__context__, *failures) if isinstance(x, BaseException)]
     return False
 
 
@@ -140,7 +141,8 @@ def nbytes(tensors) -> int:
 
 def full_disk_line(what: Path, needed: int) -> str:
     free = shutil.disk_usage(next(p for p in (what, *what.parents) if p.exists())).free
-    return f"{what}: no space left on device (needs about {needed / 2**30:.3g} GiB, {free / 2**30:.3g} GiB free)"
+    size = lambda n: f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"  # noqa: E731
+    return f"{what}: no space left on device (needs about {size(needed)}, {size(free)} free)"
 
 
 def weights_finite(model) -> bool:
@@ -163,14 +165,15 @@ def save_checkpoint(out: Path, state: dict, keep: int):
     dist.barrier()
     try:
         dcp.save(state, checkpoint_id=tmp)
-    except Exception as e:  # every rank gets DCP's CheckpointException together
-        if not disk_full(e):
+    except (Exception, CheckpointException) as e:  # every rank gets DCP's (a BaseException) together
+        local = nbytes(t.to_local() if isinstance(t, DTensor) else t for part in ("model", "optim")
+                       for t in _leaves(state[part]))
+        # torch.save's zip writer turns ENOSPC into "RuntimeError: ... unexpected pos": ask the disk too.
+        if not (disk_full(e) or shutil.disk_usage(tmp.parent).free < local * dist.get_world_size()):
             raise
         dist.barrier()
         if dist.get_rank() == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        local = nbytes(t.to_local() if isinstance(t, DTensor) else t for part in ("model", "optim")
-                       for t in _leaves(state[part]))
         raise DiskFull(f"{full_disk_line(tmp, local * dist.get_world_size())}; removed it, the latest checkpoint "
                        f"is still {latest_checkpoint(out)}") from None
     dist.barrier()
@@ -302,11 +305,11 @@ def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_
             config = json.loads(tokenizer_config.read_text())
             if isinstance(config.get("model_max_length"), int) and config["model_max_length"] < target:
                 tokenizer_config.write_text(json.dumps({**config, "model_max_length": target}, indent=2) + "\n")
-    except OSError as e:
-        if not disk_full(e):
+    except Exception as e:  # ENOSPC arrives as OSError, or inside safetensors' SafetensorError (os error 28)
+        needed = nbytes(plain.state_dict().values()) + sum(f.stat().st_size for f in files.values())
+        if not (disk_full(e) or shutil.disk_usage(folder.parent).free < needed):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-        needed = nbytes(plain.state_dict().values()) + sum(f.stat().st_size for f in files.values())
         raise DiskFull(f"{full_disk_line(folder, needed)}; removed the partial export, {folder} is as it was") \
             from None
     if folder.exists():

@@ -419,3 +419,192 @@ def test_a_signal_stops_data_py_its_workers_and_removes_the_temporary_file(spm_m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]  # no .tmp file, no output
     assert multiprocessing.active_children() == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+# ---------------------------------------------------------------- the run folder: written last, saved whole
+
+import errno  # noqa: E402
+import shutil  # noqa: E402
+
+import checkpoints  # noqa: E402
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(micro_model, corpus, tmp_path_factory):
+    """A finished 2-step run (checkpoints at steps 1 and 2, kept both): (out, argv)."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    argv = ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN, "--save-every", "1"]
+    train.main(argv)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
+    return out, argv
+
+
+def run_copy(finished, tmp_path) -> tuple[Path, list[str]]:
+    out, argv = finished
+    shutil.copytree(out, tmp_path / "out")
+    argv = list(argv)
+    argv[argv.index("--out") + 1] = str(tmp_path / "out")
+    return tmp_path / "out", argv
+
+
+def test_a_non_finite_weight_found_while_loading_leaves_a_fresh_out_absent(micro_model, corpus, tmp_path, capsys):
+    def poison(w):
+        return {**w, "model.norm.weight": torch.full_like(w["model.norm.weight"], math.nan)}
+
+    model = copy_model(micro_model, tmp_path / "model", tensors=poison)
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(model), "--data", str(corpus), "--out", str(out), *RUN], capsys)
+    one_line(code, err, "tensor 'model.norm.weight' holds NaN or infinite values")
+    assert not out.exists()
+
+
+DAMAGE = {  # what is done to the newest checkpoint -> what the line says
+    ".metadata missing": (lambda c: (c / ".metadata").unlink(), ".metadata missing or unreadable"),
+    ".metadata truncated": (lambda c: (c / ".metadata").write_bytes((c / ".metadata").read_bytes()[:40]),
+                            ".metadata missing or unreadable"),
+    "a .distcp missing": (lambda c: next(c.glob("*.distcp")).unlink(), ".distcp missing"),
+    "a .distcp truncated": (lambda c: (lambda f: f.write_bytes(f.read_bytes()[:100]))(next(c.glob("*.distcp"))),
+                            "truncated (100 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_a_damaged_checkpoint_is_one_line_naming_it_and_the_newest_intact_one_and_resume_touches_nothing(
+        finished, tmp_path, capsys, case):
+    out, argv = run_copy(finished, tmp_path)
+    damage, needle = DAMAGE[case]
+    damage(out / "checkpoints" / "step_000002")
+    before = snapshot(out)
+    code, err = exits(train.main, [*argv, "--steps", "3", "--resume"], capsys)
+    one_line(code, err, f"{out / 'checkpoints' / 'step_000002'}: damaged checkpoint", needle,
+             f"newest intact one: {out / 'checkpoints' / 'step_000001'}")
+    assert snapshot(out) == before  # settings.json and metrics.jsonl as they were
+    code, err = exits(train.main, ["--export-only", "--out", str(out)], capsys)
+    one_line(code, err, "damaged checkpoint", needle)
+    assert snapshot(out) == before
+
+
+def poisoned_step_2(monkeypatch):
+    """train_step as it is, but step 2 leaves a NaN in one weight with a finite loss (what an infinite gradient
+    clipped to NaN does): only the weights check can catch it before the save."""
+    real, calls = train.train_step, []
+
+    def step(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                model.model.norm.weight[0] = math.nan
+        return result
+
+    monkeypatch.setattr(train, "train_step", step)
+
+
+def test_non_finite_weights_after_a_finite_loss_are_never_checkpointed_or_exported(micro_model, corpus, tmp_path,
+                                                                                  capsys, monkeypatch):
+    poisoned_step_2(monkeypatch)
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN,
+                                   "--steps", "3", "--save-every", "1"], capsys)
+    assert code == 1 and err == (f"error: weights are not finite after step 2; nothing saved, newest checkpoint: "
+                                 f"{out / 'checkpoints' / 'step_000001'}"), err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"] and not (out / "final").exists()
+
+
+def test_export_only_refuses_a_checkpoint_with_non_finite_weights(micro_model, corpus, tmp_path, capsys, monkeypatch):
+    poisoned_step_2(monkeypatch)
+    monkeypatch.setattr(train, "weights_finite", lambda model: True)  # as before issue 28: the NaN is saved
+    out = tmp_path / "out"
+    code, _ = exits(train.main, ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN,
+                                 "--steps", "3", "--save-every", "1"], capsys)
+    assert code == 1  # step 3's loss is NaN: stopped, step_000002 holds the NaN weight
+    code, err = exits(train.main, ["--export-only", "--out", str(out)], capsys)
+    one_line(code, err, f"{out / 'checkpoints' / 'step_000002'}: tensor 'model.norm.weight' holds NaN",
+             "not exported")
+    assert not (out / "exports").exists()
+
+
+def full_disk_at(monkeypatch, module, name: str, when):
+    """Fault injected at write time: module.name writes what it writes, then the disk is full (ENOSPC)."""
+    real = getattr(module, name)
+
+    def writes_then_fails(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if when():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return result
+
+    monkeypatch.setattr(module, name, writes_then_fails)
+
+
+def test_a_checkpoint_save_out_of_space_removes_its_temporary_and_the_previous_one_stays_latest(
+        micro_model, corpus, tmp_path, capsys, monkeypatch):
+    real_fsync = os.fsync
+
+    def fsync(fd):  # DCP syncs each file it wrote: the disk is full while step 2's files are flushed
+        if ".tmp-step_000002" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)  # DCP wraps the error in its CheckpointException, as a real one
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN,
+                                   "--steps", "3", "--save-every", "1"], capsys)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {out / 'checkpoints' / '.tmp-step_000002'}: no space left on device (needs about ")
+    assert err.endswith(f"iB free); removed it, the latest checkpoint is still {out / 'checkpoints' / 'step_000001'}")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"]
+    assert checkpoints.latest_checkpoint(out) == out / "checkpoints" / "step_000001"
+
+
+def test_an_export_out_of_space_removes_its_temporary_and_leaves_no_final(finished, tmp_path, capsys, monkeypatch):
+    out, argv = run_copy(finished, tmp_path)
+    import model as model_py
+    full_disk_at(monkeypatch, model_py, "save_file", lambda: True)
+    before = snapshot(out / "checkpoints")
+    code, err = exits(train.main, ["--export-only", "--out", str(out)], capsys)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    folder = out / "exports" / "step_000002"
+    assert err.startswith(f"error: {folder}: no space left on device (needs about ")
+    assert err.endswith(f"removed the partial export, {folder} is as it was")
+    assert sorted(p.name for p in (out / "exports").iterdir()) == [] and snapshot(out / "checkpoints") == before
+
+
+def test_a_npy_out_of_space_removes_its_temporary_and_says_how_far_it_got(spm_model, tmp_path, capsys, monkeypatch):
+    real_open = open
+
+    class Full:  # the .npy's file: the first write (the header) fits, the second finds the disk full
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, b):
+            self.writes += 1
+            if self.writes == 2:
+                self.f.write(b[:10])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def full_open(file, mode="r", *args, **kwargs):  # data.py's own name lookup; only the .npy is written
+        f = real_open(file, mode, *args, **kwargs)
+        return Full(f) if "w" in mode else f
+
+    monkeypatch.setattr(data, "open", full_open, raising=False)
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(5)))
+    out = tmp_path / "t.npy"
+    code, err = exits(data.main, ["--data", str(tmp_path / "t.jsonl"), "--tokenizer", str(spm_model), "--out",
+                                  str(out), "--workers", "1"], capsys)
+    one_line(code, err, f"--out {out}: no space left on device after 0.0 MiB of ids", "the temporary file is removed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
