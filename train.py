@@ -211,6 +211,8 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
                          "start (v_0 = 0, §3.2) and --content sets where its other chunks read")
     if not 1 <= o.chunks <= o.window:
         raise ValueError(f"--chunks {o.chunks} must be in 1..window {o.window}")
+    if o.method == "pose" and o.content == "released" and o.chunks != 2:  # else pose.sample refuses it at step 1
+        raise ValueError(f"--content released is the authors' two-chunk rule: --chunks must be 2, got {o.chunks}")
     if o.batch_size % (o.micro_batch_size * world_size):
         raise ValueError(f"--batch-size {o.batch_size} is not divisible by --micro-batch-size {o.micro_batch_size}"
                          f" x world size {world_size}")

@@ -116,6 +116,15 @@ def test_every_numeric_train_flag_is_finite_and_in_range_before_anything_is_writ
     assert not out.exists()
 
 
+def test_a_combination_only_the_sampler_would_notice_at_step_1_is_refused_before_anything_is_written(
+        micro_model, corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN,
+                                   "--content", "released", "--chunks", "3"], capsys)
+    one_line(code, err, "--content released is the authors' two-chunk rule: --chunks must be 2, got 3")
+    assert not out.exists()
+
+
 def shape_mismatch(w):
     return {**w, "model.layers.0.mlp.up_proj.weight": w["model.layers.0.mlp.up_proj.weight"][:100]}
 
