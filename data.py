@@ -9,7 +9,9 @@
 The output is the 1-D id file train.py and evaluate.py memory-map: every document as BOS ... EOS, exactly what
 their text path tokenises (uint16 when the vocabulary fits, else uint32), written by --workers processes in
 file order, with progress on stderr, under a temporary name renamed into place at the end (a failure leaves
-nothing). Documents are not filtered here; train.py skips the short ones when it reads the file.
+nothing). Documents are not filtered here; train.py skips the short ones when it reads the file. --workers is
+capped at the CPUs this process may use and at the batches of work there are; SIGINT / SIGTERM end the workers
+and remove the temporary file (one line, exit 128 + the signal), as does a full disk (one line, exit 2).
 
 Tokenizers. `Tokenizer(path)` takes a checkpoint folder or the file itself: tokenizer.model is read with
 sentencepiece (LLaMA 1/2, Mistral; preferred when a folder has both), tokenizer.json with Hugging Face's
@@ -21,12 +23,13 @@ eos_token_id (the first of a list), else the tokenizer file's own. `eos_id` is t
 a config listing several (Llama 3 Instruct) lets a token file's documents end at any of them (train.py).
 
 Corpora (--data: one or more files, folders or globs): .jsonl, .jsonl.gz (gzip), .jsonl.zst (pip install zstandard)
-and .parquet (pip install pyarrow) with the text in --text-field; .txt .md .rst .tex .py files, one document
-each; pre-tokenised ids: a 1-D .npy of any integer dtype or a raw uint16 .bin (nanoGPT's), split after each
-EOS. A folder is every such file below it, sorted; a glob its sorted matches. Reading streams: one file at a
-time, decompressed and parsed as it goes, stopped once the documents asked for are in (--max-documents), with
-progress on stderr every few seconds. Rank r of w keeps documents r, r + w, ... in file order; the other ranks'
-documents are counted, never parsed or tokenised.
+and .parquet (pip install pyarrow) with the text in --text-field; .txt .md .rst .tex .py files, one document each;
+pre-tokenised ids: a 1-D .npy of any integer dtype or a raw uint16 .bin (nanoGPT's), split after each EOS. A folder
+is every such file below it, sorted; a glob its sorted matches; a file reached twice (given twice, a symlink beside
+its target, a symlinked folder loop) is read once, and the log says how many paths were dropped. Reading streams:
+one file at a time, decompressed and parsed as it goes, stopped once the documents asked for are in
+(--max-documents), with progress on stderr every few seconds. Rank r of w keeps documents r, r + w, ... in file
+order; the other ranks' documents are counted, never parsed or tokenised.
 
 Short documents. train.py keeps documents of >= L_c + 1 tokens (a window plus its last label) and reports how
 many it skipped, as the paper's data had "a minimum length requirement of 2,048 tokens" (§4.1, the Pile). The

@@ -441,7 +441,8 @@ class Transformer(nn.Module):
 
         rope_scaling (config.json's own form, e.g. {"type": "linear", "factor": 4.0}) overrides the config.
         The model is built on the meta device, materialised once on `device` in `dtype`, and filled one
-        tensor at a time, so host memory holds the weights once plus the largest single tensor.
+        tensor at a time, so host memory holds the weights once plus the largest single tensor. The headers
+        are checked against the config first (check_checkpoint); a NaN or infinite weight is refused by name.
         """
         path = Path(path)
         config = load_config(path)
