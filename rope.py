@@ -47,7 +47,8 @@ def config_value(config: dict, key: str, default=None, kind=float, low=None, abo
         return default
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is float:
-        ok = number and math.isfinite(value) and (low is None or value >= low) and (above is None or value > above)
+        finite = number and -1e308 < value < 1e308  # False for NaN and inf; no OverflowError for a 400-digit int
+        ok = finite and (low is None or value >= low) and (above is None or value > above)
         what = "a finite number" + (f" >= {low:g}" if low is not None else "") + (f" > {above:g}" if above is not None
                                                                                   else "")
     elif kind is int:

@@ -54,7 +54,8 @@ way rank 0 prints one line on stderr, the latest checkpoint and the command that
 leaves the previous checkpoint / export intact. A second signal stops at once. torchrun forwards the signal to
 the workers and kills them --shutdown-timeout seconds later (default 30: raise it if a step plus a save takes
 longer); it then prints its own "Received ... death signal" lines and SignalException traceback. Likewise a
-bad input is one "error:" line from rank 0 with exit 2 on every rank, after which torchrun adds its own
+bad input is one "error:" line from rank 0 with exit 2 on every rank, whichever rank found it (agreed(): a bad
+record only rank 1 reads is rank 1's line, file and line number), after which torchrun adds its own
 ChildFailedError report: the launcher's, and the same for any failing worker.
 
 In order: the options (TrainOptions: the fields are the flags) and resolve(), which fills the recipe's defaults

@@ -234,6 +234,7 @@ CONFIGS = {  # config.json keys -> the key the one line names
     "factor a string": ({"rope_scaling": {"type": "linear", "factor": "2"}}, "'factor' must be a finite number"),
     "factor NaN": ({"rope_scaling": {"type": "linear", "factor": NAN}}, "'factor' must be a finite number >= 1"),
     "factor infinite": ({"rope_scaling": {"type": "linear", "factor": math.inf}}, "'factor'"),
+    "factor a 400-digit integer": ({"rope_scaling": {"type": "linear", "factor": 10**400}}, "'factor'"),
     "rope_type a list": ({"rope_scaling": {"rope_type": ["linear"], "factor": 2}}, "'rope_type' must be a string"),
     "negative rope_theta": ({"rope_theta": -1e4, "rope_parameters": {"rope_type": "default", "rope_theta": -1e4}},
                             "'rope_theta' must be a finite number > 1"),
