@@ -56,6 +56,7 @@ passkey); RULER's decoding loop; tables, the results JSON and plots; main.
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -69,7 +70,8 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from data import Tokenizer, as_list, describe, find_files, iter_documents, needs_tokenizer
+from data import (Tokenizer, as_list, check_out, check_vocabulary, describe, find_files, iter_documents,
+                  needs_tokenizer)
 from model import Transformer, load_config
 from rope import ROPE_TYPES, rope_parameters
 from ruler import (NEW_TOKENS, DoesNotFit, effective_length, fit_prompt, postprocess, print_ruler_table, read_haystack,
@@ -186,6 +188,11 @@ def check(opts: Options):
             raise ValueError(f"--threshold is a percentage in [0, 100], got {opts.threshold}")
         if opts.haystack is not None:
             find_files(opts.haystack, "--haystack")  # missing, or nothing readable: one line naming it
+    if opts.factor is not None and not (math.isfinite(opts.factor) and opts.factor >= 1):
+        raise ValueError(f"--factor must be a finite number >= 1 (alpha = target / original window), got {opts.factor}")
+    for flag, path in (("--out", opts.out), ("--plot", opts.plot)):
+        if path is not None:
+            check_out(Path(path), flag, create=True)  # a folder there, or no way to write it: now, not after hours
     if opts.plot:
         _pyplot()  # fail now, not after hours of evaluation
 
@@ -302,6 +309,9 @@ def perplexity(model, documents, lengths, stride, bos_id, truncate=False, device
                     progress(end - begin + bos, f"ppl L={L} doc {i + 1}/{len(documents)}")
         seconds = time.perf_counter() - t0
         progress(0, f"ppl L={L} done", final=True)
+        if not math.isfinite(nll):  # never a result: a NaN would be written, plotted and compared as one
+            raise ValueError(f"ppl at L={L}: the model's loss is {nll} (non-finite activations: try --dtype "
+                             f"float32, and check the checkpoint)")
         rows.append(dict(length=L, ppl=math.exp(nll / max(tokens, 1)), nll=nll, tokens=tokens, windows=windows,
                          documents=len(documents), short=sum(len(d) < L - bos for d in documents),
                          seconds=seconds, tokens_per_s=work[L] / max(seconds, 1e-9)))
@@ -312,8 +322,10 @@ def load_documents(opts: PplOptions, args, min_tokens: int):
     """(the first --docs documents of >= min_tokens tokens without their own BOS/EOS, the windows' BOS id).
     As the authors' eval_ppl.py: drop the document's own special tokens, cut it to its first --max-tokens
     tokens, then keep it only if it still has >= min_tokens. Reading stops once they are in."""
-    files = find_files(opts.data) if opts.data else None
+    files = find_files(opts.data, say=functools.partial(print, file=sys.stderr)) if opts.data else None
     tokenizer = Tokenizer(opts.model) if needs_tokenizer(files) else None  # a clear error if the folder has none
+    if tokenizer:
+        check_vocabulary(tokenizer, args.vocab_size)
     eos = args.eos_token_id[0] if isinstance(args.eos_token_id, list) else args.eos_token_id
     bos_id, eos_id = (tokenizer.bos_id, tokenizer.eos_id) if tokenizer else (args.bos_token_id, eos)
     name = " ".join(map(str, as_list(opts.data))) if opts.data else "the embedded stdlib eval split"
@@ -331,9 +343,10 @@ def load_documents(opts: PplOptions, args, min_tokens: int):
     if not documents:
         raise ValueError(f"--data {name}: no document with >= {min_tokens} tokens ({skipped} shorter; a lower "
                          f"--min-tokens scores short ones in one window each)")
-    top = max(int(d.max()) for d in documents)
-    if top >= args.vocab_size:
-        raise ValueError(f"--data {name}: token id {top} >= the model's vocab_size {args.vocab_size}")
+    top, bottom = max(int(d.max()) for d in documents), min(int(d.min()) for d in documents)
+    if top >= args.vocab_size or bottom < 0:
+        raise ValueError(f"--data {name}: token id {top if top >= args.vocab_size else bottom} outside the model's "
+                         f"vocabulary 0 .. {args.vocab_size - 1}")
     print(f"ppl: --data {describe(files) if files else name}", file=sys.stderr)
     return documents, None if opts.no_bos or bos_id is None or bos_id < 0 else int(bos_id)
 
@@ -418,6 +431,7 @@ def passkey(model, tokenizer, lengths, trials, depths=None, seed=0, new_tokens=1
 def run_passkey(opts: PasskeyOptions) -> tuple[dict, Transformer]:
     tokenizer = Tokenizer(opts.model)
     model, device = load_model(opts)
+    check_vocabulary(tokenizer, model.args.vocab_size)
     lengths = opts.lengths or default_lengths(model)
     rows = passkey(model, tokenizer, lengths, opts.trials, opts.depths, opts.seed, opts.new_tokens, device,
                    fit=opts.fit)
@@ -464,6 +478,7 @@ def run_ruler(opts: RulerOptions) -> tuple[dict, Transformer]:
     tokenizer = Tokenizer(opts.model)
     essay = read_haystack(opts.haystack, opts.text_field) if opts.haystack else None
     model, device = load_model(opts)
+    check_vocabulary(tokenizer, model.args.vocab_size)
     lengths = sorted(opts.lengths or default_lengths(model))
     rows = ruler(model, tokenizer, lengths, tasks, opts.samples, opts.seed, essay, device)
     averages = ruler_averages(rows, lengths)
@@ -585,6 +600,7 @@ def main(argv=None) -> dict | None:
     command = args.pop("command")
     try:
         if command == "plot":
+            check_out(Path(args["out"]), create=True)
             plot(args["files"], args["out"])
             print(f"wrote {args['out']}")
             return None

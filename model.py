@@ -17,6 +17,7 @@ q/k rows are in HF's rotate-half layout (see rope.py's docstring for why that eq
 import dataclasses
 import functools
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
-from rope import RotaryEmbedding, apply_rotary_emb, rope_parameters, scaling_to_config
+from rope import RotaryEmbedding, apply_rotary_emb, config_value, rope_parameters, scaling_to_config
 
 # ---------------------------------------------------------------- options
 
@@ -73,9 +74,17 @@ class ModelArgs:
             raise ValueError(f"hidden_act {config['hidden_act']!r} is not supported (LLaMA's SwiGLU needs 'silu')")
 
         def positive(key, default):
-            value = config.get(key) if config.get(key) is not None else default
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"config key {key!r} must be a positive integer, got {value!r}")
+            return config_value(config, key, default, int, low=1)
+
+        def flag(key, default=False):
+            return config_value(config, key, default, bool)
+
+        def token_ids(key, default):  # an id, a list of them (Llama 3 Instruct's EOS) or null
+            value = config.get(key, default)
+            for i in value if isinstance(value, list) else [] if value is None else [value]:
+                if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < 2**31:
+                    raise ValueError(f"config key {key!r} must be a token id >= 0, a list of them or null, "
+                                     f"got {value!r}")
             return value
 
         dim, n_heads = positive("hidden_size", 4096), positive("num_attention_heads", 32)
@@ -84,16 +93,16 @@ class ModelArgs:
             raise ValueError(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}")
         if config.get("head_dim") is None and dim % n_heads:
             raise ValueError(f"hidden_size {dim} is not divisible by num_attention_heads {n_heads} (set head_dim)")
-        window = config.get("sliding_window") if config.get("use_sliding_window", True) else None
+        window = config.get("sliding_window") if flag("use_sliding_window", True) else None
         return cls(dim=dim, n_layers=positive("num_hidden_layers", 32), n_heads=n_heads, n_kv_heads=n_kv_heads,
                    head_dim=positive("head_dim", dim // n_heads), hidden_dim=positive("intermediate_size", 11008),
-                   vocab_size=positive("vocab_size", 32000), norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+                   vocab_size=positive("vocab_size", 32000),
+                   norm_eps=config_value(config, "rms_norm_eps", 1e-6, above=0),  # 0: rsqrt(0) of a zero row
                    max_position_embeddings=positive("max_position_embeddings", 2048), rope=rope_parameters(config),
-                   tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-                   attention_bias=bool(config.get("attention_bias", False)),
-                   mlp_bias=bool(config.get("mlp_bias", False)),
+                   tie_word_embeddings=flag("tie_word_embeddings"), attention_bias=flag("attention_bias"),
+                   mlp_bias=flag("mlp_bias"),
                    sliding_window=None if window is None else positive("sliding_window", None),
-                   bos_token_id=config.get("bos_token_id", 1), eos_token_id=config.get("eos_token_id", 2))
+                   bos_token_id=token_ids("bos_token_id", 1), eos_token_id=token_ids("eos_token_id", 2))
 
     def to_config(self, dtype: torch.dtype = torch.float32, base: dict | None = None) -> dict:
         """A Hugging Face config.json dict that makes other LLaMA tools compute what this model computes.
@@ -432,7 +441,8 @@ class Transformer(nn.Module):
 
         rope_scaling (config.json's own form, e.g. {"type": "linear", "factor": 4.0}) overrides the config.
         The model is built on the meta device, materialised once on `device` in `dtype`, and filled one
-        tensor at a time, so host memory holds the weights once plus the largest single tensor.
+        tensor at a time, so host memory holds the weights once plus the largest single tensor. The headers
+        are checked against the config first (check_checkpoint); a NaN or infinite weight is refused by name.
         """
         path = Path(path)
         config = load_config(path)
@@ -446,37 +456,27 @@ class Transformer(nn.Module):
             # The context the override is for: alpha x the original window (PI / YaRN's target L_t).
             target = round(args.rope["factor"] * args.rope["original_max_position_embeddings"])
             args = dataclasses.replace(args, max_position_embeddings=max(args.max_position_embeddings, target))
-        files = _checkpoint_files(path)  # before allocating gigabytes
+        headers = check_checkpoint(path, args)  # names, shapes, dtypes: before allocating gigabytes
         with torch.device("meta"):
             model = cls(args)
         model.to(dtype).to_empty(device=device)  # uninitialised memory, every byte overwritten below
         model._tie()
         model.set_rope(args.rope)  # recomputed outside the meta context, whatever happened above
-        expected, tied = model.state_dict(), args.tie_word_embeddings  # name -> the parameter's own storage
-        if tied:
-            expected.pop("lm_head.weight")
-        seen = set()
+        expected = model.state_dict()  # name -> the parameter's own storage
         with torch.no_grad():
-            for file in files:
-                header = read_safetensors_header(file)
+            for file in headers:
                 try:
                     with safe_open(file, framework="pt", device="cpu") as f:
                         for name in f.keys():
-                            # Old checkpoints store the RoPE table; a tied head is the embedding (HF ties it too).
-                            if name.endswith("rotary_emb.inv_freq") or name == "lm_head.weight" and tied:
-                                continue
-                            if name not in expected:
-                                raise ValueError(f"{file}: unexpected tensor {name!r} (not a weight of this config)")
-                            shape, want = tuple(header[name]["shape"]), tuple(expected[name].shape)
-                            if shape != want:
-                                raise ValueError(f"{file}: tensor {name!r} has shape {shape}, config implies {want}")
-                            expected[name].copy_(f.get_tensor(name))  # casts to dtype and moves to device in place
-                            seen.add(name)
+                            if name not in expected or name.endswith("rotary_emb.inv_freq") or \
+                                    name == "lm_head.weight" and args.tie_word_embeddings:
+                                continue  # check_checkpoint allowed it: an old RoPE table or a tied head
+                            tensor = f.get_tensor(name)
+                            if not torch.isfinite(tensor).all():  # a NaN weight makes every result NaN
+                                raise ValueError(f"{file}: tensor {name!r} holds NaN or infinite values")
+                            expected[name].copy_(tensor)  # casts to dtype and moves to device in place
                 except (SafetensorError, OSError) as e:
                     raise ValueError(f"{file}: unreadable safetensors ({str(e).splitlines()[0]})") from None
-        missing = [name for name in expected if name not in seen]
-        if missing:
-            raise ValueError(f"{path}: tensor {missing[0]!r} missing from the checkpoint ({len(missing)} missing)")
         return model
 
     def save_pretrained(self, path, max_shard_size: int = 5 * 2**30, base_config: dict | None = None):
@@ -539,6 +539,10 @@ def load_config(path) -> dict:
         raise ValueError(f"{file}: not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
+    try:
+        ModelArgs.from_config(config)  # every key the project reads, checked once for type and range
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
     return config
 
 
@@ -548,9 +552,12 @@ def _checkpoint_files(path: Path) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
+            assert isinstance(weight_map, dict) and weight_map, "an empty or non-object weight_map"
+            bad = next((v for v in weight_map.values() if not isinstance(v, str) or Path(v).name != v), None)
+            assert bad is None, f"shard {bad!r} is not a file name in the folder"
             files = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{index}: not a safetensors index with a 'weight_map' ({e!r})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AssertionError) as e:
+            raise ValueError(f"{index}: not a safetensors index with a 'weight_map' ({e})") from None
         for name in files:
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{path / name}: shard listed in {index.name} not found")
@@ -561,9 +568,16 @@ def _checkpoint_files(path: Path) -> list[Path]:
                             f"(convert .bin checkpoints to safetensors first)")
 
 
+# Bytes per element of safetensors' dtypes; the weights must be floating point (they are cast to the model's dtype).
+SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+                      "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
 def read_safetensors_header(file: Path) -> dict:
     """The JSON header of a safetensors file, checked before safetensors trusts it: 8-byte little-endian length
-    n, n bytes of JSON {name: {dtype, shape, data_offsets: [begin, end]}}, then the data; offsets relative to it."""
+    n, n bytes of JSON {name: {dtype, shape, data_offsets: [begin, end]}}, then the data; offsets relative to it.
+    Each entry's bytes must be its shape times its dtype's size, and lie inside the file."""
     size = file.stat().st_size
     with open(file, "rb") as fh:
         raw = fh.read(8)
@@ -582,12 +596,49 @@ def read_safetensors_header(file: Path) -> dict:
             continue
         try:
             begin, end = info["data_offsets"]
-            ok = isinstance(info["shape"], list) and isinstance(begin, int) and isinstance(end, int)
+            shape, itemsize = info["shape"], SAFETENSORS_DTYPES[info["dtype"]]
+            ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in [begin, end, *shape])
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
             raise ValueError(f"{file}: tensor {name!r} has a malformed header entry {info!r}")
-        if not 0 <= begin <= end <= data:
+        if not begin <= end <= data:
             raise ValueError(f"{file}: tensor {name!r} data_offsets [{begin}, {end}] run past the end of the "
                              f"data ({data} bytes): truncated file?")
+        if end - begin != math.prod(shape) * itemsize:
+            raise ValueError(f"{file}: tensor {name!r} has {end - begin} bytes, its {info['dtype']} shape "
+                             f"{shape} needs {math.prod(shape) * itemsize}")
     return header
+
+
+def check_checkpoint(path, args: ModelArgs) -> dict[Path, dict]:
+    """The safetensors headers of a checkpoint folder checked against the model its config describes, without
+    reading the data: every weight present once, no other tensor, each of its shape and of a float dtype.
+    Returns {file: header}. Cheap (headers only): train.py calls it before anything is written."""
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in Transformer(args).state_dict().items()}
+    if args.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    headers, seen = {}, {}
+    for file in _checkpoint_files(Path(path)):
+        headers[file] = header = read_safetensors_header(file)
+        for name, info in header.items():
+            # Old checkpoints store the RoPE table; a tied head is the embedding (HF ties it too).
+            if name == "__metadata__" or name.endswith("rotary_emb.inv_freq") or \
+                    name == "lm_head.weight" and args.tie_word_embeddings:
+                continue
+            if name not in expected:
+                raise ValueError(f"{file}: unexpected tensor {name!r} (not a weight of this config)")
+            if name in seen:
+                raise ValueError(f"{file}: tensor {name!r} is also in {seen[name]}")
+            if tuple(info["shape"]) != expected[name]:
+                raise ValueError(f"{file}: tensor {name!r} has shape {tuple(info['shape'])}, config implies "
+                                 f"{expected[name]}")
+            if info["dtype"] not in FLOAT_DTYPES:
+                raise ValueError(f"{file}: tensor {name!r} is {info['dtype']}, not a float weight "
+                                 f"({', '.join(FLOAT_DTYPES)})")
+            seen[name] = file
+    missing = [name for name in expected if name not in seen]
+    if missing:
+        raise ValueError(f"{path}: tensor {missing[0]!r} missing from the checkpoint ({len(missing)} missing)")
+    return headers

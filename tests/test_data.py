@@ -310,7 +310,9 @@ def test_training_on_a_parquet_without_its_text_column_is_one_line_and_writes_no
 
 # ---------------------------------------------------------------- pre-tokenising CLI
 
-def test_pretokenised_file_is_the_in_process_tokenisation_in_parallel_and_atomically(llama3, tmp_path, capsys):
+def test_pretokenised_file_is_the_in_process_tokenisation_in_parallel_and_atomically(llama3, tmp_path, capsys,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(data, "BATCH_CHARS", 2000)  # several batches of work, so 2 workers do start
     docs = texts(40, seed=5, words=(1, 300))
     write_corpus(tmp_path / "corpus", docs[:13], field="content")  # one name for the jsonl field and parquet column
     (tmp_path / "corpus" / "g.jsonl").write_text("".join(json.dumps({"content": t}) + "\n" for t in docs[13:]))
@@ -329,7 +331,8 @@ def test_pretokenised_file_is_the_in_process_tokenisation_in_parallel_and_atomic
     assert len(got) == 40 and all(d[0] == tok.bos_id and d[-1] == tok.eos_id for d in got)
     hf = HFTokenizer.from_file(str(llama3 / "tokenizer.json"))
     assert [d[1:-1].tolist() for d in got[:3]] == [hf.encode(t, add_special_tokens=False).ids for t in docs[:3]]
-    assert "wrote" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "wrote" in stdout and "capped" not in stdout
     data.main(["--data", str(tmp_path / "corpus" / "g.jsonl"), "--tokenizer", str(llama3), "--out", str(out),
                "--max-documents", "4", "--text-field", "content", "--workers", "1"])
     assert np.isin(np.load(out), tok.eos_id).sum() == 4
