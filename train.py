@@ -99,7 +99,8 @@ from model import PRESETS, ModelArgs, Transformer, load_config
 @dataclass
 class TrainOptions:
     """Every flag of train.py; None means "the paper's value for --model, a small one for the embedded default"."""
-    model: str | None = field(default=None, metadata={"help": "Hugging Face LLaMA folder (config.json, safetensors)"})
+    model: str | None = field(default=None, metadata={"help": "Hugging Face folder (config.json, safetensors) of a "
+                                                      "llama, mistral, qwen2, qwen3 or olmo2 checkpoint"})
     preset: str = field(default="tiny", metadata={"help": f"from-scratch shape when no --model: {', '.join(PRESETS)}"})
     data: list[str] | None = field(default=None, metadata={"nargs": "+", "help": "files, folders or globs: .jsonl"
                                    "[.gz|.zst] .parquet .txt .npy .bin (data.py; default: stdlib)"})

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from packaging.version import Version
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,6 +45,7 @@ FAMILIES = {
                                                         num_key_value_heads=1, tie_word_embeddings=True)),
     "mistral nemo (head_dim 32 != 64/4)": ("MistralConfig", dict(head_dim=32, sliding_window=None, rope_theta=1e6)),
 }
+VERSION = Version(transformers.__version__)
 POSE = torch.tensor([list(range(12)) + list(range(3000, 3012)), list(range(5, 13)) + list(range(700, 716))])
 
 
@@ -58,7 +60,7 @@ class Warnings(logging.Handler):
 
 def hf_config(cls_name, extra):
     kwargs = {**SHAPE, **extra}
-    if transformers.__version__ >= "5" and "rope_scaling" in kwargs:  # 5 takes rope_parameters (theta inside)
+    if VERSION >= Version("5") and "rope_scaling" in kwargs:  # 5 takes rope_parameters (theta inside)
         kwargs["rope_parameters"] = {**kwargs.pop("rope_scaling"), "rope_theta": kwargs.pop("rope_theta")}
     return getattr(transformers, cls_name)(**kwargs)
 
@@ -97,6 +99,23 @@ def check(label, cls_name, extra, root):
             got = ours(tokens, positions)
         worst.append((got - want).abs().max().item())
         scale = max(scale, want.abs().max().item())
+    # The PoSE gap is transformers' float32 angles: with its rotary made float64 (default rope only) it closes.
+    exact = "n/a"
+    if "rope_scaling" not in extra:
+        rotary, D = hf.model.rotary_emb, config.head_dim if getattr(config, "head_dim", None) else \
+            config.hidden_size // config.num_attention_heads
+        theta = float(getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"])
+        inv_freq = theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+        f32 = rotary.forward
+
+        def f64(x, position_ids):
+            emb = torch.cat([position_ids[..., None].double() * inv_freq] * 2, dim=-1)
+            return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        rotary.forward = f64
+        with torch.no_grad():
+            exact = f"{(ours(tokens, POSE) - hf_logits(hf, tokens, POSE)).abs().max().item():.1e}"
+        rotary.forward = f32
+    worst.append(exact)
     prompt, positions = tokens[:1], POSE[:1]
     new = ours.generate(prompt, 6, positions)
     seq, pos = prompt, positions
@@ -111,13 +130,14 @@ def check(label, cls_name, extra, root):
     logging.getLogger("transformers").addHandler(handler)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dtype = {"dtype" if transformers.__version__ >= "5" else "torch_dtype": torch.float32}
+        dtype = {"dtype" if VERSION >= Version("4.56") else "torch_dtype": torch.float32}  # the rename
         back = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager", **dtype)
     logging.getLogger("transformers").removeHandler(handler)
     noise = handler.records + [str(w.message) for w in caught if "deprecat" not in str(w.message).lower()]
     again = (hf_logits(back.eval(), tokens, POSE) - hf_logits(hf, tokens, POSE)).abs().max().item()
     exported = json.loads((out / "config.json").read_text())
-    print(f"{label:36s} worst |dlogit| contiguous {worst[0]:.1e}, PoSE {worst[1]:.1e} (max |logit| {scale:.1f}); "
+    print(f"{label:36s} worst |dlogit| contiguous {worst[0]:.1e}, PoSE {worst[1]:.1e} (with float64 angles in "
+          f"transformers: {worst[2]}; max |logit| {scale:.1f}); "
           f"greedy 6 tokens equal: {decodes}; "
           f"export: {exported['model_type']}/{exported['architectures'][0]}, reloaded |dlogit| {again:.1e}, "
           f"warnings: {noise or 'none'}")
