@@ -321,6 +321,9 @@ def test_bosless_qwen3_trains_with_pose_exports_and_scores_every_token_but_each_
     assert all(200 < c["tokens"] <= 256 for c in result["results"][0]["cases"]), result
     prompt = evaluate.passkey_prompt(tok, 256, 12345, 0.5)
     assert eot not in prompt and prompt[:4] == hf.encode(evaluate.TASK).ids[:4]
+    sample = evaluate.ruler_sample("niah_single_1", tok, 512)  # RULER's prompts: the text's own ids, no BOS
+    assert sample["ids"] == hf.encode(sample["text"]).ids and len(sample["ids"]) <= 512 - evaluate.NEW_TOKENS[
+        "niah_single_1"]
 
 
 def test_qwen25_with_the_cards_yarn_trains_at_its_original_window_and_only_with_rope_none(tmp_path):
