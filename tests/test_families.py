@@ -19,6 +19,7 @@ import data
 import evaluate
 import model as model_py
 import rope
+import ruler
 import train
 from model import Transformer, load_config
 from test_rope import llama3_inv_freq
@@ -321,8 +322,8 @@ def test_bosless_qwen3_trains_with_pose_exports_and_scores_every_token_but_each_
     assert all(200 < c["tokens"] <= 256 for c in result["results"][0]["cases"]), result
     prompt = evaluate.passkey_prompt(tok, 256, 12345, 0.5)
     assert eot not in prompt and prompt[:4] == hf.encode(evaluate.TASK).ids[:4]
-    sample = evaluate.ruler_sample("niah_single_1", tok, 512)  # RULER's prompts: the text's own ids, no BOS
-    assert sample["ids"] == hf.encode(sample["text"]).ids and len(sample["ids"]) <= 512 - evaluate.NEW_TOKENS[
+    sample = ruler.ruler_sample("niah_single_1", tok, 512)  # RULER's prompts: the text's own ids, no BOS
+    assert sample["ids"] == hf.encode(sample["text"]).ids and len(sample["ids"]) <= 512 - ruler.NEW_TOKENS[
         "niah_single_1"]
 
 
