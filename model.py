@@ -185,6 +185,9 @@ class ModelArgs:
         # transformers 4 reads "torch_dtype", 5 writes "dtype" (and reads both): update the checkpoint's own.
         for key in [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]:
             config[key] = str(dtype).removeprefix("torch.")
+        if config["model_type"] == "olmo2" and rope.get("rope_scaling", {}).get("type") in ("linear", "dynamic"):
+            # transformers 4's Olmo2Config refuses a rope_scaling of other than exactly {type, factor}
+            rope["rope_scaling"] = {k: rope["rope_scaling"][k] for k in ("type", "factor")}
         return {**config, **rope}
 
 

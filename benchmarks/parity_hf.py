@@ -123,7 +123,8 @@ def check(label, cls_name, extra, root):
         nxt = hf_logits(hf, seq, pos)[:, -1:].argmax(-1)
         seq, pos = torch.cat([seq, nxt], 1), torch.cat([pos, pos[:, -1:] + 1], 1)
     decodes = torch.equal(new, seq[:, prompt.shape[1]:])
-    # our export of the same weights, read back by transformers: no warning, the same logits
+    # our export of the same weights, read back by transformers: no warning, the same logits; then as a PoSE run
+    # exports it, with PI x4 (alpha = L_t / L_c) on its rope, against model.py with that rope
     out = root / (folder.name + "-ours")
     ours.save_pretrained(out, base_config=load_config(folder))
     handler = Warnings()
@@ -132,6 +133,18 @@ def check(label, cls_name, extra, root):
         warnings.simplefilter("always")
         dtype = {"dtype" if VERSION >= Version("4.56") else "torch_dtype": torch.float32}  # the rename
         back = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager", **dtype)
+        scaled = {}
+        for kind in ("linear", "yarn"):
+            pi = Transformer.from_pretrained(folder, dtype=torch.float32, rope_scaling={"type": kind, "factor": 4.0})
+            pi.save_pretrained(root / f"{folder.name}-{kind}", base_config=load_config(folder))
+            try:
+                back_pi = AutoModelForCausalLM.from_pretrained(root / f"{folder.name}-{kind}",
+                                                               attn_implementation="eager", **dtype)
+            except ValueError as e:  # transformers 4's Olmo2Config: rope_scaling linear / dynamic only
+                scaled[kind] = f"refused by transformers ({str(e)[:60]}...)"
+                continue
+            with torch.no_grad():
+                scaled[kind] = (hf_logits(back_pi.eval(), tokens, POSE) - pi(tokens, POSE)).abs().max().item()
     logging.getLogger("transformers").removeHandler(handler)
     noise = handler.records + [str(w.message) for w in caught if "deprecat" not in str(w.message).lower()]
     again = (hf_logits(back.eval(), tokens, POSE) - hf_logits(hf, tokens, POSE)).abs().max().item()
@@ -140,7 +153,10 @@ def check(label, cls_name, extra, root):
           f"transformers: {worst[2]}; max |logit| {scale:.1f}); "
           f"greedy 6 tokens equal: {decodes}; "
           f"export: {exported['model_type']}/{exported['architectures'][0]}, reloaded |dlogit| {again:.1e}, "
-          f"warnings: {noise or 'none'}")
+          f"x4 exports vs model.py at PoSE ids: " + ", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}"
+                                                             for k, v in scaled.items()) +
+          f"; warnings: {noise or 'none'}")
+    worst[1] = max(worst[1], *(v for v in scaled.values() if isinstance(v, float)))
     return worst, decodes, again, noise
 
 

@@ -210,6 +210,16 @@ def test_save_pretrained_round_trip_keeps_every_config_key_and_the_weights_bit_e
         assert set(f.keys()) == set(W)  # transformers' names, nothing more (no lm_head when tied), nothing less
 
 
+def test_olmo2_exports_a_linear_rope_scaling_of_exactly_type_and_factor(family, tmp_path):
+    """transformers 4's Olmo2Config refuses any other rope_scaling; transformers 5 reads rope_parameters too."""
+    name, W, path = family
+    model = Transformer.from_pretrained(path, dtype=torch.float32, rope_scaling={"type": "linear", "factor": 4.0})
+    cfg = model.args.to_config(base=load_config(path))
+    want = {"type": "linear", "factor": 4.0} if name == "olmo2" else {"type": "linear", "rope_type": "linear",
+                                                                       "factor": 4.0}
+    assert cfg["rope_scaling"] == want and cfg["rope_parameters"]["factor"] == 4.0
+
+
 def test_qwen2_layout_has_qkv_biases_but_none_on_o_proj_whatever_attention_bias_says():
     args = model_py.ModelArgs.from_config(dict(FAMILIES["qwen2"], attention_bias=True))
     names = Transformer(args).state_dict().keys()
