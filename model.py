@@ -195,6 +195,8 @@ def family_fields(config: dict) -> dict:
     """The ModelArgs fields config.json's model_type sets (FAMILIES); a refused family or Qwen's sliding window
     raises one line naming what this file does not compute."""
     kind = config.get("model_type", "llama")
+    if not isinstance(kind, str):
+        raise ValueError(f"config key 'model_type' must be a string, got {kind!r}")
     if kind in REFUSED:
         raise ValueError(f"model_type {kind!r} is not supported: it needs {REFUSED[kind]}, which model.py does not "
                          f"implement (supported: {', '.join(FAMILIES)})")
