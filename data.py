@@ -17,10 +17,14 @@ Tokenizers. `Tokenizer(path)` takes a checkpoint folder or the file itself: toke
 sentencepiece (LLaMA 1/2, Mistral; preferred when a folder has both), tokenizer.json with Hugging Face's
 `tokenizers` (Llama 3, Qwen, ...; optional, pip install tokenizers). Both encode the text without special
 tokens and BOS / EOS are added here, so a tokenizer.json whose post-processor adds BOS itself (Llama 3's
-TemplateProcessing) never gives two. The ids are the checkpoint's, as the model was trained: tokenizer_config.json's
-bos_token / eos_token (no BOS when it is null or add_bos_token is false), else config.json's bos_token_id /
-eos_token_id (the first of a list), else the tokenizer file's own. `eos_id` is the one id ending every document;
-a config listing several (Llama 3 Instruct) lets a token file's documents end at any of them (train.py).
+TemplateProcessing) never gives two. The ids are the checkpoint's, as the model was trained. BOS follows the
+tokenizer's own convention, never config.json's bos_token_id (Qwen's names one its tokenizer never adds): none when
+tokenizer_config.json's bos_token is null or add_bos_token false; a tokenizer.json adds the one its post-processor
+puts first (Llama 3's TemplateProcessing; none for Qwen's ByteLevel), or tokenizer_config.json's bos_token with
+add_bos_token true; a tokenizer.model its bos_token, else the file's own. EOS: tokenizer_config.json's eos_token,
+else config.json's eos_token_id (the first of a list), else the file's own. `eos_id` is the one id ending every
+document; a config listing several (Llama 3 Instruct) lets a token file's documents end at any of them (train.py).
+With no BOS a document starts with its first text token, which no window scores: nothing precedes it.
 
 Corpora (--data: one or more files, folders or globs): .jsonl, .jsonl.gz (gzip), .jsonl.zst (pip install zstandard)
 and .parquet (pip install pyarrow) with the text in --text-field; .txt .md .rst .tex .py files, one document each;
@@ -113,8 +117,11 @@ class Tokenizer:
         self.bos_id, self.eos_id = (self._special(name, default) for name, default in zip(("bos", "eos"), own))
 
     def _special(self, name: str, default: int | None) -> int | None:
-        """The checkpoint's BOS or EOS id: tokenizer_config.json, else config.json, else the file's own."""
+        """The checkpoint's BOS or EOS id (the module docstring's rules)."""
         settings = _read_json(self.path.parent / "tokenizer_config.json")
+        if name == "bos" and settings.get("add_bos_token") is False:
+            return None
+        added = self._post_processor_bos() if self.hf and name == "bos" else None
         if f"{name}_token" in settings:
             token = settings[f"{name}_token"]
             token = token.get("content") if isinstance(token, dict) else token  # an AddedToken, serialised
@@ -123,13 +130,17 @@ class Tokenizer:
                 raise ValueError(f"{self.path.parent / 'tokenizer_config.json'}: {name}_token must be a string, an "
                                  f"AddedToken object or null and add_bos_token true or false, got "
                                  f"{settings[name + '_token']!r} and {add_bos!r}")
-            if token is None or (name == "bos" and settings.get("add_bos_token") is False):
+            if token is None:
                 return None
+            if self.hf and name == "bos" and settings.get("add_bos_token") is not True:
+                return added  # what the fast tokenizer adds: its tokenizer.json's post-processor decides
             id_ = self.hf.token_to_id(token) if self.hf else self.sp.piece_to_id(token)
             if id_ is None or self.sp and self.sp.id_to_piece(id_) != token:  # sentencepiece answers unk
                 raise ValueError(f"{self.path.parent / 'tokenizer_config.json'}: {name}_token {token!r} is not in "
                                  f"{self.path.name}")
             return id_
+        if name == "bos":  # never config.json's bos_token_id alone
+            return added if self.hf else default
         config = _read_json(self.path.parent / "config.json")
         value = config.get(f"{name}_token_id", default)
         value = value[0] if isinstance(value, list) and value else value
@@ -137,6 +148,23 @@ class Tokenizer:
             raise ValueError(f"{self.path.parent / 'config.json'}: {name}_token_id must be a token id >= 0, a list "
                              f"of them or null, got {config[name + '_token_id']!r}")
         return value
+
+    def _post_processor_bos(self) -> int | None:
+        """The id tokenizer.json's post-processor puts before a single text (TemplateProcessing's leading special
+        token, Roberta/Bert's cls), or None when it adds none (Qwen's ByteLevel, or no post-processor)."""
+        stack = [_read_json(self.path).get("post_processor") or {}]
+        while stack:
+            proc = stack.pop(0)
+            if proc.get("type") == "Sequence":
+                stack = list(proc.get("processors") or []) + stack
+            elif proc.get("type") == "TemplateProcessing":
+                first = (proc.get("single") or [{}])[0]
+                if "SpecialToken" not in first:
+                    return None
+                return proc["special_tokens"][first["SpecialToken"]["id"]]["ids"][0]
+            elif proc.get("type") in ("RobertaProcessing", "BertProcessing"):
+                return proc["cls"][1]
+        return None
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
         """The ids of text, without the tokenizer's own special tokens, with our BOS / EOS around them."""

@@ -24,7 +24,8 @@ On CUDA the default is bf16 with SDPA's flash kernel; the progress lines on stde
 5-length run of a 7B model takes hours). The results JSON is written atomically at the end.
 
 Perplexity (Press et al. 2021; the windows of the paper's released evaluation). A window holds L tokens
-including the BOS prepended to it, i.e. W = L - 1 document tokens (W = L with --no-bos), so position ids stay
+including the BOS prepended to it, i.e. W = L - 1 document tokens (W = L with --no-bos or a tokenizer that adds
+no BOS, as Qwen's: data.Tokenizer reads the tokenizer's own convention), so position ids stay
 within 0..L-1. With stride s (clamped to L - 1, so that no token is skipped) window k feeds document tokens
 x[k*s : min(k*s + W, n)]; the last window ends at the document's end and may be shorter. Each window scores
 the tokens no earlier window scored: the first all of its tokens (x_0 predicted from BOS alone), each later one
@@ -35,7 +36,8 @@ the same tokens. --truncate (Fig. 4) scores one window of each document's first 
 BOS/EOS are dropped (the released evaluation tokenises without them). PPL = exp(total NLL / scored tokens).
 
 Passkey (Mohtashami & Jaggi 2023; the template of Fig. 2a): the longest prompt that, followed by its answer
-(" 12345", the key's own tokens), holds at most L tokens (BOS included), found by bisection on the number of
+(" 12345", the key's own tokens), holds at most L tokens (BOS included, if the tokenizer adds one: passkey
+and RULER prompts follow its convention), found by bisection on the number of
 filler sentences, with the key line after a fraction `depth` of them (uniform per trial, or each of --depths):
 the key is read and answered within positions 0..L-1, as RULER counts the answer in L. The authors'
 eval_passkey.py bounds the prompt alone, by its own count (32 + 26 + 11 tokens of template, filler in blocks of
@@ -321,13 +323,18 @@ def perplexity(model, documents, lengths, stride, bos_id, truncate=False, device
 def load_documents(opts: PplOptions, args, min_tokens: int):
     """(the first --docs documents of >= min_tokens tokens without their own BOS/EOS, the windows' BOS id).
     As the authors' eval_ppl.py: drop the document's own special tokens, cut it to its first --max-tokens
-    tokens, then keep it only if it still has >= min_tokens. Reading stops once they are in."""
+    tokens, then keep it only if it still has >= min_tokens. Reading stops once they are in. The BOS is the
+    tokenizer's convention (data.Tokenizer: none for Qwen's), token files included when the folder has a
+    tokenizer; only a folder without one falls back on config.json's bos_token_id."""
     files = find_files(opts.data, say=functools.partial(print, file=sys.stderr)) if opts.data else None
-    tokenizer = Tokenizer(opts.model) if needs_tokenizer(files) else None  # a clear error if the folder has none
+    own = any((Path(opts.model) / name).is_file() for name in ("tokenizer.model", "tokenizer.json"))
+    tokenizer = Tokenizer(opts.model) if needs_tokenizer(files) or own else None  # an error if text and none
     if tokenizer:
         check_vocabulary(tokenizer, args.vocab_size)
     eos = args.eos_token_id[0] if isinstance(args.eos_token_id, list) else args.eos_token_id
     bos_id, eos_id = (tokenizer.bos_id, tokenizer.eos_id) if tokenizer else (args.bos_token_id, eos)
+    if tokenizer and not needs_tokenizer(files):  # a token file splits at the config's EOS, as before
+        eos_id, tokenizer = eos, None
     name = " ".join(map(str, as_list(opts.data))) if opts.data else "the embedded stdlib eval split"
     documents, skipped = [], 0
     for doc in iter_documents(files, tokenizer, opts.text_field, eos_id=2 if eos_id is None else eos_id, split="eval"):

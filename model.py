@@ -1,4 +1,5 @@
-"""LLaMA-family transformer (LLaMA 1/2/3, Mistral) in plain PyTorch, reading and writing Hugging Face folders.
+"""LLaMA-family transformer (LLaMA 1/2/3, Mistral, Qwen2/2.5, Qwen3, OLMo 2) in plain PyTorch, reading and writing
+Hugging Face folders.
 
     python -m pytest tests/test_model.py -x -q     # no CLI: train.py and evaluate.py import this file
     python benchmarks/bench_model.py               # CPU: SDPA vs explicit-mask attention, one training step
@@ -13,6 +14,21 @@ Names. Modules carry Hugging Face's names (model.layers.{i}.self_attn.q_proj, ..
 attention.wq, ...), so `state_dict()` keys are the checkpoint keys: no key map to get wrong, and what we save
 loads elsewhere unchanged. Classes keep Meta's names (ModelArgs, RMSNorm, Attention, FeedForward, ...).
 q/k rows are in HF's rotate-half layout (see rope.py's docstring for why that equals the paper's Eq. 1).
+
+Families. One Transformer; config.json's model_type sets the few ModelArgs fields in which the families differ
+(FAMILIES, read from transformers' modeling_<type>.py; everything else is LLaMA's SwiGLU, RMSNorm and RoPE):
+
+    model_type  qkv_bias        o_bias          qk_norm                      post_norm  norm_cast_last
+    llama       attention_bias  attention_bias  -                            -          -
+    mistral     attention_bias  attention_bias  -                            -          -
+    qwen2       always          never           -                            -          -
+    qwen3       attention_bias  attention_bias  "head": per head, over D     -          -
+    olmo2       attention_bias  attention_bias  "proj": over all H x D       yes        yes
+
+q/k norms come before RoPE; "head" after the per-head reshape, "proj" before it. post_norm: no input_layernorm,
+each sub-layer's output is normed before the residual add. norm_cast_last: the weight multiplies in float32, then
+the cast (LLaMA casts, then scales; the same in fp32). Qwen's sliding window (use_sliding_window true, never in
+a released config) and the families in REFUSED are refused in one line naming what this file lacks.
 """
 import dataclasses
 import functools
@@ -46,6 +62,33 @@ PRESETS = {
 }
 
 
+# model_type -> the ModelArgs fields that differ from LLaMA's; defaults of omitted keys that differ from LlamaConfig's.
+FAMILIES = {"llama": {}, "mistral": {}, "qwen2": dict(qkv_bias=True, o_bias=False), "qwen3": dict(qk_norm="head"),
+            "olmo2": dict(qk_norm="proj", post_norm=True, norm_cast_last=True)}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM"}  # what a bare config.json gets
+FAMILY_DEFAULTS = {"qwen3": dict(head_dim=128), "olmo2": dict(rms_norm_eps=1e-5)}
+# model_type -> what a checkpoint of it computes that this file does not (a clear refusal until one is built).
+REFUSED = {
+    "gemma": "(1 + w) RMSNorms, a sqrt(hidden_size) embedding scale and a GeGLU MLP",
+    "gemma2": "(1 + w) sandwich RMSNorms, an embedding scale, logit soft-capping and alternating sliding windows",
+    "gemma3": "(1 + w) sandwich RMSNorms, an embedding scale, alternating local/global layers, two rope tables",
+    "phi3": "fused qkv_proj / gate_up_proj weights, partial rotary (Phi-4-mini) and longrope scaling",
+    "phi": "parallel attention and MLP, LayerNorm with biases, partial rotary and a GELU MLP",
+    "glm": "fused gate_up_proj weights and partial rotary on interleaved pairs",
+    "glm4": "fused gate_up_proj weights, partial rotary on interleaved pairs and post-sub-layer norms",
+    "internlm2": "a fused wqkv projection (remote code)", "internlm3": "remote code this file does not mirror",
+    "deepseek_v2": "multi-head latent attention (MLA) and mixture-of-experts MLPs",
+    "deepseek_v3": "multi-head latent attention (MLA) and mixture-of-experts MLPs",
+    "smollm3": "NoPE layers (no_rope_layers: every 4th layer without RoPE)",
+    "ministral": "alternating sliding-window layers (layer_types)",
+    "ministral3": "a position-dependent query scale (llama_4_scaling_beta)",
+    "olmo3": "alternating sliding-window layers (layer_types)",
+    **dict.fromkeys(("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"), "mixture-of-experts MLPs"),
+}
+REFUSED["gemma3_text"] = REFUSED["gemma3"]
+
+
 @dataclass
 class ModelArgs:
     dim: int = 4096
@@ -59,8 +102,12 @@ class ModelArgs:
     max_position_embeddings: int = 2048  # the context this model is meant for (L_t after PoSE), not enforced
     rope: dict = field(default_factory=lambda: rope_parameters({}))  # canonical dict, see rope.rope_parameters
     tie_word_embeddings: bool = False
-    attention_bias: bool = False
+    qkv_bias: bool = False       # bias on q/k/v_proj (config.json attention_bias; Qwen2: always)
+    o_bias: bool = False         # bias on o_proj (attention_bias; Qwen2: never)
     mlp_bias: bool = False
+    qk_norm: str | None = None   # RMSNorm on q and k before RoPE: "head" (Qwen3) or "proj" (OLMo 2); see FAMILIES
+    post_norm: bool = False      # OLMo 2: norm each sub-layer's output, then add the residual (no input_layernorm)
+    norm_cast_last: bool = False  # OLMo 2's RMSNorm: weight * x in float32, then cast back
     sliding_window: int | None = None  # Mistral v0.1: a token attends to the last W tokens only (Attention)
     bos_token_id: int | None = 1
     eos_token_id: int | list | None = 2
@@ -68,8 +115,8 @@ class ModelArgs:
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
         """From a config.json dict; omitted keys take HF LlamaConfig's defaults."""
-        if config.get("model_type", "llama") not in ("llama", "mistral"):
-            raise ValueError(f"model_type {config['model_type']!r} is not supported (llama, mistral)")
+        family = family_fields(config)
+        config = {**FAMILY_DEFAULTS.get(config.get("model_type"), {}), **config}
         if config.get("hidden_act", "silu") != "silu":
             raise ValueError(f"hidden_act {config['hidden_act']!r} is not supported (LLaMA's SwiGLU needs 'silu')")
 
@@ -93,16 +140,16 @@ class ModelArgs:
             raise ValueError(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}")
         if config.get("head_dim") is None and dim % n_heads:
             raise ValueError(f"hidden_size {dim} is not divisible by num_attention_heads {n_heads} (set head_dim)")
-        window = config.get("sliding_window") if flag("use_sliding_window", True) else None
+        window = config.get("sliding_window") if flag("use_sliding_window", True) else None  # Qwen's: refused
         return cls(dim=dim, n_layers=positive("num_hidden_layers", 32), n_heads=n_heads, n_kv_heads=n_kv_heads,
                    head_dim=positive("head_dim", dim // n_heads), hidden_dim=positive("intermediate_size", 11008),
                    vocab_size=positive("vocab_size", 32000),
                    norm_eps=config_value(config, "rms_norm_eps", 1e-6, above=0),  # 0: rsqrt(0) of a zero row
                    max_position_embeddings=positive("max_position_embeddings", 2048), rope=rope_parameters(config),
-                   tie_word_embeddings=flag("tie_word_embeddings"), attention_bias=flag("attention_bias"),
-                   mlp_bias=flag("mlp_bias"),
+                   tie_word_embeddings=flag("tie_word_embeddings"), mlp_bias=flag("mlp_bias"),
                    sliding_window=None if window is None else positive("sliding_window", None),
-                   bos_token_id=token_ids("bos_token_id", 1), eos_token_id=token_ids("eos_token_id", 2))
+                   bos_token_id=token_ids("bos_token_id", 1), eos_token_id=token_ids("eos_token_id", 2),
+                   **{"qkv_bias": flag("attention_bias"), "o_bias": flag("attention_bias"), **family})
 
     def to_config(self, dtype: torch.dtype = torch.float32, base: dict | None = None) -> dict:
         """A Hugging Face config.json dict that makes other LLaMA tools compute what this model computes.
@@ -120,6 +167,9 @@ class ModelArgs:
         # HF's dynamic NTK takes its original window from max_position_embeddings (see rope.scaling_to_config).
         dynamic = self.rope["rope_type"] == "dynamic"
         context = self.rope["original_max_position_embeddings"] if dynamic else self.max_position_embeddings
+        if base is None and (self.qkv_bias != self.o_bias or self.qk_norm or self.post_norm or self.norm_cast_last):
+            raise ValueError("a config.json without a base is written for llama / mistral only: pass the "
+                             "checkpoint's own config.json as base")
         if base is None:
             config = {
                 # A sliding window is only honoured by the Mistral class; as "llama" it would be silently dropped.
@@ -129,7 +179,7 @@ class ModelArgs:
                 "num_key_value_heads": self.n_kv_heads, "head_dim": self.head_dim,
                 "intermediate_size": self.hidden_dim, "hidden_act": "silu", "vocab_size": self.vocab_size,
                 "rms_norm_eps": self.norm_eps, "tie_word_embeddings": self.tie_word_embeddings,
-                "attention_bias": self.attention_bias, "mlp_bias": self.mlp_bias,
+                "attention_bias": self.qkv_bias, "mlp_bias": self.mlp_bias,
                 "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id}
             if self.sliding_window:
                 config["sliding_window"] = self.sliding_window
@@ -138,28 +188,49 @@ class ModelArgs:
                       ("rope_theta", "rope_scaling", "rope_parameters", "original_max_position_embeddings")}
             # A bare config may lack what picks the class (vLLM reads architectures, transformers model_type).
             config.setdefault("model_type", "mistral" if self.sliding_window else "llama")
-            config.setdefault("architectures", ["MistralForCausalLM" if config["model_type"] == "mistral"
-                                                else "LlamaForCausalLM"])
+            config.setdefault("architectures", [ARCHITECTURES[config["model_type"]]])
         config["max_position_embeddings"] = context
         # transformers 4 reads "torch_dtype", 5 writes "dtype" (and reads both): update the checkpoint's own.
         for key in [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]:
             config[key] = str(dtype).removeprefix("torch.")
+        if config["model_type"] == "olmo2" and rope.get("rope_scaling", {}).get("type") in ("linear", "dynamic"):
+            # transformers 4's Olmo2Config refuses a rope_scaling of other than exactly {type, factor}
+            rope["rope_scaling"] = {k: rope["rope_scaling"][k] for k in ("type", "factor")}
         return {**config, **rope}
+
+
+def family_fields(config: dict) -> dict:
+    """The ModelArgs fields config.json's model_type sets (FAMILIES); a refused family or Qwen's sliding window
+    raises one line naming what this file does not compute."""
+    kind = config.get("model_type", "llama")
+    if not isinstance(kind, str):
+        raise ValueError(f"config key 'model_type' must be a string, got {kind!r}")
+    if kind in REFUSED:
+        raise ValueError(f"model_type {kind!r} is not supported: it needs {REFUSED[kind]}, which model.py does not "
+                         f"implement (supported: {', '.join(FAMILIES)})")
+    if kind not in FAMILIES:
+        raise ValueError(f"model_type {kind!r} is not supported ({', '.join(FAMILIES)})")
+    # Qwen2/3 slide only when use_sliding_window is true, and then on the layers max_window_layers / layer_types pick.
+    if kind in ("qwen2", "qwen3") and config.get("use_sliding_window"):
+        raise ValueError(f"use_sliding_window true is not supported for {kind} (its per-layer windows, "
+                         f"max_window_layers / layer_types, are not implemented): set it false or use transformers")
+    return FAMILIES[kind]
 
 
 # ---------------------------------------------------------------- layers
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, cast_last: bool = False):
         super().__init__()
-        self.eps = eps
+        self.eps, self.cast_last = eps, cast_last
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # HF's order: normalise in float32 (bf16 sums of squares lose digits), cast back, then scale.
+        # HF's order: normalise in float32 (bf16 sums of squares lose digits), cast back, then scale;
+        # OLMo 2 scales in float32, then casts (norm_cast_last). Equal in fp32, a rounding apart in bf16.
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return (self.weight * xf).to(x.dtype) if self.cast_last else self.weight * xf.to(x.dtype)
 
 
 # RoPE application (apply_rotary_emb, RotaryEmbedding) is imported from rope.py.
@@ -246,17 +317,28 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.window = args.sliding_window
-        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=args.attention_bias)
-        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.attention_bias)
-        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.attention_bias)
-        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=args.attention_bias)
+        self.window, self.qk_norm = args.sliding_window, args.qk_norm
+        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=args.qkv_bias)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
+        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias)
+        if args.qk_norm:  # Qwen3: one weight of D shared by the heads; OLMo 2: H x D (k: Hkv x D) weights
+            per_head = args.qk_norm == "head"
+            self.q_norm = RMSNorm(args.head_dim * (1 if per_head else args.n_heads), args.norm_eps, args.norm_cast_last)
+            self.k_norm = RMSNorm(args.head_dim * (1 if per_head else args.n_kv_heads), args.norm_eps,
+                                  args.norm_cast_last)
 
     def forward(self, x, cos, sin, cache: KVCache | None = None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # [B, H, T, D]
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [B, T, H*D], [B, T, Hkv*D] x 2
+        if self.qk_norm == "proj":  # OLMo 2: over the whole projection, before the per-head split
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.n_heads, self.head_dim)     # [B, T, H, D]
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)  # [B, T, Hkv, D]
+        if self.qk_norm == "head":  # Qwen3: each head's D values, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)                                # [B, H, T, D], [B, Hkv, T, D]
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)          # [B, Hkv, T, D]
         # Rotate by the position ids, whatever they are (PoSE's jumps): scores depend on m - n only (Eq. 2).
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         if cache is not None:
@@ -293,12 +375,18 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.self_attn, self.mlp = Attention(args), FeedForward(args)
-        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.self_attn, self.mlp, self.post_norm = Attention(args), FeedForward(args), args.post_norm
+        norm = functools.partial(RMSNorm, args.dim, args.norm_eps, args.norm_cast_last)
+        if args.post_norm:  # OLMo 2's names: post_attention_layernorm norms the attention's output here
+            self.post_attention_layernorm, self.post_feedforward_layernorm = norm(), norm()
+        else:
+            self.input_layernorm, self.post_attention_layernorm = norm(), norm()
 
     def forward(self, x, cos, sin, cache=None):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)  # pre-norm residuals
+        if self.post_norm:  # OLMo 2: x + norm(sublayer(x))
+            h = x + self.post_attention_layernorm(self.self_attn(x, cos, sin, cache))
+            return h + self.post_feedforward_layernorm(self.mlp(h))
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)  # pre-norm residuals: x + sublayer(norm(x))
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -311,7 +399,7 @@ class Transformer(nn.Module):
         self.model = nn.ModuleDict(dict(  # the "model." prefix of HF keys
             embed_tokens=nn.Embedding(args.vocab_size, args.dim),
             layers=nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers)),
-            norm=RMSNorm(args.dim, args.norm_eps)))
+            norm=RMSNorm(args.dim, args.norm_eps, args.norm_cast_last)))
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         self._tie()
         self.set_rope(args.rope)
@@ -437,7 +525,7 @@ class Transformer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, device="cpu", dtype=torch.bfloat16, rope_scaling: dict | None = None):
-        """Load a Hugging Face LLaMA folder (config.json + model.safetensors, or shards + index).
+        """Load a Hugging Face folder of a FAMILIES model_type (config.json + model.safetensors, or shards + index).
 
         rope_scaling (config.json's own form, e.g. {"type": "linear", "factor": 4.0}) overrides the config.
         The model is built on the meta device, materialised once on `device` in `dtype`, and filled one
@@ -532,7 +620,7 @@ def load_config(path) -> dict:
     path = Path(path)
     file = path if path.suffix == ".json" else path / "config.json"
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: not found (expected a Hugging Face LLaMA folder with config.json)")
+        raise FileNotFoundError(f"{file}: not found (expected a Hugging Face checkpoint folder with config.json)")
     try:
         config = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

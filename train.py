@@ -27,9 +27,11 @@ The log's first lines say what was read: files and size, documents kept, skipped
 
 Windows: every example starts at its document's start, so token 0 is the document's BOS at position id 0, as in
 the authors' code (each document tokenised with truncation=True) and as evaluation feeds every window; PoSE's
-chunk 0 does so by Eq. 5 (v_0 = 0). Every method reads the same documents, those of >= L_c + 1 tokens (§4.1's
-minimum length); full-length takes each one's first min(L_x, L_t) tokens. --crop random crops full / plain /
-randpos windows anywhere instead (for many epochs over few documents; see pose.contiguous for why not default).
+chunk 0 does so by Eq. 5 (v_0 = 0). BOS is the tokenizer's own convention (data.Tokenizer): with none (Qwen),
+token 0 is the document's first text token, which is never a label (nothing precedes it); every later one is.
+Every method reads the same documents, those of >= L_c + 1 tokens (§4.1's minimum length); full-length takes
+each one's first min(L_x, L_t) tokens. --crop random crops full / plain / randpos windows anywhere instead (for
+many epochs over few documents; see pose.contiguous for why not default).
 
 Labels: every position's label is the document's true next token x[index + 1]. Where Eq. 5 skips text
 (v_1 > v_0), the token after a chunk's last one in the *window* is not its successor in the text, so the usual
@@ -102,7 +104,8 @@ from model import PRESETS, ModelArgs, Transformer, check_checkpoint, load_config
 @dataclass
 class TrainOptions:
     """Every flag of train.py; None means "the paper's value for --model, a small one for the embedded default"."""
-    model: str | None = field(default=None, metadata={"help": "Hugging Face LLaMA folder (config.json, safetensors)"})
+    model: str | None = field(default=None, metadata={"help": "Hugging Face folder (config.json, safetensors) of a "
+                                                      "llama, mistral, qwen2, qwen3 or olmo2 checkpoint"})
     preset: str = field(default="tiny", metadata={"help": f"from-scratch shape when no --model: {', '.join(PRESETS)}"})
     data: list[str] | None = field(default=None, metadata={"nargs": "+", "help": "files, folders or globs: .jsonl"
                                    "[.gz|.zst] .parquet .txt .npy .bin (data.py; default: stdlib)"})
@@ -280,9 +283,9 @@ def make_batch(documents, opts: TrainOptions, rank: int, step: int, micro: int, 
     """One micro-batch (tokens, targets, positions), each int64 [micro_batch, L]: a pure function of
     (seed, rank, step, micro), so a resumed run replays the very same stream.
 
-    Every window starts at its document's start (token 0 = the document's BOS at position id 0), as the
-    authors' code cuts every document and as PoSE's chunk 0 does (v_0 = 0); --crop random crops full /
-    plain / randpos windows anywhere instead. Full-length takes a document's first min(L_x - 1, L_t) tokens
+    Every window starts at its document's start (token 0 = the document's BOS, where its tokenizer adds one, at
+    position id 0), as the authors' code cuts every document and as PoSE's chunk 0 does (v_0 = 0); --crop random
+    crops full / plain / randpos windows anywhere instead. Full-length takes a document's first min(L_x - 1, L_t) tokens
     (the authors truncate at L_t), so rows may differ in length: they are right-padded to the longest with
     target -100 (never scored; causal attention keeps every real token from seeing the padding)."""
     rng = np.random.default_rng([opts.seed, rank, step, micro])
