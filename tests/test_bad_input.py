@@ -303,7 +303,8 @@ TOKENIZER_FILES = {  # a file beside tokenizer.model -> what the line names
     "eos_token a list": ("tokenizer_config.json", {"eos_token": ["</s>"]}, "eos_token must be a string"),
     "add_bos_token a string": ("tokenizer_config.json", {"bos_token": "<s>", "add_bos_token": "yes"},
                                "add_bos_token true or false"),
-    "config.json's bos_token_id a string": ("config.json", {"bos_token_id": "one"}, "bos_token_id must be a token id"),
+    # BOS never comes from config.json (the tokenizer's convention, issue 24); EOS falls back on it
+    "config.json's eos_token_id a string": ("config.json", {"eos_token_id": "one"}, "eos_token_id must be a token id"),
 }
 
 
