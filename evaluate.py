@@ -238,16 +238,17 @@ def default_lengths(model) -> list[int]:
 
 
 class Progress:
-    """Work done of a known total on stderr, with speed and ETA, at most every `every` seconds."""
+    """Work done of a known total on stderr, with speed and ETA, at most every `every` seconds (None: silent, as
+    train.py's --eval-every runs it)."""
 
-    def __init__(self, total: float, unit: str, every: float = 10.0):
+    def __init__(self, total: float, unit: str, every: float | None = 10.0):
         self.total, self.unit, self.every, self.done = max(total, 1), unit, every, 0.0
         self.start = self.last = time.perf_counter()
 
     def __call__(self, work: float, note: str, final: bool = False):
         self.done += work
         now = time.perf_counter()
-        if final or now - self.last >= self.every:
+        if self.every is not None and (final or now - self.last >= self.every):
             self.last, rate = now, self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / max(rate, 1e-9)
             print(f"{note}: {100 * self.done / self.total:.0f}% {rate:,.0f} {self.unit}/s "
@@ -308,12 +309,14 @@ def perplexity(model, documents, lengths, stride, bos_id, truncate=False, device
     return rows
 
 
-def load_documents(opts: PplOptions, args, min_tokens: int):
+def load_documents(opts: PplOptions, args, min_tokens: int, tokenizer_path=None, flag: str = "--data"):
     """(the first --docs documents of >= min_tokens tokens without their own BOS/EOS, the windows' BOS id).
     As the authors' eval_ppl.py: drop the document's own special tokens, cut it to its first --max-tokens
-    tokens, then keep it only if it still has >= min_tokens. Reading stops once they are in."""
+    tokens, then keep it only if it still has >= min_tokens. Reading stops once they are in. The tokenizer is
+    --model's (tokenizer_path: the one a train.py run ships with its export, for --eval-every, whose errors
+    name `flag`)."""
     files = find_files(opts.data) if opts.data else None
-    tokenizer = Tokenizer(opts.model) if needs_tokenizer(files) else None  # a clear error if the folder has none
+    tokenizer = Tokenizer(tokenizer_path or opts.model) if needs_tokenizer(files) else None  # a clear error if none
     eos = args.eos_token_id[0] if isinstance(args.eos_token_id, list) else args.eos_token_id
     bos_id, eos_id = (tokenizer.bos_id, tokenizer.eos_id) if tokenizer else (args.bos_token_id, eos)
     name = " ".join(map(str, as_list(opts.data))) if opts.data else "the embedded stdlib eval split"
@@ -329,11 +332,12 @@ def load_documents(opts: PplOptions, args, min_tokens: int):
             if len(documents) == opts.docs:
                 break
     if not documents:
-        raise ValueError(f"--data {name}: no document with >= {min_tokens} tokens ({skipped} shorter; a lower "
-                         f"--min-tokens scores short ones in one window each)")
+        hint = "a lower --min-tokens scores short ones in one window each" if flag == "--data" else \
+            "the longest --eval-lengths decides"
+        raise ValueError(f"{flag} {name}: no document with >= {min_tokens} tokens ({skipped} shorter; {hint})")
     top = max(int(d.max()) for d in documents)
     if top >= args.vocab_size:
-        raise ValueError(f"--data {name}: token id {top} >= the model's vocab_size {args.vocab_size}")
+        raise ValueError(f"{flag} {name}: token id {top} >= the model's vocab_size {args.vocab_size}")
     print(f"ppl: --data {describe(files) if files else name}", file=sys.stderr)
     return documents, None if opts.no_bos or bos_id is None or bos_id < 0 else int(bos_id)
 
