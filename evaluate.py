@@ -44,14 +44,18 @@ at 2k-32k, and decides the result for a window of 128, where a model never train
 graded on digits at positions 128-130. `--fit prompt` gives the authors' bound (at sentence, not block,
 granularity); every command here uses the default, `--fit answer`. Greedy decoding of --new-tokens tokens
 with the KV cache; a trial passes when the first integer in the answer equals the random 5-digit key. Keys and
-depths depend only on (--seed, L, depth), so every model is asked the same questions.
+depths depend only on (--seed, L, depth), so every model is asked the same questions. Exact match is all or
+nothing, so each row also gives two graded signals (issue 25): the per-digit accuracy (the share of the key's
+digits the answer's first integer has right, place by place) and the key's log-probability under teacher
+forcing (nats: the sum of log p of the tokens of " 12345" after the prompt, each given those before it; the
+table's "log p(key)", 0 for a certain model, about -5 ln 10 = -11.5 for one guessing each digit).
 
 RULER: ruler.py makes the prompts (RULER's templates, fitted by the passkey's search, `fit_prompt`) and scores
 the answers; this file decodes them with the KV cache (`ruler`) and prints the task x length table.
 
 In order: options (the dataclass fields are the flags) and their checks; loading the model; perplexity
 (window_plan, window_nll, perplexity, load_documents); passkey (prompt, greedy_answer, first_integer,
-passkey); RULER's decoding loop; tables, the results JSON and plots; main.
+key_logprob, digit_accuracy, passkey); RULER's decoding loop; tables, the results JSON and plots; main.
 """
 import argparse
 import contextlib
@@ -371,6 +375,13 @@ def passkey_prompt(tokenizer, length: int, key: int, depth: float, fit: str = "a
     """Token ids (BOS first) of the longest prompt that, with its answer's tokens after it (fit "answer"), or
     alone (fit "prompt", the authors' bound), holds <= length tokens (~5 tokens per filler sentence); see the
     module docstring."""
+    return passkey_ids(tokenizer, length, key, depth, fit)[0]
+
+
+def passkey_ids(tokenizer, length: int, key: int, depth: float, fit: str = "answer") -> tuple[list[int], list | None]:
+    """(the prompt's ids, BOS first; the right answer's ids): the answer is what the prompt's text followed by
+    " {key}" tokenises to after the prompt's own ids, the tokens a right greedy answer produces (None for a
+    tokenizer that merges across that boundary, so that no answer follows the prompt's own ids)."""
     def encode(n):  # with the answer: the tokens the model sees if it answers right
         return tokenizer.encode(passkey_text(key, n, round(depth * n)) + (f" {key}" if fit == "answer" else ""),
                                 bos=True)
@@ -379,8 +390,29 @@ def passkey_prompt(tokenizer, length: int, key: int, depth: float, fit: str = "a
     if fitted is None:
         raise ValueError(f"passkey length {length} is shorter than the bare template and its answer "
                          f"({len(encode(0))} tokens)")
-    n = fitted[0]
-    return tokenizer.encode(passkey_text(key, n, round(depth * n)), bos=True)
+    text = passkey_text(key, fitted[0], round(depth * fitted[0]))
+    prompt, answered = tokenizer.encode(text, bos=True), tokenizer.encode(text + f" {key}", bos=True)
+    return prompt, answered[len(prompt):] if answered[:len(prompt)] == prompt else None
+
+
+@torch.inference_mode()
+def key_logprob(model, prompt: list[int], answer: list[int], device) -> float:
+    """log p(answer | prompt) in nats under teacher forcing: the sum of log-probabilities of the key's tokens, each
+    given the prompt and the key's tokens before it (one forward of prompt + answer, no [T, V] logits)."""
+    tokens = torch.tensor(prompt + answer, device=device)  # [T]
+    targets = torch.full_like(tokens, -100)
+    targets[len(prompt) - 1:-1] = tokens[len(prompt):]  # the row before each answer token predicts it
+    with attention(model, device):
+        nll, _ = model.loss(tokens[None], targets[None])
+    return -float(nll)
+
+
+def digit_accuracy(answer: str, key: int) -> float:
+    """The fraction of the key's digits the answer's first integer has right, place by place; a digit short or
+    too many counts as wrong (so 1.0 exactly when the integer is the key): 12355 for 12345 scores 0.8."""
+    match, want = re.search(r"\d+", answer), str(key)
+    got = match.group() if match else ""
+    return sum(a == b for a, b in zip(got, want)) / max(len(got), len(want))
 
 
 def greedy_answer(model, tokenizer, ids: list[int], new_tokens: int, device) -> str:
@@ -400,7 +432,9 @@ def first_integer(text: str) -> int | None:
 
 def passkey(model, tokenizer, lengths, trials, depths=None, seed=0, new_tokens=10, device="cpu", every=10.0,
             fit="answer"):
-    """One row per (length, depth): accuracy of greedy retrieval over `trials` prompts (depth None: uniform)."""
+    """One row per (length, depth): accuracy of greedy retrieval over `trials` prompts (depth None: uniform), and
+    two graded signals beside it (exact match is all or nothing): the mean per-digit accuracy (digit_accuracy)
+    and the mean teacher-forced log-probability of the key's tokens (key_logprob, nats)."""
     grid = [(L, d) for d in (depths or [None]) for L in lengths]
     progress, rows = Progress(sum(L for L, _ in grid) * trials, "tok", every), []
     for L, depth in grid:
@@ -408,15 +442,24 @@ def passkey(model, tokenizer, lengths, trials, depths=None, seed=0, new_tokens=1
         t0, cases = time.perf_counter(), []
         for _ in range(trials):
             key, d = int(rng.integers(10_000, 100_000)), float(rng.random()) if depth is None else depth
-            ids = passkey_prompt(tokenizer, L, key, d, fit)
+            ids, right = passkey_ids(tokenizer, L, key, d, fit)
             answer = greedy_answer(model, tokenizer, ids, new_tokens, device)
-            cases.append(dict(key=key, depth=d, tokens=len(ids), answer=answer, passed=first_integer(answer) == key))
+            cases.append(dict(key=key, depth=d, tokens=len(ids), answer=answer, passed=first_integer(answer) == key,
+                              digits=digit_accuracy(answer, key),
+                              key_logprob=None if right is None else key_logprob(model, ids, right, device)))
             progress(L, f"passkey L={L}" + ("" if depth is None else f" depth={depth}"))
         rows.append(dict(length=L, depth=depth, accuracy=sum(c["passed"] for c in cases) / trials, trials=trials,
+                         digit_accuracy=float(np.mean([c["digits"] for c in cases])),
+                         key_logprob=mean_or_none([c["key_logprob"] for c in cases]),
                          prompt_tokens=round(float(np.mean([c["tokens"] for c in cases]))),
                          seconds=time.perf_counter() - t0, cases=cases))
     progress(0, "passkey done", final=True)
     return rows
+
+
+def mean_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def run_passkey(opts: PasskeyOptions) -> tuple[dict, Transformer]:
@@ -509,10 +552,13 @@ def print_table(result: dict):
             print(f"{r['length']:>7} {r['ppl']:>10.4f} {r['tokens']:>11,} {r['documents']:>5} {r['short']:>5} "
                   f"{r['windows']:>7} {r['tokens_per_s']:>8,.0f}")
     else:
-        print(f"{'length':>7} {'depth':>6} {'accuracy':>8} {'trials':>6} {'prompt tokens':>13}")
+        print(f"{'length':>7} {'depth':>6} {'accuracy':>8} {'trials':>6} {'prompt tokens':>13} {'digits':>6} "
+              f"{'log p(key)':>10}")
         for r in result["results"]:
             depth = "rand" if r["depth"] is None else f"{r['depth']:.2f}"
-            print(f"{r['length']:>7} {depth:>6} {r['accuracy']:>8.2f} {r['trials']:>6} {r['prompt_tokens']:>13}")
+            logp = "n/a" if r["key_logprob"] is None else f"{r['key_logprob']:.2f}"  # see passkey_ids
+            print(f"{r['length']:>7} {depth:>6} {r['accuracy']:>8.2f} {r['trials']:>6} {r['prompt_tokens']:>13} "
+                  f"{r['digit_accuracy']:>6.2f} {logp:>10}")
 
 
 def write_atomic(path, write):

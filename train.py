@@ -50,8 +50,10 @@ Evaluation during training: --eval-every K --eval-data FILE [--eval-lengths L ..
 the model after every K-th step and after the last with evaluate.py's own functions and defaults: perplexity on
 the first --eval-docs (10) documents of >= max(L) tokens of FILE (read, cut and given BOS as `evaluate.py ppl`
 does; --eval-stride, default its 1,024, clamped to L - 1), and passkey retrieval, --eval-trials (10) prompts a
-length on evaluate.py's fixed seed. A row {"step": k, "eval": {"ppl": {"128": ...}, "passkey": {"128": ...}},
-"eval_s": ...} goes to metrics.jsonl (and eval/ppl_L, eval/passkey_L to TensorBoard), one line to the log; so
+length on evaluate.py's fixed seed. A row {"step": k, "eval": {"ppl": {"128": ...}, "passkey": {"128": ...},
+"passkey_digits": ..., "key_logprob": ...}, "eval_s": ...} (passkey's exact match, per-digit accuracy and the
+key's teacher-forced log-probability) goes to metrics.jsonl and to TensorBoard (eval/ppl_128, ...), one line
+(perplexity and exact match) to the log; so
     python train.py --export-only --out OUT --checkpoint step_K
     python evaluate.py ppl --model OUT/exports/step_K --data FILE --lengths L ... --docs 10
     python evaluate.py passkey --model OUT/exports/step_K --lengths L ... --trials 10
@@ -629,8 +631,9 @@ def run_eval(model, args: ModelArgs, ev: Evaluation | None, device, wait_group) 
         ppl = evaluate.perplexity(plain, ev.documents, p.lengths, p.stride, ev.bos_id, p.truncate, device, every=None)
         keys = evaluate.passkey(plain, ev.tokenizer, k.lengths, k.trials, k.depths, k.seed, k.new_tokens, device,
                                 every=None, fit=k.fit)
-        row = {"ppl": {str(r["length"]): r["ppl"] for r in ppl},
-               "passkey": {str(r["length"]): r["accuracy"] for r in keys}}
+        by_length = lambda rows, key: {str(r["length"]): r[key] for r in rows}  # noqa: E731
+        row = {"ppl": by_length(ppl, "ppl"), "passkey": by_length(keys, "accuracy"),
+               "passkey_digits": by_length(keys, "digit_accuracy"), "key_logprob": by_length(keys, "key_logprob")}
         del plain
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the copy's memory back to the training steps
@@ -812,7 +815,8 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
             if board is not None:
                 for task, by_length in scores.items():
                     for L, value in by_length.items():
-                        board.add_scalar(f"eval/{task}_{L}", value, step)
+                        if value is not None:  # key_logprob of a tokenizer without a clean answer (passkey_ids)
+                            board.add_scalar(f"eval/{task}_{L}", value, step)
                 board.flush()
         return seconds
 
