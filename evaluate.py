@@ -48,7 +48,8 @@ depths depend only on (--seed, L, depth), so every model is asked the same quest
 nothing, so each row also gives two graded signals (issue 25): the per-digit accuracy (the share of the key's
 digits the answer's first integer has right, place by place) and the key's log-probability under teacher
 forcing (nats: the sum of log p of the tokens of " 12345" after the prompt, each given those before it; the
-table's "log p(key)", 0 for a certain model, about -5 ln 10 = -11.5 for one guessing each digit).
+table's "log p(key)", 0 for a certain model, about -5 ln 10 = -11.5 for one guessing each digit). The
+log-probability costs one more forward of prompt and answer per trial, about as much as the answer's prefill.
 
 RULER: ruler.py makes the prompts (RULER's templates, fitted by the passkey's search, `fit_prompt`) and scores
 the answers; this file decodes them with the KV cache (`ruler`) and prints the task x length table.

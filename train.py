@@ -619,9 +619,10 @@ def run_eval(model, args: ModelArgs, ev: Evaluation | None, device, wait_group) 
     / passkey --model <the export>` exactly. Every rank running the sharded model instead would need the same
     number of forwards on every rank (greedy decoding stops on EOS per prompt), and its numbers would come from
     FSDP2's mixed-precision path, --compile's kernels and activation checkpointing rather than from evaluate.py's
-    plain model. The price is one full copy in rank 0's memory (bf16 on a GPU: 2 bytes a parameter) for the
-    duration, and idle ranks; the waiting is a barrier on wait_group, a gloo group with a long timeout, because
-    an evaluation may outlast NCCL's default collective timeout (10 minutes)."""
+    plain model. The price is one full copy on rank 0 for the duration (bf16 on a GPU: 2 bytes a parameter,
+    after 4 of host memory for the gathered fp32 weights, as export() takes), and idle ranks. They wait in a
+    barrier on wait_group, a gloo group with a long timeout: an evaluation may outlast NCCL's default collective
+    timeout (10 minutes; gloo's is 30)."""
     plain = gather_plain(model, args)
     row = None
     if plain is not None:

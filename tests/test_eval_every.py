@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -82,14 +83,35 @@ def test_every_eval_row_equals_evaluate_py_on_that_steps_export(micro, tmp_path,
     passkey = evaluate.passkey
     monkeypatch.setattr(evaluate, "passkey", lambda *a, **k: [answers.append([c["answer"] for c in r["cases"]])
                                                              or r for r in passkey(*a, **k)])
+    board = []
+
+    class SummaryWriter:  # stands in for torch.utils.tensorboard's, which needs the optional package
+        def __init__(self, log_dir):
+            pass
+
+        def add_scalar(self, tag, value, step):
+            board.append((tag, value, step))
+
+        flush = close = lambda self: None
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
     with train.distributed() as device:
         train.train(train.parse_args(["--model", str(model), "--data", str(data), "--out", str(out), "--steps", "4",
-                                      *RUN, *EVAL, "--eval-data", str(eval_data)]), device)
+                                      *RUN, *EVAL, "--eval-data", str(eval_data), "--tensorboard"]), device)
     monkeypatch.undo()
+    with train.distributed() as device:  # the same run without evaluation: it changes no training number
+        train.train(train.parse_args(["--model", str(model), "--data", str(data), "--out", str(tmp_path / "plain"),
+                                      "--steps", "4", *RUN]), device)
+    losses = [[(r["step"], r["loss"], r["grad_norm"]) for r in map(json.loads, (folder / "metrics.jsonl").read_text()
+               .splitlines()) if "loss" in r] for folder in (out, tmp_path / "plain")]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
     log = capsys.readouterr().out.splitlines()
     rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
     assert [r["step"] for r in rows] == [2, 4]  # every 2 steps, the last one included
     assert rows[0]["eval"]["ppl"] != rows[1]["eval"]["ppl"]  # the weights moved: each step has its own numbers
+    assert {b for b in board if b[0].startswith("eval/")} == {
+        (f"eval/{task}_{L}", value, r["step"]) for r in rows for task, scores in r["eval"].items()
+        for L, value in scores.items()}
     for row, step_answers in zip(rows, [answers[0] + answers[1], answers[2] + answers[3]]):
         assert train.main(["--export-only", "--out", str(out), "--checkpoint", f"step_{row['step']}"]) is None
         want = evaluate_export(out / "exports" / f"step_{row['step']:06d}", eval_data, [256, 1024])
