@@ -77,7 +77,7 @@ In order: the options (TrainOptions: the fields are the flags) and resolve(), wh
 and refuses bad values before anything is written (check_eval: the --eval-* flags); the learning-rate schedule;
 the data (make_batch: one micro-batch of PoSE / full / RandPos / plain windows; load_data); the model, FSDP2 and
 the optimizer; training args and FLOPs; signals; evaluation during training (eval_setup, run_eval); the log's
-lines; the step (train_step) and the loop (train); main.
+lines; the step (train_step) and the loop (train); --export-only and main.
 """
 import argparse
 import contextlib
@@ -474,27 +474,6 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
 
 
-
-def export_only(opts: TrainOptions) -> Path:
-    """--export-only: --out's checkpoint (--checkpoint step_N, default the latest) as a Hugging Face folder
-    --out/exports/step_N; the run's settings.json says what was trained (checkpoints.py does the loading)."""
-    out = Path(opts.out)
-    settings = read_settings(out)
-    if settings is None:
-        raise FileNotFoundError(f"--out {out}: no settings.json (not a train.py run folder)")
-    run = TrainOptions(**{k: v for k, v in settings["options"].items() if k in TrainOptions.__dataclass_fields__})
-    checkpoint = find_checkpoint(out, opts.checkpoint)
-    config = checkpoint_config(run)
-    folder = out / "exports" / checkpoint.name
-    if dist.get_rank() == 0:
-        plain = load_weights(training_args(run, config), checkpoint)
-        folder.parent.mkdir(exist_ok=True)
-        write_hf_folder(plain, config if run.model else None, run.model, settings["tokenizer_file"], folder,
-                        torch.bfloat16 if settings["device"] == "cuda" else None)
-    dist.barrier()
-    return folder
-
-
 def training_args(o: TrainOptions, config: dict) -> ModelArgs:
     """The trained model's args: the checkpoint's (or preset's) shape with alpha = L_t / L_c on its rope."""
     if o.model is None:
@@ -879,6 +858,28 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
         if board is not None:
             board.close()
     return model
+
+
+# ---------------------------------------------------------------- --export-only, main
+
+def export_only(opts: TrainOptions) -> Path:
+    """--export-only: --out's checkpoint (--checkpoint step_N, default the latest) as a Hugging Face folder
+    --out/exports/step_N; the run's settings.json says what was trained (checkpoints.py does the loading)."""
+    out = Path(opts.out)
+    settings = read_settings(out)
+    if settings is None:
+        raise FileNotFoundError(f"--out {out}: no settings.json (not a train.py run folder)")
+    run = TrainOptions(**{k: v for k, v in settings["options"].items() if k in TrainOptions.__dataclass_fields__})
+    checkpoint = find_checkpoint(out, opts.checkpoint)
+    config = checkpoint_config(run)
+    folder = out / "exports" / checkpoint.name
+    if dist.get_rank() == 0:
+        plain = load_weights(training_args(run, config), checkpoint)
+        folder.parent.mkdir(exist_ok=True)
+        write_hf_folder(plain, config if run.model else None, run.model, settings["tokenizer_file"], folder,
+                        torch.bfloat16 if settings["device"] == "cuda" else None)
+    dist.barrier()
+    return folder
 
 
 def main(argv=None):
