@@ -268,14 +268,25 @@ def load_weights(args: ModelArgs, checkpoint: Path) -> Transformer:
 # ---------------------------------------------------------------- the Hugging Face folder
 
 
+def gather_plain(model, args: ModelArgs) -> Transformer | None:
+    """A plain (unsharded) copy of the (sharded) model in rank 0's CPU memory, rope tables and tied head set;
+    None on the other ranks. A collective: every rank calls it (FSDP2 all-gathers the shards)."""
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    with torch.device("meta"):
+        plain = Transformer(args)
+    plain.load_state_dict(full, assign=True)  # adopt the gathered tensors, no second copy
+    plain._tie()  # assign replaced the shared tensor
+    plain.set_rope(plain.args.rope)  # the meta-built tables are garbage
+    return plain
+
+
 def export(model, args: ModelArgs, base: dict | None, opts, tokenizer_path, device) -> Path:
     """Gather the full state dict on rank 0 and write it to --out/final (write_hf_folder)."""
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    plain = gather_plain(model, args)
     final = Path(opts.out) / "final"
     if dist.get_rank() == 0:
-        with torch.device("meta"):
-            plain = Transformer(args)
-        plain.load_state_dict(full, assign=True)  # adopt the gathered tensors, no second copy
         # bf16 is what LLaMA checkpoints ship; the fp32 masters stay in checkpoints/
         write_hf_folder(plain, base, opts.model, tokenizer_path, final,
                         torch.bfloat16 if device.type == "cuda" else None)

@@ -8,6 +8,7 @@
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train.py ...  # shared --out
     python evaluate.py ppl --model out/final  # the export is a Hugging Face LLaMA folder
     python train.py --export-only --out runs/pose16k --checkpoint step_000500  # -> runs/pose16k/exports/step_000500
+    python train.py --eval-every 20 --eval-data held-out.jsonl  # + perplexity and passkey at L_c, L_t every 20 steps
 On a CPU busy with other jobs, OMP_NUM_THREADS=1 is several times faster (idle OpenMP threads spin). On a CPU
 the process keeps the memory a step frees for the next one (keep_freed_memory: glibc's malloc, Linux).
 
@@ -48,6 +49,22 @@ a finished 40-step run resumed with --steps 44 trains steps 41-44 at the 44-step
 which), never at the 0 the 40-step schedule ended on. Checkpoints hold fp32 weights + Adam's two moments: about 12
 bytes per parameter (7B: ~84 GB each; --keep-checkpoints of them stay).
 
+Evaluation during training: --eval-every K --eval-data FILE [--eval-lengths L ...] (default L_c and L_t) scores
+the model after every K-th step and after the last with evaluate.py's own functions and defaults: perplexity on
+the first --eval-docs (10) documents of >= max(L) tokens of FILE (read, cut and given BOS as `evaluate.py ppl`
+does; --eval-stride, default its 1,024, clamped to L - 1), and passkey retrieval, --eval-trials (10) prompts a
+length on evaluate.py's fixed seed. A row {"step": k, "eval": {"ppl": {"128": ...}, "passkey": {"128": ...},
+"passkey_digits": ..., "key_logprob": ...}, "eval_s": ...} (passkey's exact match, per-digit accuracy and the
+key's teacher-forced log-probability) goes to metrics.jsonl and to TensorBoard (eval/ppl_128, ...), one line
+(perplexity and exact match) to the log; so
+    python train.py --export-only --out OUT --checkpoint step_K
+    python evaluate.py ppl --model OUT/exports/step_K --data FILE --lengths L ... --docs 10
+    python evaluate.py passkey --model OUT/exports/step_K --lengths L ... --trials 10
+print the very numbers of step K (on the same device type; tests/test_eval_every.py checks it). Rank 0 evaluates
+a plain gathered copy while the other ranks wait (run_eval says why). The evaluation runs after the step's
+checkpoint and off the throughput clock; a resumed run first scores the checkpoint it starts from unless
+metrics.jsonl already holds that step's row. The --eval-* flags are free to change on --resume.
+
 Stopping. Ctrl-C (SIGINT) or SIGTERM stops at the next step boundary, which every rank agrees on (one MAX
 all-reduce of the flag per step), so no rank is left inside a collective. SIGTERM (what schedulers send before
 a kill) first saves a checkpoint of that step; SIGINT (a person, who wants the prompt back) does not. Either
@@ -61,14 +78,17 @@ record only rank 1 reads is rank 1's line, file and line number), after which to
 ChildFailedError report: the launcher's, and the same for any failing worker.
 
 In order: the options (TrainOptions: the fields are the flags) and resolve(), which fills the recipe's defaults
-and refuses bad values before anything is written; the learning-rate schedule; the data (make_batch: one
-micro-batch of PoSE / full / RandPos / plain windows; load_data); the model, FSDP2 and the optimizer; training
-args and FLOPs; signals; the log's lines; the step (train_step) and the loop (train); --export-only and main.
+and refuses bad values before anything is written (check_eval: the --eval-* flags); the learning-rate schedule;
+the data (make_batch: one micro-batch of PoSE / full / RandPos / plain windows; load_data); the model, FSDP2 and
+the optimizer; training args and FLOPs; signals; evaluation during training (eval_setup, run_eval); the log's
+lines; the step (train_step) and the loop (train); --export-only and main.
 """
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import functools
+import io
 import json
 import math
 import os
@@ -91,10 +111,11 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_f
 from torch.distributed.tensor import DTensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import evaluate
 import pose
 import rope
 from checkpoints import (DiskFull, check_resume, check_writable, checkpoint_state, export, find_checkpoint,
-                         latest_checkpoint, load_checkpoint, load_weights, read_settings, run_settings,
+                         gather_plain, latest_checkpoint, load_checkpoint, load_weights, read_settings, run_settings,
                          save_checkpoint, step_of, weights_finite, write_hf_folder, write_settings)
 from data import (Tokenizer, as_list, check_vocabulary, default_tokenizer, describe, find_files, needs_tokenizer,
                   read_documents)
@@ -142,6 +163,18 @@ class TrainOptions:
     max_documents: int | None = field(default=None, metadata={"help": "stop reading after this many (steps x batch)"})
     tensorboard: bool = field(default=False, metadata={"help": "also log to --out/tensorboard "
                               "(pip install tensorboard)"})
+    eval_every: int | None = field(default=None, metadata={"help": "evaluate every k steps and at the end: "
+                                   "evaluate.py's perplexity and passkey on a copy of the model (needs --eval-data)"})
+    eval_data: list[str] | None = field(default=None, metadata={"nargs": "+", "help": "held-out documents for "
+                                        "--eval-every's perplexity, read as `evaluate.py ppl --data` reads them"})
+    eval_lengths: list[int] | None = field(default=None, metadata={"nargs": "+", "help": "lengths L of "
+                                           "--eval-every (default: L_c and L_t)"})
+    eval_docs: int = field(default=10, metadata={"help": "--eval-every's perplexity: the first N documents of "
+                           ">= max(--eval-lengths) tokens (evaluate.py ppl --docs)"})
+    eval_stride: int = field(default=evaluate.PplOptions.stride, metadata={"help": "--eval-every's sliding-window "
+                             "step (evaluate.py ppl --stride)"})
+    eval_trials: int = field(default=10, metadata={"help": "--eval-every's passkey prompts per length, seed "
+                             f"{evaluate.PasskeyOptions.seed} (evaluate.py passkey --trials)"})
     export_only: bool = field(default=False, metadata={"help": "write a checkpoint of --out as a Hugging Face folder "
                               "--out/exports/step_N and stop (the run's settings.json decides the rest)"})
     checkpoint: str | None = field(default=None, metadata={"help": "with --export-only: step_N (default: the latest)"})
@@ -226,6 +259,7 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
         check_checkpoint(o.model, ModelArgs.from_config(config))
     if o.checkpoint is not None:
         raise ValueError("--checkpoint picks what --export-only exports; training resumes from the latest (--resume)")
+    check_eval(o)
     if o.tensorboard:
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (an optional extra)
@@ -261,6 +295,28 @@ def check_numbers(o: TrainOptions):
         if not math.isfinite(value) or value < 0 or value == 0 and name == "lr":
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number {'> 0' if name == 'lr' else '>= 0'}"
                              f", got {value}")
+
+
+def check_eval(o: TrainOptions):
+    """Refuse bad --eval-* values (resolve() calls it, before anything is written); fills --eval-lengths."""
+    if o.eval_every is None:
+        if o.eval_data is not None or o.eval_lengths is not None:
+            raise ValueError("--eval-data / --eval-lengths are --eval-every's: give --eval-every K too")
+        return
+    if o.eval_every <= 0:
+        raise ValueError(f"--eval-every must be > 0, got {o.eval_every}")
+    if o.eval_data is None:
+        raise ValueError("--eval-every needs --eval-data: the held-out documents of its perplexity")
+    for name in ("eval_docs", "eval_stride", "eval_trials"):
+        if getattr(o, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(o, name)}")
+    o.eval_lengths = o.eval_lengths or sorted({o.window, o.target})
+    if min(o.eval_lengths) < 2:  # evaluate.py's own bound: a window predicts L - 1 tokens
+        raise ValueError(f"--eval-lengths must be >= 2 tokens, got {min(o.eval_lengths)}")
+    find_files(o.eval_data, "--eval-data")  # a missing file, an empty folder or glob: one line naming it
+    if o.model is None and o.tokenizer is None and o.data is not None and not needs_tokenizer(find_files(o.data)):
+        raise ValueError("--eval-every's passkey prompts are text, and a run on token files without --tokenizer "
+                         "has none (nor will its export): pass --tokenizer")
 
 
 def lr_factor(step: int, warmup: int, steps: int) -> float:
@@ -544,6 +600,87 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join([*launcher, sys.argv[0], *args])
 
 
+# ---------------------------------------------------------------- evaluation during training (--eval-every)
+
+@dataclass
+class Evaluation:
+    """What --eval-every scores, the same at every step: evaluate.py's own options (their defaults are its
+    defaults), the documents its ppl reads and the tokenizer the export ships. Rank 0 holds it; others None."""
+    ppl: evaluate.PplOptions
+    passkey: evaluate.PasskeyOptions
+    documents: list
+    bos_id: int | None
+    tokenizer: Tokenizer
+
+
+def eval_setup(opts: TrainOptions, args: ModelArgs, tokenizer_path) -> Evaluation | None:
+    """Rank 0 reads --eval-data as `evaluate.py ppl` reads --data (load_documents: the first --eval-docs
+    documents of >= max(--eval-lengths) tokens, their own BOS/EOS dropped) and fits one passkey prompt per
+    length; a corpus with no such document, or a length below the passkey template, is refused here, before
+    anything is written, on every rank together (rank 0's message is broadcast)."""
+    if opts.eval_every is None:
+        return None
+    lengths = list(opts.eval_lengths)
+    ppl = evaluate.PplOptions(lengths=lengths, data=opts.eval_data, text_field=opts.text_field,
+                              stride=opts.eval_stride, docs=opts.eval_docs)
+    keys = evaluate.PasskeyOptions(lengths=lengths, trials=opts.eval_trials)
+    setup, message = None, [None]
+    if dist.get_rank() == 0:
+        try:
+            tokenizer = Tokenizer(tokenizer_path)
+            with contextlib.redirect_stderr(io.StringIO()):  # its "ppl: --data ..." note: our log says it
+                documents, bos_id = evaluate.load_documents(ppl, args, max(lengths), tokenizer_path, "--eval-data")
+            for L in lengths:
+                evaluate.passkey_prompt(tokenizer, L, 10_000, 0.0, keys.fit)
+            setup = Evaluation(ppl, keys, documents, bos_id, tokenizer)
+        except (ValueError, FileNotFoundError) as e:
+            message = [str(e).splitlines()[0]]
+    dist.broadcast_object_list(message)
+    if message[0] is not None:
+        raise ValueError(message[0])
+    return setup
+
+
+def run_eval(model, args: ModelArgs, ev: Evaluation | None, device, wait_group) -> dict | None:
+    """evaluate.py's perplexity and passkey of the model as it is now: rank 0's row, None on the others.
+
+    Rank 0 evaluates a plain gathered copy while the other ranks wait (gather_plain: the gather is the only
+    collective). The copy is what the export of this step is, cast to evaluate.py's default dtype for the device
+    (float32 on CPU, bfloat16 on CUDA, the export's own dtype there), so a logged value equals `evaluate.py ppl
+    / passkey --model <the export>` exactly. Every rank running the sharded model instead would need the same
+    number of forwards on every rank (greedy decoding stops on EOS per prompt), and its numbers would come from
+    FSDP2's mixed-precision path, --compile's kernels and activation checkpointing rather than from evaluate.py's
+    plain model. The price is one full copy on rank 0 for the duration (bf16 on a GPU: 2 bytes a parameter,
+    after 4 of host memory for the gathered fp32 weights, as export() takes), and idle ranks. They wait in a
+    barrier on wait_group, a gloo group with a long timeout: an evaluation may outlast NCCL's default collective
+    timeout (10 minutes; gloo's is 30)."""
+    plain = gather_plain(model, args)
+    row = None
+    if plain is not None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # evaluate.py's load_model default
+        plain = plain.to(device=device, dtype=dtype).eval()
+        p, k = ev.ppl, ev.passkey
+        ppl = evaluate.perplexity(plain, ev.documents, p.lengths, p.stride, ev.bos_id, p.truncate, device, every=None)
+        keys = evaluate.passkey(plain, ev.tokenizer, k.lengths, k.trials, k.depths, k.seed, k.new_tokens, device,
+                                every=None, fit=k.fit)
+        by_length = lambda rows, key: {str(r["length"]): r[key] for r in rows}  # noqa: E731
+        row = {"ppl": by_length(ppl, "ppl"), "passkey": by_length(keys, "accuracy"),
+               "passkey_digits": by_length(keys, "digit_accuracy"), "key_logprob": by_length(keys, "key_logprob")}
+        del plain
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the copy's memory back to the training steps
+    if wait_group is not None:
+        dist.barrier(group=wait_group)
+    return row
+
+
+def eval_line(row: dict, steps: int) -> str:
+    """The log's line for an evaluation: eval step 20/100: ppl 128 41.2, 1,024 97.3; passkey 128 0.80, ... (3s)."""
+    show = lambda scores, f: ", ".join(f"{int(L):,} {f(v)}" for L, v in scores.items())  # noqa: E731
+    return (f"eval step {row['step']}/{steps}: ppl {show(row['eval']['ppl'], lambda v: f'{v:.4g}')}; "
+            f"passkey {show(row['eval']['passkey'], lambda v: f'{v:.2f}')} ({human(row['eval_s'])})")
+
+
 # ---------------------------------------------------------------- output
 
 def count(n: float, unit: str = "") -> str:
@@ -650,8 +787,17 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
     # Every method reads the same documents, those of >= L_c + 1 tokens (§4.1: "a minimum length requirement"
     # of L_c); full-length truncates them at L_t. A bad corpus fails here, before any weights load.
     documents, tokenizer_path = load_data(opts, args, opts.window, say)  # says "data: ..."
+    ev = eval_setup(opts, args, tokenizer_path)  # --eval-data read and checked on rank 0 (None without it)
     for line in after:
         say(line)
+    if opts.eval_every is not None:
+        lengths = ", ".join(f"{L:,}" for L in opts.eval_lengths)
+        say(f"eval: every {opts.eval_every} steps and at the end, at L = {lengths}, by rank 0 on a gathered copy: "
+            f"ppl on {len(ev.documents) if ev else opts.eval_docs} documents of --eval-data (stride "
+            f"{opts.eval_stride:,}), passkey {opts.eval_trials} prompts a length (seed {evaluate.PasskeyOptions.seed})")
+    # the other ranks wait for rank 0's evaluations here: gloo, and longer than any collective's timeout
+    wait_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=7)) \
+        if opts.eval_every is not None and world > 1 else None
     dist.barrier()
     saved = read_settings(out) if opts.resume else None
 
@@ -696,9 +842,34 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
                            f"{latest_checkpoint(out)}")
         save_checkpoint(out, checkpoint_state(model, optim, step, opts), opts.keep_checkpoints)
 
+    def evaluate_at(step: int) -> float:
+        """--eval-every's row for this step: evaluated (run_eval), logged, written; returns the seconds it took."""
+        t0 = time.perf_counter()
+        scores = run_eval(model, args, ev, device, wait_group)
+        seconds = time.perf_counter() - t0
+        if rank == 0:
+            row = {"step": step, "eval": scores, "eval_s": seconds}
+            say(eval_line(row, opts.steps))
+            with open(metrics, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if board is not None:
+                for task, by_length in scores.items():
+                    for L, value in by_length.items():
+                        if value is not None:  # key_logprob of a tokenizer without a clean answer (passkey_ids)
+                            board.add_scalar(f"eval/{task}_{L}", value, step)
+                board.flush()
+        return seconds
+
     flops = flops_per_token(model, length)
-    clock, clock_step, clock_tokens = time.perf_counter(), start, 0.0
     try:
+        # A resumed run first scores the weights it starts from, unless the run it continues already did (a
+        # kill between a step's checkpoint and its evaluation; or --eval-every added on resume).
+        due = [opts.eval_every is not None and start > 0 and rank == 0 and
+               not any(r.get("step") == start and "eval" in r for r in map(json.loads, rows))]
+        dist.broadcast_object_list(due)
+        if due[0]:
+            evaluate_at(start)
+        clock, clock_step, clock_tokens = time.perf_counter(), start, 0.0
         for step in range(start, opts.steps):
             signals.step = step
             if received := signals.agreed(device):  # a step boundary: every rank stops here, together
@@ -739,6 +910,8 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
                         if key != "step":
                             board.add_scalar(f"train/{key}", value, done)
                     board.flush()
+            if opts.eval_every is not None and (done % opts.eval_every == 0 or done == opts.steps):
+                clock += evaluate_at(done)  # after the checkpoint (a kill mid-evaluation keeps the step), off the clock
         signals.step = opts.steps
         if not weights_finite(model):  # the last save checked them, but a resumed finished run saves nothing
             raise Diverged(f"weights are not finite; not exported, newest checkpoint: {latest_checkpoint(out)}")
