@@ -168,3 +168,63 @@ def test_build_model_compiles_each_block_forward_then_checkpoints_then_shards(tm
     blocks = list(model.model.layers)
     assert events == ["compile", *[e for b in blocks for e in (("checkpoint", b), ("shard", b))], ("shard", model)]
 
+
+
+def config_only_model(tmp_path) -> Path:
+    """A --model folder that holds a config.json and nothing else (no weights, no tokenizer)."""
+    folder = tmp_path / "config-only"
+    folder.mkdir()
+    config = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 4,
+              "intermediate_size": 688, "vocab_size": 4096, "max_position_embeddings": 256}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--world-size", "0"], "error: --world-size must be > 0, got 0"),
+    (["--world-size", "3"], "error: --batch-size 64 is not divisible by --micro-batch-size 1 x world size 3"),
+    (["--gpu-memory", "0"], "error: --gpu-memory must be > 0 GiB, got 0"),
+])
+def test_bad_plan_values_are_refused_in_one_line_as_training_refuses_them(tmp_path, monkeypatch, capsys, flags,
+                                                                          message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--plan", "--model", str(config_only_model(tmp_path)), *flags])
+    assert e.value.code == 2 and capsys.readouterr().err == message + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config-only"]  # nothing written
+
+
+def test_plan_flags_without_plan_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="go with --plan"):
+        train.resolve(train.parse_args(["--out", str(tmp_path / "out"), "--world-size", "8"]), 1)
+
+
+def test_the_verdict_adds_the_stated_margin():
+    assert plan.fits(70.0, 80.0) == (True, pytest.approx(70 * 1.1 + 2))  # 79.0 GiB
+    assert plan.fits(71.0, 80.0) == (False, pytest.approx(71 * 1.1 + 2))  # 80.1 GiB
+
+
+@pytest.mark.slow
+def test_plan_command_reads_a_config_only_folder_prints_the_table_and_writes_only_its_json(tmp_path):
+    model = config_only_model(tmp_path)
+    run = tmp_path / "cwd"
+    run.mkdir()
+    cmd = [sys.executable, str(ROOT / "train.py"), "--plan", "--model", str(model), "--window", "256", "--target",
+           "1024", "--batch-size", "8", "--world-size", "4", "--activation-checkpointing", "--gpu-memory", "80",
+           "--plan-json", "plan.json"]
+    done = subprocess.run(cmd, cwd=run, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in run.iterdir()) == ["plan.json"]  # no out/, no settings.json
+    assert sorted(p.name for p in model.iterdir()) == ["config.json"]
+    written = json.loads((run / "plan.json").read_text())
+    assert {"peak_gib", "categories", "world_size", "tokens_per_step", "flops_per_step", "fits"} <= written.keys()
+    assert written["world_size"] == 4 and written["tokens_per_step"] == 8 * 256 and written["fits"] is True
+    assert written["peak_gib"] == pytest.approx(sum(written["categories"].values()))
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("plan: pose L_c 256 -> L_t 1,024, 4 ranks x micro-batch 1 x accumulation 2")
+    assert f"| **peak** | **{written['peak_gib']:.2f}** |" in lines
+    assert any(line.startswith("fits in 80 GiB: needs ") for line in lines) and lines[-1] == "wrote plan.json"
+    # The same flags in this process (the dispatch and the estimate agree with a direct call).
+    opts = train.parse_args(cmd[2:-2])
+    assert plan.estimate(opts, 4)["peak_gib"] == pytest.approx(written["peak_gib"])
