@@ -183,6 +183,13 @@ def coverage(window, target, chunks, trials=10_000, seed=0, randpos=False, batch
     return hits / trials
 
 
+def _covers_all(seen, pieces, k, target):
+    """Do the distances seen so far plus those of a batch's first k examples cover every one of 0..L_t-1?"""
+    ex, start, end = pieces
+    m = ex < k
+    return (seen | (_count(start[m], end[m], target) > 0)).all()
+
+
 def examples_until_full(window, target, chunks, runs=20, seed=0, batch=4096):
     """Examples drawn until every distance 0..L_t-1 has been covered once, for `runs` independent runs.
 
@@ -194,18 +201,15 @@ def examples_until_full(window, target, chunks, runs=20, seed=0, batch=4096):
     for r in range(runs):
         seen, drawn = np.zeros(target, bool), 0
         while True:
-            ex, start, end = _pieces(*_layout(rng, batch, window, target, chunks))
-            def full(k):               # do the seen set + this batch's first k examples cover everything?
-                m = ex < k
-                return (seen | (_count(start[m], end[m], target) > 0)).all()
-            if full(batch):
+            pieces = _pieces(*_layout(rng, batch, window, target, chunks))
+            if _covers_all(seen, pieces, batch, target):
                 lo, hi = 1, batch      # bisect the first k that completes the set
                 while lo < hi:
                     k = (lo + hi) // 2
-                    lo, hi = (lo, k) if full(k) else (k + 1, hi)
+                    lo, hi = (lo, k) if _covers_all(seen, pieces, k, target) else (k + 1, hi)
                 out[r] = drawn + lo
                 break
-            seen |= _count(start, end, target) > 0
+            seen |= _count(pieces[1], pieces[2], target) > 0
             drawn += batch
     return out
 

@@ -37,15 +37,14 @@ Labels: every position's label is the document's true next token x[index + 1]. W
 "shift the window by one" would teach the model to predict an unrelated token; we draw indices from
 doc[:-1] so x[index + 1] always exists, and every one of the L_c positions is scored (no -100 needed).
 
-A run is its --out folder. settings.json (written before step 1) holds the resolved options; --resume refuses,
-in one line, any change of what is trained: RESUME_FIXED (the checkpoint and corpus, L_c, L_t and with them
-alpha, the method and its sampling, the rope, the batch, the optimizer's hyper-parameters, the seed). Free to
-change: --steps, saving and logging, and --micro-batch-size and the world size (memory, hardware; the examples
-drawn then differ from an uninterrupted run's, as the log warns for the world). The learning rate is a pure
-function of (step, --warmup, --steps) (lr_factor): raising --steps on resume re-stretches the linear decay, so
-a finished 40-step run resumed with --steps 44 trains steps 41-44 at the 44-step schedule's rates (the log says
-which), never at the 0 the 40-step schedule ended on. Checkpoints hold fp32 weights + Adam's two moments: about
-12 bytes per parameter (7B: ~84 GB each; --keep-checkpoints of them stay).
+A run is its --out folder (checkpoints.py: settings.json, DCP checkpoints, the export). settings.json is written
+once the inputs are checked; --resume refuses, in one line, any change of what is trained (RESUME_FIXED). Free to
+change: --steps, saving and logging, --micro-batch-size and the world size (the examples drawn then differ from an
+uninterrupted run's, as the log warns for the world). The learning rate is a pure function of (step, --warmup,
+--steps) (lr_factor): raising --steps on resume re-stretches the linear decay, so a finished 40-step run resumed
+with --steps 44 trains steps 41-44 at the 44-step schedule's rates (the log says which), never at the 0 the
+40-step schedule ended on. Checkpoints hold fp32 weights + Adam's two moments: about 12 bytes per parameter
+(7B: ~84 GB each; --keep-checkpoints of them stay).
 
 Stopping. Ctrl-C (SIGINT) or SIGTERM stops at the next step boundary, which every rank agrees on (one MAX
 all-reduce of the flag per step), so no rank is left inside a collective. SIGTERM (what schedulers send before
@@ -57,6 +56,11 @@ the workers and kills them --shutdown-timeout seconds later (default 30: raise i
 longer); it then prints its own "Received ... death signal" lines and SignalException traceback. Likewise a
 bad input is one "error:" line from rank 0 with exit 2 on every rank, after which torchrun adds its own
 ChildFailedError report: the launcher's, and the same for any failing worker.
+
+In order: the options (TrainOptions: the fields are the flags) and resolve(), which fills the recipe's defaults
+and refuses bad values before anything is written; the learning-rate schedule; the data (make_batch: one
+micro-batch of PoSE / full / RandPos / plain windows; load_data); the model, FSDP2 and the optimizer; training
+args and FLOPs; signals; the log's lines; the step (train_step) and the loop (train); --export-only and main.
 """
 import argparse
 import contextlib
@@ -67,22 +71,18 @@ import math
 import os
 import resource
 import shlex
-import shutil
 import signal
 import sys
 import time
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch.distributed._composable import checkpoint as activation_checkpoint
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_model_state_dict, set_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
@@ -90,8 +90,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import pose
 import rope
-from data import (Tokenizer, as_list, default_tokenizer, describe, find_files, needs_tokenizer, read_documents,
-                  tokenizer_files)
+from checkpoints import (check_resume, check_writable, checkpoint_state, export, find_checkpoint, latest_checkpoint,
+                         load_checkpoint, load_weights, read_settings, run_settings, save_checkpoint, step_of,
+                         write_hf_folder, write_settings)
+from data import Tokenizer, as_list, default_tokenizer, describe, find_files, needs_tokenizer, read_documents
 from model import PRESETS, ModelArgs, Transformer, load_config
 
 
@@ -248,71 +250,6 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
     return o, config
 
 
-# ---------------------------------------------------------------- the run's settings (resume safety)
-
-# What is trained: a change on --resume would silently train another thing (a new target changes alpha, so the
-# weights trained so far would meet new frequencies). Everything else may change (see the docstring).
-RESUME_FIXED = ("model", "preset", "data", "text_field", "tokenizer", "window", "target", "method", "chunks",
-                "content", "crop", "rope", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "seed",
-                "max_documents")
-PATHS = ("model", "data", "tokenizer")
-
-
-def run_settings(o: TrainOptions, world: int, device, tokenizer_path) -> dict:
-    """settings.json: the resolved options (paths made absolute, so a resume from elsewhere compares the same
-    files), the world, and what --export-only needs besides."""
-    options = dataclasses.asdict(o)
-    for name in PATHS:  # --data is a list of files, folders and globs
-        value = options[name]
-        if isinstance(value, (list, tuple)):
-            options[name] = [str(Path(v).resolve()) for v in value]
-        elif value is not None:
-            options[name] = str(Path(value).resolve())
-    return {"options": options, "world_size": world, "device": device.type,
-            "tokenizer_file": None if tokenizer_path is None else str(Path(tokenizer_path).resolve())}
-
-
-def read_settings(out: Path) -> dict | None:
-    path = out / "settings.json"
-    if not path.is_file():
-        return None
-    try:
-        settings = json.loads(path.read_text())
-        assert isinstance(settings["options"], dict)
-        return settings
-    except (ValueError, KeyError, TypeError, AssertionError):
-        raise ValueError(f"{path}: not a settings file written by train.py") from None
-
-
-def write_settings(out: Path, settings: dict):
-    tmp = out / f".tmp{os.getpid()}-settings.json"
-    tmp.write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(tmp, out / "settings.json")  # atomic: a reader sees the old file or the new one
-
-
-def check_resume(o: TrainOptions, saved: dict, out: Path):
-    """Refuse, in one line, a --resume that changes what is trained (RESUME_FIXED)."""
-    now = run_settings(o, 1, torch.device("cpu"), None)["options"]
-    for name in RESUME_FIXED:
-        if name in saved["options"] and now[name] != saved["options"][name]:
-            show = lambda v: " ".join(map(str, v)) if isinstance(v, list) else v  # noqa: E731
-            raise ValueError(f"--resume: --{name.replace('_', '-')} {show(now[name])} differs from this run's "
-                             f"{show(saved['options'][name])} ({out / 'settings.json'}); a new --out starts a new run")
-
-
-def step_of(checkpoint: Path) -> int:
-    return int(checkpoint.name.removeprefix("step_"))
-
-
-def check_writable(out: Path):
-    """Refuse an --out we could not write, without creating anything yet (nothing half-written on bad input)."""
-    probe = out.resolve()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out} is not writable ({probe} is not a writable folder)")
-
-
 def lr_factor(step: int, warmup: int, steps: int) -> float:
     """LambdaLR multiplier: linear warm-up to 1 over `warmup` steps, then linear decay towards 0 at `steps` (§4.1).
     Step 0 already trains (1/warmup, not HF's 0) and the last step keeps a small non-zero rate."""
@@ -399,7 +336,7 @@ def load_data(opts: TrainOptions, args: ModelArgs, length: int, say=print):
     return documents, tokenizer_path
 
 
-# ---------------------------------------------------------------- model, distributed, checkpoints
+# ---------------------------------------------------------------- model, distributed
 
 @contextlib.contextmanager
 def distributed():
@@ -504,117 +441,6 @@ def keep_freed_memory() -> bool:
     mallopt = ctypes.CDLL(None).mallopt  # glibc's returns 1 on success; musl's is a stub returning 0
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    done = sorted((out / "checkpoints").glob("step_*"))  # never the .tmp-* of an interrupted save
-    return done[-1] if done else None
-
-
-def checkpoint_state(model, optim, step, opts) -> dict:
-    """The one dict DCP saves and loads in place. The data position is `step`: the stream is a function of
-    (seed, rank, step), so no generator state is needed (seed and world size are recorded to warn on change),
-    and the learning rate is a function of the step (lr_factor), so no scheduler state either."""
-    model_sd, optim_sd = get_state_dict(model, optim)
-    return {"model": model_sd, "optim": optim_sd, "step": step, "seed": opts.seed,
-            "world_size": dist.get_world_size()}
-
-
-def save_checkpoint(out: Path, state: dict, keep: int):
-    """Sharded DCP save into .tmp-step_N, then an atomic rename: a kill mid-save leaves the previous one intact."""
-    final = out / "checkpoints" / f"step_{state['step']:06d}"
-    tmp = final.with_name(".tmp-" + final.name)
-    if final.exists():
-        return  # same step, same state (e.g. --resume of a finished run)
-    if dist.get_rank() == 0 and tmp.exists():
-        shutil.rmtree(tmp)  # left by a killed save
-    dist.barrier()
-    dcp.save(state, checkpoint_id=tmp)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        os.replace(tmp, final)
-        for old in sorted((out / "checkpoints").glob("step_*"))[:-keep]:
-            shutil.rmtree(old)
-    dist.barrier()
-
-
-def export(model, args: ModelArgs, base: dict | None, opts: TrainOptions, tokenizer_path, device) -> Path:
-    """Gather the full state dict on rank 0 and write it to --out/final (write_hf_folder)."""
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    final = Path(opts.out) / "final"
-    if dist.get_rank() == 0:
-        with torch.device("meta"):
-            plain = Transformer(args)
-        plain.load_state_dict(full, assign=True)  # adopt the gathered tensors, no second copy
-        # bf16 is what LLaMA checkpoints ship; the fp32 masters stay in checkpoints/
-        write_hf_folder(plain, base, opts.model, tokenizer_path, final,
-                        torch.bfloat16 if device.type == "cuda" else None)
-    dist.barrier()
-    return final
-
-
-def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_path, folder: Path, dtype):
-    """A Hugging Face folder at `folder`, swapped in whole: config.json is --model's own with only what training
-    changed (ModelArgs.to_config), plus the tokenizer files transformers / vLLM look for."""
-    plain.set_rope(plain.args.rope)  # the meta-built tables are garbage
-    if plain.args.tie_word_embeddings:
-        plain.lm_head.weight = plain.model.embed_tokens.weight  # assign / to_empty replaced the shared tensor
-    if dtype is not None:
-        plain.to(dtype)
-    tmp, old = folder.with_name(f".tmp-{folder.name}"), folder.with_name(f".old-{folder.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp, base_config=base)  # rope scaling, max_position_embeddings = L_t, L_c recorded
-    files = tokenizer_files(tokenizer_path)  # tokenizer.model and/or tokenizer.json, and their configs
-    if model_dir and (Path(model_dir) / "generation_config.json").is_file():  # what transformers / vLLM read
-        files["generation_config.json"] = Path(model_dir) / "generation_config.json"
-    for name, source in files.items():
-        shutil.copy(source, tmp / name)
-    tokenizer_config, target = tmp / "tokenizer_config.json", plain.args.max_position_embeddings
-    if tokenizer_config.is_file():  # a real model_max_length below L_t would cap vLLM and warn in transformers
-        config = json.loads(tokenizer_config.read_text())
-        if isinstance(config.get("model_max_length"), int) and config["model_max_length"] < target:
-            tokenizer_config.write_text(json.dumps({**config, "model_max_length": target}, indent=2) + "\n")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def export_only(opts: TrainOptions) -> Path:
-    """--export-only: --out's checkpoint (--checkpoint step_N, default the latest) as a Hugging Face folder
-    --out/exports/step_N, on rank 0 without FSDP: DCP reshards the saved shards into full tensors."""
-    out = Path(opts.out)
-    settings = read_settings(out)
-    if settings is None:
-        raise FileNotFoundError(f"--out {out}: no settings.json (not a train.py run folder)")
-    run = TrainOptions(**{k: v for k, v in settings["options"].items() if k in TrainOptions.__dataclass_fields__})
-    saved = sorted((out / "checkpoints").glob("step_*"))
-    if opts.checkpoint is None:
-        checkpoint = latest_checkpoint(out)
-    else:
-        name = opts.checkpoint.removeprefix("step_")
-        checkpoint = next((c for c in saved if name.isdigit() and step_of(c) == int(name)), None)
-    if checkpoint is None:
-        have = ", ".join(c.name for c in saved) or "none"
-        raise FileNotFoundError(f"--checkpoint {opts.checkpoint or '(latest)'}: not in {out / 'checkpoints'} "
-                                f"(saved: {have})")
-    config = checkpoint_config(run)
-    args = training_args(run, config)
-    folder = out / "exports" / checkpoint.name
-    if dist.get_rank() == 0:
-        with torch.device("meta"):
-            plain = Transformer(args)
-        plain.to_empty(device="cpu")
-        plain._tie()
-        state = {"model": plain.state_dict()}  # the parameters' own storage: DCP loads in place
-        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-            warnings.filterwarnings("ignore", "torch.distributed is disabled")
-            dcp.load(state, checkpoint_id=checkpoint, no_dist=True)
-        folder.parent.mkdir(exist_ok=True)
-        write_hf_folder(plain, config if run.model else None, run.model, settings["tokenizer_file"], folder,
-                        torch.bfloat16 if settings["device"] == "cuda" else None)
-    dist.barrier()
-    return folder
 
 
 def training_args(o: TrainOptions, config: dict) -> ModelArgs:
@@ -813,9 +639,7 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
     optim = build_optimizer(model, opts)
     start = 0
     if opts.resume and (path := latest_checkpoint(out)) is not None:
-        state = checkpoint_state(model, optim, 0, opts)
-        dcp.load(state, checkpoint_id=path)
-        set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        state = load_checkpoint(model, optim, path, opts)
         start = state["step"]
         if (state["seed"], state["world_size"]) != (opts.seed, world):
             say(f"warning: {path} was written with seed {state['seed']}, world {state['world_size']}: the data "
@@ -886,6 +710,28 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
         if board is not None:
             board.close()
     return model
+
+
+# ---------------------------------------------------------------- --export-only, main
+
+def export_only(opts: TrainOptions) -> Path:
+    """--export-only: --out's checkpoint (--checkpoint step_N, default the latest) as a Hugging Face folder
+    --out/exports/step_N; the run's settings.json says what was trained (checkpoints.py does the loading)."""
+    out = Path(opts.out)
+    settings = read_settings(out)
+    if settings is None:
+        raise FileNotFoundError(f"--out {out}: no settings.json (not a train.py run folder)")
+    run = TrainOptions(**{k: v for k, v in settings["options"].items() if k in TrainOptions.__dataclass_fields__})
+    checkpoint = find_checkpoint(out, opts.checkpoint)
+    config = checkpoint_config(run)
+    folder = out / "exports" / checkpoint.name
+    if dist.get_rank() == 0:
+        plain = load_weights(training_args(run, config), checkpoint)
+        folder.parent.mkdir(exist_ok=True)
+        write_hf_folder(plain, config if run.model else None, run.model, settings["tokenizer_file"], folder,
+                        torch.bfloat16 if settings["device"] == "cuda" else None)
+    dist.barrier()
+    return folder
 
 
 def main(argv=None):

@@ -99,7 +99,7 @@ def main(argv=None):
         files = write_corpus(tmp, texts)
         rows = ["| format | on disk (MB) | read (s) | MB of text / s |", "|---|---:|---:|---:|"]
         for name, file in files.items():
-            seconds, _, _ = best(lambda: sum(1 for _ in data.read_records([file])), a.rounds)
+            seconds, _, _ = best(lambda file=file: sum(1 for _ in data.read_records([file])), a.rounds)
             rows.append(f"| `{name}` | {file.stat().st_size / 1e6:.1f} | {seconds:.2f} | {size / 1e6 / seconds:.1f} |")
         tokenizers = {"sentencepiece BPE 4,096 (tokenizer.model)": data.default_tokenizer(),
                       "byte-level BPE 32,000, Llama 3 split (tokenizer.json)":
@@ -112,8 +112,8 @@ def main(argv=None):
                 opts = data.DataOptions(data=[str(files[".jsonl"])], tokenizer=str(tokenizer),
                                         out=str(tmp / "tokens.npy"), workers=workers)
                 with contextlib.redirect_stdout(io.StringIO()):  # its own two lines
-                    seconds, cpu, counts = best(lambda: data.pretokenise(dataclasses.replace(opts),
-                                                                         every=float("inf")), a.rounds)
+                    seconds, cpu, counts = best(lambda opts=opts: data.pretokenise(dataclasses.replace(opts),
+                                                                                   every=float("inf")), a.rounds)
                 base = base or seconds
                 rows.append(f"| {label} | {workers} | {counts['documents']:,} | {counts['tokens']:,} | "
                             f"{seconds:.1f} | {cpu:.1f} | {size / 1e6 / seconds:.2f} | {size / 1e6 / cpu:.2f} | "

@@ -193,8 +193,8 @@ def flash_eval(S, T: int) -> dict:
 
 def stage_flash(S):
     for i, T in enumerate(S["flash_lengths"]):
-        for path, measure in (("train: forward + backward", lambda: flash_train(S, T, list_kernels=i == 0)),
-                              ("evaluate: window + KV-cache decoding", lambda: flash_eval(S, T))):
+        for path, measure in (("train: forward + backward", lambda T=T, i=i: flash_train(S, T, list_kernels=i == 0)),
+                              ("evaluate: window + KV-cache decoding", lambda T=T: flash_eval(S, T))):
             try:
                 row = measure()
             except Exception as e:  # noqa: BLE001  (any failure is the result)

@@ -135,7 +135,7 @@ def main():
         done = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], env=env, capture_output=True,
                               text=True)
         if done.returncode:  # one failed configuration (e.g. out of memory) is a row, not the end of the run
-            row = {**cfg, "error": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1][:300]}
+            row = {**cfg, "error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1][:300]}
         else:
             row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)

@@ -201,7 +201,8 @@ def test_scorer_gives_one_to_a_model_that_answers_the_key_and_zero_to_one_that_d
 def test_every_issue_flag_exists_and_the_defaults_are_the_papers():
     parse = evaluate.build_parser().parse_args
     ppl = parse(["ppl"])
-    assert (ppl.stride, ppl.docs, ppl.truncate, ppl.no_bos, ppl.rope, ppl.factor) == (1024, 50, False, False, None, None)
+    assert (ppl.stride, ppl.docs, ppl.truncate, ppl.no_bos, ppl.rope, ppl.factor) == \
+        (1024, 50, False, False, None, None)
     assert parse(["passkey"]).trials == 50
     ppl = parse(["ppl", "--model", "m", "--data", "d", "--text-field", "t", "--lengths", "64", "128", "--min-tokens",
                  "5", "--truncate", "--no-bos", "--rope", "yarn", "--factor", "4", "--original-window", "7", "--out",
@@ -336,7 +337,8 @@ def test_plot_overlays_ppl_and_passkey_results(tmp_path, monkeypatch):
     for name, task, key in (("a", "ppl", "ppl"), ("b", "ppl", "ppl"), ("c", "passkey", "accuracy")):
         files.append(tmp_path / f"{name}.json")
         # two depths per length for passkey: the plot shows their mean
-        rows = [{"length": L, key: 1.0 + L / 100 + d, "depth": d} for L in (128, 64) for d in ((0.0, 1.0) if task == "passkey" else (0,))]
+        depths = (0.0, 1.0) if task == "passkey" else (0,)
+        rows = [{"length": L, key: 1.0 + L / 100 + d, "depth": d} for L in (128, 64) for d in depths]
         files[-1].write_text(json.dumps({"task": task, "label": name, "results": rows}))
     evaluate.main(["plot", *map(str, files), "--out", str(tmp_path / "fig.png")])
     assert len(plt.axes) == 2 and (tmp_path / "fig.png").read_bytes() == b"figure"

@@ -376,7 +376,7 @@ def examples_until_full_law(window, target, chunks):
     chain over covered sets S, E[T | S] = (1 + sum_c p_c E[T | S + c]) / (1 - P(c within S)), and likewise E[T^2]."""
     law, full = list(example_covers(window, target, chunks).items()), (1 << target) - 1
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def moments(s):
         if s == full:
             return 0.0, 0.0

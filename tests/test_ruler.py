@@ -20,6 +20,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import evaluate
+import ruler
 from data import Tokenizer
 from model import PRESETS, ModelArgs, Transformer
 
@@ -43,9 +44,9 @@ def folder(tmp_path_factory):
     model.init_weights(seed=0)
     model.save_pretrained(path)
     rng = np.random.default_rng(0)
-    words = list(__import__("itertools").islice(evaluate.nonce_words(rng), 300))
-    text = [evaluate.NIAH_MANY, evaluate.NIAH_ONE, evaluate.VT_PROMPT, evaluate.CWE_PROMPT, evaluate.FWE_PROMPT,
-            evaluate.NOISE, ESSAY] * 5 + [" ".join(f"{i}. {w}" for i, w in enumerate(words[k:k + 30]))
+    words = list(__import__("itertools").islice(ruler.nonce_words(rng), 300))
+    text = [ruler.NIAH_MANY, ruler.NIAH_ONE, ruler.VT_PROMPT, ruler.CWE_PROMPT, ruler.FWE_PROMPT,
+            ruler.NOISE, ESSAY] * 5 + [" ".join(f"{i}. {w}" for i, w in enumerate(words[k:k + 30]))
                                           for k in range(0, 300, 30)]
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -69,7 +70,7 @@ def context_of(text: str, begin: str, end: str) -> str:
 
 def check_fits(sample, tok, task, length):
     """ids are the prompt's own tokens with BOS; with RULER's new tokens they fit L, and fill it up to a unit."""
-    ids, budget = sample["ids"], length - evaluate.NEW_TOKENS[task]
+    ids, budget = sample["ids"], length - ruler.NEW_TOKENS[task]
     assert ids == tok.encode(sample["text"], bos=True) and ids[0] == tok.bos_id
     assert len(ids) <= budget
     assert len(ids) > budget - 80  # one more haystack unit (a needle, a noise line, 3 list entries) would not fit
@@ -79,10 +80,10 @@ def check_fits(sample, tok, task, length):
 
 
 @settings(max_examples=12)
-@given(task=st.sampled_from(list(evaluate.NIAH)), seed=st.integers(0, 2**32 - 1),
+@given(task=st.sampled_from(list(ruler.NIAH)), seed=st.integers(0, 2**32 - 1),
        length=st.sampled_from([512, 1024, 2048]), index=st.integers(0, 999))
 def test_niah_needles_appear_as_specified_at_their_depths_and_answer_the_question(tok, task, seed, length, index):
-    spec, sample = evaluate.NIAH[task], evaluate.ruler_sample(task, tok, length, seed, index)
+    spec, sample = ruler.NIAH[task], ruler.ruler_sample(task, tok, length, seed, index)
     text, units, depths = sample["text"], sample["units"], sample["depths"]
     check_fits(sample, tok, task, length)
     many = spec.queries * spec.values > 1
@@ -112,8 +113,8 @@ def test_niah_needles_appear_as_specified_at_their_depths_and_answer_the_questio
         real = [i for i, line in enumerate(lines) if NEEDLE.fullmatch(line).group(2) in asked]
         assert len(lines) == units + spec.keys * spec.values and len(by_key) == units + spec.keys
     else:  # noise lines (the essay tasks too, without --haystack)
-        real = [i for i, line in enumerate(lines) if line != evaluate.NOISE]
-        assert lines.count(evaluate.NOISE) == units and len(real) == spec.keys * spec.values
+        real = [i for i, line in enumerate(lines) if line != ruler.NOISE]
+        assert lines.count(ruler.NOISE) == units and len(real) == spec.keys * spec.values
         assert len(by_key) == spec.keys and all(NEEDLE.fullmatch(lines[i]) for i in real)
     assert depths == sorted(depths) and len(depths) == len(real)
     if spec.haystack == "essay":  # RULER's grid of 40 depths, each used at most once
@@ -130,7 +131,7 @@ def test_niah_needles_appear_as_specified_at_their_depths_and_answer_the_questio
 def test_a_text_haystack_puts_the_needles_between_its_sentences_at_the_depths(tok, task):
     words = ESSAY.split()
     for index in range(4):
-        sample = evaluate.ruler_sample(task, tok, 1024, 5, index, essay=words)
+        sample = ruler.ruler_sample(task, tok, 1024, 5, index, essay=words)
         check_fits(sample, tok, task, 1024)
         context = context_of(sample["text"], "afterwards.\n", "\nWhat ")
         n = sample["units"]
@@ -138,7 +139,7 @@ def test_a_text_haystack_puts_the_needles_between_its_sentences_at_the_depths(to
         haystack = " ".join(words[i % len(words)] for i in range(n))
         sentences = re.split(r"(?<=[.!?]) ", haystack)
         spots = [m.start() for m in NEEDLE.finditer(context)]
-        assert len(spots) == evaluate.NIAH[task].keys * evaluate.NIAH[task].values == len(sample["depths"])
+        assert len(spots) == ruler.NIAH[task].keys * ruler.NIAH[task].values == len(sample["depths"])
         for spot, depth in zip(spots, sample["depths"]):
             before = NEEDLE.sub("", context[:spot]).split()  # the haystack words ahead of this needle
             assert before == " ".join(sentences[:int(depth * len(sentences))]).split()
@@ -151,7 +152,7 @@ def test_a_text_haystack_puts_the_needles_between_its_sentences_at_the_depths(to
 @settings(max_examples=10)
 @given(seed=st.integers(0, 2**32 - 1), length=st.sampled_from([512, 1024, 2048]), index=st.integers(0, 999))
 def test_vt_answer_is_the_chain_followed_from_the_queried_value(tok, seed, length, index):
-    sample = evaluate.ruler_sample("vt", tok, length, seed, index)
+    sample = ruler.ruler_sample("vt", tok, length, seed, index)
     text = sample["text"]
     check_fits(sample, tok, "vt", length)
     main = text[text.rindex("Memorize and track"):]
@@ -167,7 +168,7 @@ def test_vt_answer_is_the_chain_followed_from_the_queried_value(tok, seed, lengt
             break
         names.append(follow[0])
     assert names == sample["answers"] and len(names) == 5  # one chain, 4 hops
-    assert sum(line.startswith("VAR ") for line in lines) == 5 and lines.count(evaluate.NOISE) == sample["units"]
+    assert sum(line.startswith("VAR ") for line in lines) == 5 and lines.count(ruler.NOISE) == sample["units"]
     spots = [i for i, line in enumerate(lines) if line.startswith("VAR ")]
     assert [i - j for j, i in enumerate(spots)] == [int(d * sample["units"]) for d in sample["depths"]]
     example = text[:text.rindex("Memorize and track")]  # the one-shot example, answered, 3-letter names
@@ -175,13 +176,13 @@ def test_vt_answer_is_the_chain_followed_from_the_queried_value(tok, seed, lengt
     shot_value = re.search(r"VAR [A-Z]{3} = (\d{5})\n", example).group(1)
     assert shot_value != value and f"VAR {shot[1]} = VAR {shot[0]} " in example
     assert len(tok.encode(example[:example.rindex("  ") + 1], bos=False)) <= min(500, length // 4) or \
-        example.count(evaluate.NOISE) == 0
+        example.count(ruler.NOISE) == 0
 
 
 @settings(max_examples=8)
 @given(seed=st.integers(0, 2**32 - 1), length=st.sampled_from([2048, 3072, 8192]), index=st.integers(0, 999))
 def test_cwe_answer_is_the_ten_words_counted_most_often(tok, seed, length, index):
-    sample = evaluate.ruler_sample("cwe", tok, length, seed, index)
+    sample = ruler.ruler_sample("cwe", tok, length, seed, index)
     check_fits(sample, tok, "cwe", length)
     common, uncommon = (30, 3) if length >= 4096 else (6, 1)  # RULER: fewer repeats below 4k
     entries = re.findall(r"(\d+)\. ([a-z]+)", context_of(sample["text"], "appear most often.\n", "\nQuestion:"))
@@ -200,7 +201,7 @@ def test_cwe_answer_is_the_ten_words_counted_most_often(tok, seed, length, index
 @settings(max_examples=10)
 @given(seed=st.integers(0, 2**32 - 1), length=st.sampled_from([256, 512, 1024, 4096]), index=st.integers(0, 999))
 def test_fwe_answer_is_the_three_most_frequent_coded_words_with_zipf_counts(tok, seed, length, index):
-    sample = evaluate.ruler_sample("fwe", tok, length, seed, index)
+    sample = ruler.ruler_sample("fwe", tok, length, seed, index)
     check_fits(sample, tok, "fwe", length)
     words = context_of(sample["text"], "coded words. ", "\nQuestion:").split(" ")
     counts = Counter(words)
@@ -226,42 +227,42 @@ def test_fit_prompt_finds_the_largest_count_that_fits_from_any_hint(base, steps,
     def encode(n):  # a prompt growing by steps[n] tokens per unit, then by 1
         return [7] * (sizes[n] if n < len(sizes) else sizes[-1] + n - len(sizes) + 1)
 
-    fitted = evaluate.fit_prompt(encode, length, hint)
+    fitted = ruler.fit_prompt(encode, length, hint)
     fitting = [n for n in range(len(sizes) + length + 2) if len(encode(n)) <= length]
     assert fitted == (None if not fitting else (max(fitting), encode(max(fitting))))
 
 
-@pytest.mark.parametrize("task", evaluate.RULER_TASKS)
+@pytest.mark.parametrize("task", ruler.RULER_TASKS)
 def test_samples_depend_only_on_seed_task_length_and_index(tok, task):
     length = 8192 if task == "cwe" else 1024
-    one = evaluate.ruler_sample(task, tok, length, seed=7, index=3)
-    assert evaluate.ruler_sample(task, tok, length, seed=7, index=3) == one
+    one = ruler.ruler_sample(task, tok, length, seed=7, index=3)
+    assert ruler.ruler_sample(task, tok, length, seed=7, index=3) == one
     for hint in (0, one["units"] // 2, one["units"] + 40):  # the search's start changes nothing
-        assert evaluate.ruler_sample(task, tok, length, seed=7, index=3, hint=hint) == one
-    assert evaluate.ruler_sample(task, tok, length, seed=8, index=3)["text"] != one["text"]
-    assert evaluate.ruler_sample(task, tok, length, seed=7, index=4)["text"] != one["text"]
-    assert evaluate.ruler_sample(task, tok, length, seed=7, index=4)["answers"] != one["answers"]
+        assert ruler.ruler_sample(task, tok, length, seed=7, index=3, hint=hint) == one
+    assert ruler.ruler_sample(task, tok, length, seed=8, index=3)["text"] != one["text"]
+    assert ruler.ruler_sample(task, tok, length, seed=7, index=4)["text"] != one["text"]
+    assert ruler.ruler_sample(task, tok, length, seed=7, index=4)["answers"] != one["answers"]
 
 
 def test_a_task_that_cannot_fit_the_length_says_so(tok):
-    with pytest.raises(evaluate.DoesNotFit, match=r"cwe: the shortest prompt \(\d+ tokens\) \+ 120 new tokens > 512"):
-        evaluate.ruler_sample("cwe", tok, 512)
-    with pytest.raises(evaluate.DoesNotFit, match="128 new tokens > 100"):
-        evaluate.ruler_sample("niah_single_1", tok, 100)
+    with pytest.raises(ruler.DoesNotFit, match=r"cwe: the shortest prompt \(\d+ tokens\) \+ 120 new tokens > 512"):
+        ruler.ruler_sample("cwe", tok, 512)
+    with pytest.raises(ruler.DoesNotFit, match="128 new tokens > 100"):
+        ruler.ruler_sample("niah_single_1", tok, 100)
 
 
 # ---------------------------------------------------------------- scoring and the verdict
 
 
 def test_string_match_all_is_the_case_blind_fraction_of_answers_found():
-    score = evaluate.string_match_all
+    score = ruler.string_match_all
     assert score("The special magic number is 1234567.", ["1234567"]) == 1.0
     assert score("It is 1234568", ["1234567"]) == 0.0
     assert score("3F2504E0-4F89-41D3-9A0C-0305E82C3301!", ["3f2504e0-4f89-41d3-9a0c-0305e82c3301"]) == 1.0
     assert score("1111111, 3333333 and more", ["1111111", "2222222", "3333333", "4444444"]) == 0.5
     assert score("1. tonek 2. gural", ["TONEK", "gural", "vibos"]) == pytest.approx(2 / 3)
     assert score("", ["x"]) == 0.0
-    assert evaluate.postprocess("  ABC\tDEF\x00GHI \n") == "ABC\nDEF\nGHI"
+    assert ruler.postprocess("  ABC\tDEF\x00GHI \n") == "ABC\nDEF\nGHI"
 
 
 @pytest.mark.parametrize("averages,threshold,expected", [
@@ -273,7 +274,7 @@ def test_string_match_all_is_the_case_blind_fraction_of_answers_found():
     ({}, 50.0, None),
 ])
 def test_effective_length_is_the_longest_run_of_passing_lengths_from_the_shortest(averages, threshold, expected):
-    assert evaluate.effective_length(averages, threshold) == expected
+    assert ruler.effective_length(averages, threshold) == expected
 
 
 class Oracle:
@@ -295,7 +296,7 @@ class Oracle:
 def test_runner_scores_an_oracle_in_percent_and_stops_at_eos(tok, half, score):
     tasks, lengths = ["niah_multivalue", "niah_multiquery", "fwe"], [512, 1024]
     answers_of = {tuple(s["ids"]): s["answers"] for L in lengths for t in tasks for i in range(3)
-                  for s in [evaluate.ruler_sample(t, tok, L, 1, i)]}
+                  for s in [ruler.ruler_sample(t, tok, L, 1, i)]}
     rows = evaluate.ruler(Oracle(tok, answers_of, half), tok, lengths, tasks, samples=3, seed=1)
     niah = [r for r in rows if r["task"] != "fwe"]
     assert [(r["length"], r["task"]) for r in rows] == [(L, t) for L in lengths for t in tasks]
@@ -321,13 +322,13 @@ def test_ruler_command_writes_the_results_json_and_the_table(folder, tok, tmp_pa
     assert list(rows) == [(L, t) for L in lengths for t in tasks]  # lengths ascending
     for (L, task), r in rows.items():
         try:
-            evaluate.ruler_sample(task, tok, L, 3, 0)
-        except evaluate.DoesNotFit as e:
+            ruler.ruler_sample(task, tok, L, 3, 0)
+        except ruler.DoesNotFit as e:
             assert r["score"] is None and r["skipped"] == str(e) and "new tokens > " in str(e)
             continue
-        assert len(r["cases"]) == 2 and r["new_tokens"] == evaluate.NEW_TOKENS[task]
+        assert len(r["cases"]) == 2 and r["new_tokens"] == ruler.NEW_TOKENS[task]
         for i, c in enumerate(r["cases"]):
-            assert c == dict(c, index=i, answers=evaluate.ruler_sample(task, tok, L, 3, i)["answers"])
+            assert c == dict(c, index=i, answers=ruler.ruler_sample(task, tok, L, 3, i)["answers"])
             assert c["tokens"] + r["new_tokens"] <= L and isinstance(c["prediction"], str) and 0 <= c["score"] <= 1
             assert {"units", "depths"} <= set(c)
         assert r["score"] == pytest.approx(100 * np.mean([c["score"] for c in r["cases"]]), abs=0.01)
@@ -354,10 +355,10 @@ def test_ruler_command_writes_the_results_json_and_the_table(folder, tok, tmp_pa
 def test_ruler_table_states_the_effective_length(capsys):
     rows = [dict(length=L, task=t, score=s) for L, t, s in
             [(4096, "vt", 100.0), (4096, "cwe", 90.0), (8192, "vt", 90.0), (8192, "cwe", 70.0)]]
-    averages = evaluate.ruler_averages(rows, [4096, 8192])
+    averages = ruler.ruler_averages(rows, [4096, 8192])
     assert [a["average"] for a in averages] == [95.0, 80.0]
-    evaluate.print_ruler_table(dict(task="ruler", tasks=["vt", "cwe"], results=rows, averages=averages, threshold=85.6,
-                                    effective_length=evaluate.effective_length({4096: 95.0, 8192: 80.0}, 85.6)))
+    ruler.print_ruler_table(dict(task="ruler", tasks=["vt", "cwe"], results=rows, averages=averages, threshold=85.6,
+                                    effective_length=ruler.effective_length({4096: 95.0, 8192: 80.0}, 85.6)))
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["task", "4096", "8192"] and table[1].split() == ["vt", "100.0", "90.0"]
     assert table[3].split() == ["average", "95.0", "80.0"] and table[4].startswith("effective length: 4096 ")
@@ -399,7 +400,7 @@ def test_haystack_file_feeds_the_essay_tasks(folder, tmp_path):
                    "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["haystack"] == str(tmp_path / "essays.jsonl")
-    assert evaluate.read_haystack(tmp_path / "essays.jsonl", "body") == " ".join(ESSAY.split(". ")).split()
+    assert ruler.read_haystack(tmp_path / "essays.jsonl", "body") == " ".join(ESSAY.split(". ")).split()
 
 
 class _Recorder:

@@ -165,7 +165,10 @@ def test_full_length_truncates_at_the_target_and_pads_shorter_documents(tmp_path
 def test_example_stream_is_a_function_of_seed_rank_step_and_ranks_differ(tmp_path):
     docs = [np.arange(5000)]
     opts, _ = train.resolve(train.parse_args(["--window", "64", "--target", "512", "--out", str(tmp_path)]), 1)
-    batch = lambda rank, step, micro=0: torch.stack(train.make_batch(docs, opts, rank, step, micro, 2))
+
+    def batch(rank, step, micro=0):
+        return torch.stack(train.make_batch(docs, opts, rank, step, micro, 2))
+
     assert torch.equal(batch(0, 5), batch(0, 5))
     assert not torch.equal(batch(0, 5), batch(1, 5))
     assert not torch.equal(batch(0, 5), batch(0, 6))
@@ -276,7 +279,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoints(micro_model, 
         train.main(["--model", str(micro_model), "--data", str(corpus), "--out", str(out), "--steps", "4",
                     "--save-every", "1", *RUN, "--lr", "1e30", "--warmup", "0"])
     err = capsys.readouterr().err.strip()
-    match = re.fullmatch(r"error: loss is (nan|inf|-inf) at step (\d); stopped before the update, .*(step_00000\d)", err)
+    match = re.fullmatch(r"error: loss is (nan|inf|-inf) at step (\d); stopped before the update, "
+                         r".*(step_00000\d)", err)
     assert exit_.value.code == 1 and match, err
     bad_step, newest = int(match[2]), match[3]  # nothing saved or updated after the bad loss
     assert newest == f"step_{bad_step - 1:06d}" == sorted(p.name for p in (out / "checkpoints").iterdir())[-1]

@@ -1,0 +1,215 @@
+"""The run folder of train.py on disk: its settings and what --resume may change, DCP checkpoints, the export.
+
+    runs/pose16k/settings.json                 the resolved options (written once the inputs are checked)
+    runs/pose16k/metrics.jsonl                 a row per logged step (train.py)
+    runs/pose16k/checkpoints/step_000500/      DCP: every rank's shards of fp32 weights and Adam's moments
+    runs/pose16k/final/                        the Hugging Face folder at the end (bf16 on GPU)
+    runs/pose16k/exports/step_000500/          `python train.py --export-only --out runs/pose16k --checkpoint 500`
+
+A run is its --out folder. settings.json holds the resolved options; --resume refuses, in one line, any change of
+what is trained: RESUME_FIXED (the checkpoint and corpus, L_c, L_t and with them alpha, the method and its
+sampling, the rope, the batch, the optimizer's hyper-parameters, the seed). Free to change: --steps, saving and
+logging, and --micro-batch-size and the world size (memory, hardware). A checkpoint holds the model and optimizer
+state and the step, nothing else: the data stream is a function of (seed, rank, step) and the learning rate of
+the step (train.py), so no generator or scheduler state is saved. Checkpoints are DCP's (sharded, one file per
+rank), so a run may resume at another world size, and --export-only reads one on a single process. Every file is
+written under a temporary name and renamed, so a kill at any moment leaves the previous checkpoint / export intact.
+
+In order: settings.json and the resume refusals; checkpoints (latest, save, load, the one --export-only picks);
+the Hugging Face folder (export gathers the shards, write_hf_folder writes config, weights and tokenizer files).
+"""
+import dataclasses
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
+
+from data import tokenizer_files
+from model import ModelArgs, Transformer
+
+# ---------------------------------------------------------------- the run's settings (resume safety)
+
+# What is trained: a change on --resume would silently train another thing (a new target changes alpha, so the
+# weights trained so far would meet new frequencies). Everything else may change (see the docstring).
+RESUME_FIXED = ("model", "preset", "data", "text_field", "tokenizer", "window", "target", "method", "chunks",
+                "content", "crop", "rope", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "seed",
+                "max_documents")
+PATHS = ("model", "data", "tokenizer")
+
+
+def run_settings(o, world: int, device, tokenizer_path) -> dict:
+    """settings.json: the resolved options (paths made absolute, so a resume from elsewhere compares the same
+    files), the world, and what --export-only needs besides."""
+    options = dataclasses.asdict(o)
+    for name in PATHS:  # --data is a list of files, folders and globs
+        value = options[name]
+        if isinstance(value, (list, tuple)):
+            options[name] = [str(Path(v).resolve()) for v in value]
+        elif value is not None:
+            options[name] = str(Path(value).resolve())
+    return {"options": options, "world_size": world, "device": device.type,
+            "tokenizer_file": None if tokenizer_path is None else str(Path(tokenizer_path).resolve())}
+
+
+def read_settings(out: Path) -> dict | None:
+    path = out / "settings.json"
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text())
+        assert isinstance(settings["options"], dict)
+        return settings
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise ValueError(f"{path}: not a settings file written by train.py") from None
+
+
+def write_settings(out: Path, settings: dict):
+    tmp = out / f".tmp{os.getpid()}-settings.json"
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, out / "settings.json")  # atomic: a reader sees the old file or the new one
+
+
+def check_resume(o, saved: dict, out: Path):
+    """Refuse, in one line, a --resume that changes what is trained (RESUME_FIXED)."""
+    now = run_settings(o, 1, torch.device("cpu"), None)["options"]
+    for name in RESUME_FIXED:
+        if name in saved["options"] and now[name] != saved["options"][name]:
+            show = lambda v: " ".join(map(str, v)) if isinstance(v, list) else v  # noqa: E731
+            raise ValueError(f"--resume: --{name.replace('_', '-')} {show(now[name])} differs from this run's "
+                             f"{show(saved['options'][name])} ({out / 'settings.json'}); a new --out starts a new run")
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("step_"))
+
+
+def check_writable(out: Path):
+    """Refuse an --out we could not write, without creating anything yet (nothing half-written on bad input)."""
+    probe = out.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out} is not writable ({probe} is not a writable folder)")
+
+
+# ---------------------------------------------------------------- checkpoints (DCP)
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = sorted((out / "checkpoints").glob("step_*"))  # never the .tmp-* of an interrupted save
+    return done[-1] if done else None
+
+
+def checkpoint_state(model, optim, step, opts) -> dict:
+    """The one dict DCP saves and loads in place. The data position is `step`: the stream is a function of
+    (seed, rank, step), so no generator state is needed (seed and world size are recorded to warn on change),
+    and the learning rate is a function of the step (lr_factor), so no scheduler state either."""
+    model_sd, optim_sd = get_state_dict(model, optim)
+    return {"model": model_sd, "optim": optim_sd, "step": step, "seed": opts.seed,
+            "world_size": dist.get_world_size()}
+
+
+def save_checkpoint(out: Path, state: dict, keep: int):
+    """Sharded DCP save into .tmp-step_N, then an atomic rename: a kill mid-save leaves the previous one intact."""
+    final = out / "checkpoints" / f"step_{state['step']:06d}"
+    tmp = final.with_name(".tmp-" + final.name)
+    if final.exists():
+        return  # same step, same state (e.g. --resume of a finished run)
+    if dist.get_rank() == 0 and tmp.exists():
+        shutil.rmtree(tmp)  # left by a killed save
+    dist.barrier()
+    dcp.save(state, checkpoint_id=tmp)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        os.replace(tmp, final)
+        for old in sorted((out / "checkpoints").glob("step_*"))[:-keep]:
+            shutil.rmtree(old)
+    dist.barrier()
+
+
+def load_checkpoint(model, optim, path: Path, opts) -> dict:
+    """Load `path` in place into the (sharded) model and optimizer; returns the saved state (step, seed, world)."""
+    state = checkpoint_state(model, optim, 0, opts)
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return state
+
+
+def find_checkpoint(out: Path, name: str | None) -> Path:
+    """--checkpoint step_N (or N) of --out, default the latest; a missing one names what is there."""
+    saved = sorted((out / "checkpoints").glob("step_*"))
+    if name is None:
+        checkpoint = latest_checkpoint(out)
+    else:
+        number = name.removeprefix("step_")
+        checkpoint = next((c for c in saved if number.isdigit() and step_of(c) == int(number)), None)
+    if checkpoint is None:
+        have = ", ".join(c.name for c in saved) or "none"
+        raise FileNotFoundError(f"--checkpoint {name or '(latest)'}: not in {out / 'checkpoints'} "
+                                f"(saved: {have})")
+    return checkpoint
+
+
+def load_weights(args: ModelArgs, checkpoint: Path) -> Transformer:
+    """A plain (unsharded, CPU) model holding a checkpoint's weights, on one process without FSDP: DCP reshards
+    the saved shards into full tensors. What --export-only exports."""
+    with torch.device("meta"):
+        plain = Transformer(args)
+    plain.to_empty(device="cpu")
+    plain._tie()
+    state = {"model": plain.state_dict()}  # the parameters' own storage: DCP loads in place
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", "torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=checkpoint, no_dist=True)
+    return plain
+
+
+# ---------------------------------------------------------------- the Hugging Face folder
+
+
+def export(model, args: ModelArgs, base: dict | None, opts, tokenizer_path, device) -> Path:
+    """Gather the full state dict on rank 0 and write it to --out/final (write_hf_folder)."""
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    final = Path(opts.out) / "final"
+    if dist.get_rank() == 0:
+        with torch.device("meta"):
+            plain = Transformer(args)
+        plain.load_state_dict(full, assign=True)  # adopt the gathered tensors, no second copy
+        # bf16 is what LLaMA checkpoints ship; the fp32 masters stay in checkpoints/
+        write_hf_folder(plain, base, opts.model, tokenizer_path, final,
+                        torch.bfloat16 if device.type == "cuda" else None)
+    dist.barrier()
+    return final
+
+
+def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_path, folder: Path, dtype):
+    """A Hugging Face folder at `folder`, swapped in whole: config.json is --model's own with only what training
+    changed (ModelArgs.to_config), plus the tokenizer files transformers / vLLM look for."""
+    plain.set_rope(plain.args.rope)  # the meta-built tables are garbage
+    if plain.args.tie_word_embeddings:
+        plain.lm_head.weight = plain.model.embed_tokens.weight  # assign / to_empty replaced the shared tensor
+    if dtype is not None:
+        plain.to(dtype)
+    tmp, old = folder.with_name(f".tmp-{folder.name}"), folder.with_name(f".old-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp, base_config=base)  # rope scaling, max_position_embeddings = L_t, L_c recorded
+    files = tokenizer_files(tokenizer_path)  # tokenizer.model and/or tokenizer.json, and their configs
+    if model_dir and (Path(model_dir) / "generation_config.json").is_file():  # what transformers / vLLM read
+        files["generation_config.json"] = Path(model_dir) / "generation_config.json"
+    for name, source in files.items():
+        shutil.copy(source, tmp / name)
+    tokenizer_config, target = tmp / "tokenizer_config.json", plain.args.max_position_embeddings
+    if tokenizer_config.is_file():  # a real model_max_length below L_t would cap vLLM and warn in transformers
+        config = json.loads(tokenizer_config.read_text())
+        if isinstance(config.get("model_max_length"), int) and config["model_max_length"] < target:
+            tokenizer_config.write_text(json.dumps({**config, "model_max_length": target}, indent=2) + "\n")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
