@@ -101,9 +101,9 @@ FLASH_CPU_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _
                    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _flash_cpu_backward_flops}
 
 
-def measure(model, optim, batch, accum: int, grad_clip: float):
+def measure(model, optim, batch, accum: int, grad_clip: float, count_flops: bool = True):
     """One steady-state micro-batch of train.train_step under the tracker: (peak snapshot {category: bytes},
-    FLOPs of the micro-batch on this rank). `batch` = (tokens, targets, positions)."""
+    FLOPs of the micro-batch on this rank, or None without count_flops). `batch` = (tokens, targets, positions)."""
     for p in model.parameters():  # Adam's moments exist from step 1 on: create them, unmeasured
         p.grad = torch.zeros_like(p)
     optim.step()
@@ -120,6 +120,8 @@ def measure(model, optim, batch, accum: int, grad_clip: float):
         optim.step()
         optim.zero_grad(set_to_none=True)
     (peak,) = tracker.get_tracker_snapshot("peak").values()  # one device: rank 0's CPU
+    if not count_flops:
+        return peak, None
     # FLOPs in a pass of their own: FlopCounterMode's module tracking keeps tensors alive that the run frees
     # (measured: +4 MiB at the tiny preset's peak), so it never runs under the tracker.
     flops = FlopCounterMode(display=False, custom_mapping=FLASH_CPU_FLOPS)
@@ -144,9 +146,10 @@ def loss_as_forward(model):
         model.loss = registered
 
 
-def estimate(opts: train.TrainOptions, world: int, cuda: bool = True) -> dict:
+def estimate(opts: train.TrainOptions, world: int, cuda: bool = True, count_flops: bool = True) -> dict:
     """The plan of `opts` on `world` ranks: the numbers --plan prints and --plan-json writes. cuda=False plans
-    the CPU's fp32 policy instead of the GPU's bf16 one (the tests compare that with measured CPU runs)."""
+    the CPU's fp32 policy instead of the GPU's bf16 one (the tests compare that with measured CPU runs);
+    count_flops=False skips the FLOP pass (flops_per_step None: it depends on the global batch, not the world)."""
     t0 = time.perf_counter()
     opts, config = train.resolve(dataclasses.replace(opts, plan=True), world)
     args = train.training_args(opts, config)
@@ -161,7 +164,7 @@ def estimate(opts: train.TrainOptions, world: int, cuda: bool = True) -> dict:
         tokens = torch.zeros(shape, dtype=torch.long)
         positions = torch.arange(length).expand(shape)  # PoSE's skipped ids cost what contiguous ones do
         try:
-            peak, flops = measure(model, optim, (tokens, tokens, positions), accum, opts.grad_clip)
+            peak, flops = measure(model, optim, (tokens, tokens, positions), accum, opts.grad_clip, count_flops)
         except RuntimeError as e:
             if "No available kernel" not in str(e):
                 raise
@@ -172,7 +175,7 @@ def estimate(opts: train.TrainOptions, world: int, cuda: bool = True) -> dict:
                   for k, v in peak.items() if k != "Total"}
     tokens_per_step = opts.batch_size * length
     return {"peak_gib": peak["Total"] / 2**30, "categories": categories, "world_size": world,
-            "tokens_per_step": tokens_per_step, "flops_per_step": flops * accum * world,
+            "tokens_per_step": tokens_per_step, "flops_per_step": None if flops is None else flops * accum * world,
             "model_flops_per_step": train.flops_per_token(model, length) * tokens_per_step,
             "parameters": n_params, "sequence_length": length, "micro_batch_size": opts.micro_batch_size,
             "accumulation": accum, "method": opts.method, "window": opts.window, "target": opts.target,

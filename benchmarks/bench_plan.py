@@ -13,7 +13,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +34,10 @@ def write_config(folder: Path) -> Path:
     return folder
 
 
-def rows(model: Path, table: str):
-    """(flags, plan) for every row of a table, planned one after another in this process."""
+def rows(model: Path, table: str, done: dict):
+    """(flags, plan) for every row of a table, planned one after another in this process; a row in `done` (flags
+    -> plan, read back from --json) is not planned again. A step's FLOPs depend on the global batch, not on the
+    world: grid16 takes grid8's."""
     if table.startswith("grid"):
         cells = [(m, t, ac, int(table[4:])) for ac in (False, True) for m in ("pose", "full")
                  for t in (16384, 32768, 65536, 131072)]
@@ -47,8 +48,15 @@ def rows(model: Path, table: str):
     for method, target, ac, world in cells:
         flags = ["--model", str(model), *common, "--method", method, "--target", str(target),
                  "--world-size", str(world)] + ["--activation-checkpointing"] * ac
-        opts = train.parse_args(["--plan", *flags])
-        yield flags, plan.estimate(opts, world)
+        key = " ".join(flags[2:])
+        if key not in done:
+            opts = train.parse_args(["--plan", *flags])
+            done[key] = plan.estimate(opts, world, count_flops=world == 8)
+            if world != 8:
+                done[key]["flops_per_step"] = done[key.replace(f"--world-size {world}", "--world-size 8")][
+                    "flops_per_step"]
+            done[key]["new"] = True
+        yield flags, done[key]
 
 
 def markdown(results) -> str:
@@ -68,18 +76,24 @@ def main():
     p.add_argument("--table", choices=("grid8", "grid16", "fig3", "all"), default="all")
     p.add_argument("--json", help="also append each row's plan as a JSON line here")
     o = p.parse_args()
+    known = {}  # flags without --model -> plan, from an earlier run's --json
+    if o.json and Path(o.json).is_file():
+        for line in Path(o.json).read_text().splitlines():
+            row = json.loads(line)
+            known[" ".join(row.pop("flags"))] = row
     with tempfile.TemporaryDirectory() as tmp:
         model = write_config(Path(tmp) / "Llama-2-7b-config")
         for table in ("grid8", "fig3", "grid16") if o.table == "all" else (o.table,):
-            t0, done = time.perf_counter(), []
-            for flags, result in rows(model, table):
+            done = []
+            for flags, result in rows(model, table, known):
                 done.append((flags, result))
                 print(f"[{table}] {' '.join(flags[2:])}: peak {result['peak_gib']:.2f} GiB in "
                       f"{result['seconds']:.0f} s", file=sys.stderr, flush=True)
-                if o.json:
+                if o.json and result.pop("new", False):
                     with open(o.json, "a") as f:
                         f.write(json.dumps({"table": table, "flags": flags[2:], **result}) + "\n")
-            print(f"\n{table}: {len(done)} plans in {time.perf_counter() - t0:.0f} s\n\n{markdown(done)}", flush=True)
+            print(f"\n{table}: {len(done)} plans, {sum(p['seconds'] for _, p in done):.0f} s of planning\n\n"
+                  f"{markdown(done)}", flush=True)
 
 
 if __name__ == "__main__":

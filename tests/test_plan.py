@@ -8,8 +8,8 @@ train.train_step's forward, backward, clipping and update, at world 1 and 2 in f
 2 in one process is the "fake" process group with real tensors: the collectives return at once, so the numbers
 are wrong and the memory is right. FSDPMemTracker, in real mode, follows every tensor rank 0 allocates.
 """
-import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +29,10 @@ import plan  # noqa: E402
 import train  # noqa: E402
 from model import Transformer  # noqa: E402
 
-# The plan and the measured run are the same computation on fake and on real tensors: they differ only where a
-# fake kernel's output size differs from the real one's. Measured here: < 0.5% on the peak.
-TOLERANCE = 0.02
+# The plan and the measured run are the same computation on fake and on real tensors. Measured on torch 2.13: the
+# peaks differ by 24 bytes (the plan also tracks the micro-batch's inputs) in all four cases; 0.1% leaves room for
+# a kernel whose fake output size differs from its real one, and still fails a plan that misses one activation.
+TOLERANCE = 1e-3
 
 
 def options(tmp_path, *flags) -> train.TrainOptions:
@@ -128,7 +129,7 @@ def test_fsdp2_wiring_at_world_8_shards_casts_and_communicates_as_designed(ac):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optim.step()
             every = dict(comms.get_comm_counts())
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             assert isinstance(p.grad, DTensor) and p.grad.placements == (Shard(0),) and p.grad.dtype == torch.float32
             assert p.dtype == torch.float32  # fp32 masters
     c10d = torch.ops.c10d
@@ -158,7 +159,8 @@ def test_build_model_compiles_each_block_forward_then_checkpoints_then_shards(tm
     events = []
     monkeypatch.setattr(Transformer, "compile_regions", lambda self: events.append("compile"))
     real_checkpoint, real_shard = train.activation_checkpoint, train.fully_shard
-    monkeypatch.setattr(train, "activation_checkpoint", lambda m: events.append(("checkpoint", m)) or real_checkpoint(m))
+    monkeypatch.setattr(train, "activation_checkpoint",
+                        lambda m: events.append(("checkpoint", m)) or real_checkpoint(m))
     monkeypatch.setattr(train, "fully_shard", lambda m, **kw: events.append(("shard", m)) or real_shard(m, **kw))
     opts = options(tmp_path, "--compile", "--activation-checkpointing", "--batch-size", "1")
     opts, config = train.resolve(opts, 1)
@@ -213,7 +215,7 @@ def test_plan_command_reads_a_config_only_folder_prints_the_table_and_writes_onl
            "1024", "--batch-size", "8", "--world-size", "4", "--activation-checkpointing", "--gpu-memory", "80",
            "--plan-json", "plan.json"]
     done = subprocess.run(cmd, cwd=run, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in run.iterdir()) == ["plan.json"]  # no out/, no settings.json
     assert sorted(p.name for p in model.iterdir()) == ["config.json"]
