@@ -6,8 +6,9 @@ paper's Fig. 3 setting, from a config.json written here (no weights, no GPU).
 
 grid8, grid16: L_c 4,096 (Llama-2's context) -> L_t 16k / 32k / 64k / 128k, PoSE and full-length, activation
 checkpointing off / on, on 8 or 16 ranks, micro-batch 1, global batch 64 (§4.1). fig3: the paper's §5.1 setting,
-LLaMA-7B (the same shapes) 2k -> 4k / 8k / 16k, global batch 16 on 8 ranks. Every row is what
-`python train.py --plan --model FOLDER ...` prints for those flags (the command is printed with each table).
+LLaMA-7B (the same shapes) 2k -> 4k / 8k / 16k, global batch 16 on 8 ranks (fig3: micro-batch 1, fig3mb2: 2, with
+activation checkpointing, as the authors' script runs). Every row is what
+`python train.py --plan --model FOLDER ...` prints for those flags (stderr names each row's flags as it goes).
 """
 import argparse
 import json
@@ -42,9 +43,12 @@ def rows(model: Path, table: str, done: dict):
         cells = [(m, t, ac, int(table[4:])) for ac in (False, True) for m in ("pose", "full")
                  for t in (16384, 32768, 65536, 131072)]
         common = ["--window", "4096", "--batch-size", "64"]
-    else:
+    elif table == "fig3":
         cells = [(m, t, ac, 8) for ac in (False, True) for m in ("pose", "full") for t in (4096, 8192, 16384)]
         common = ["--window", "2048", "--batch-size", "16"]
+    else:  # fig3mb2: two sequences per GPU (16 / 8, the authors' script accumulates nothing), checkpointing on
+        cells = [(m, t, True, 8) for m in ("pose", "full") for t in (4096, 8192, 16384)]
+        common = ["--window", "2048", "--batch-size", "16", "--micro-batch-size", "2"]
     for method, target, ac, world in cells:
         flags = ["--model", str(model), *common, "--method", method, "--target", str(target),
                  "--world-size", str(world)] + ["--activation-checkpointing"] * ac
@@ -73,7 +77,7 @@ def markdown(results) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--table", choices=("grid8", "grid16", "fig3", "all"), default="all")
+    p.add_argument("--table", choices=("grid8", "grid16", "fig3", "fig3mb2", "all"), default="all")
     p.add_argument("--json", help="also append each row's plan as a JSON line here")
     o = p.parse_args()
     known = {}  # flags without --model -> plan, from an earlier run's --json
@@ -83,7 +87,7 @@ def main():
             known[" ".join(row.pop("flags"))] = row
     with tempfile.TemporaryDirectory() as tmp:
         model = write_config(Path(tmp) / "Llama-2-7b-config")
-        for table in ("grid8", "fig3", "grid16") if o.table == "all" else (o.table,):
+        for table in ("grid8", "fig3", "grid16", "fig3mb2") if o.table == "all" else (o.table,):
             done = []
             for flags, result in rows(model, table, known):
                 done.append((flags, result))
