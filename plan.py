@@ -222,12 +222,16 @@ def run(opts: train.TrainOptions) -> tuple[int, str | None]:
             raise ValueError(f"--gpu-memory must be > 0 GiB, got {opts.gpu_memory:g}")
         if opts.export_only:
             raise ValueError("--plan plans a training run; --export-only trains nothing")
+        if opts.plan_json and not Path(opts.plan_json).resolve().parent.is_dir():  # before a minute of planning
+            raise ValueError(f"--plan-json {opts.plan_json}: {Path(opts.plan_json).resolve().parent} is not a folder")
         plan = estimate(dataclasses.replace(opts, compile=False), world_size(opts))
         if opts.gpu_memory is not None:
             plan["gpu_memory_gib"] = opts.gpu_memory
             plan["fits"] = fits(plan["peak_gib"], opts.gpu_memory)[0]
         else:
             plan["fits"] = None
+        if int(os.environ.get("RANK", 0)):  # under torchrun every rank plans the same run: rank 0 speaks
+            return 0, None
         print(table(plan, opts), flush=True)
         if opts.plan_json:
             path = Path(opts.plan_json)

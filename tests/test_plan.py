@@ -186,13 +186,14 @@ def config_only_model(tmp_path) -> Path:
     (["--world-size", "0"], "error: --world-size must be > 0, got 0"),
     (["--world-size", "3"], "error: --batch-size 64 is not divisible by --micro-batch-size 1 x world size 3"),
     (["--gpu-memory", "0"], "error: --gpu-memory must be > 0 GiB, got 0"),
+    (["--plan-json", "no/such/plan.json"], "error: --plan-json no/such/plan.json: {cwd}/no/such is not a folder"),
 ])
 def test_bad_plan_values_are_refused_in_one_line_as_training_refuses_them(tmp_path, monkeypatch, capsys, flags,
                                                                           message):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
         train.main(["--plan", "--model", str(config_only_model(tmp_path)), *flags])
-    assert e.value.code == 2 and capsys.readouterr().err == message + "\n"
+    assert e.value.code == 2 and capsys.readouterr().err == message.format(cwd=tmp_path.resolve()) + "\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config-only"]  # nothing written
 
 
