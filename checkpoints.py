@@ -19,6 +19,7 @@ In order: settings.json and the resume refusals; checkpoints (latest, save, load
 the Hugging Face folder (export gathers the shards, write_hf_folder writes config, weights and tokenizer files).
 """
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -28,8 +29,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
+from torch.distributed.tensor import DTensor
 
 from data import tokenizer_files
 from model import ModelArgs, Transformer
@@ -115,8 +119,43 @@ def checkpoint_state(model, optim, step, opts) -> dict:
             "world_size": dist.get_world_size()}
 
 
+class DiskFull(RuntimeError):
+    """A save ran out of space: its temporary files are removed, the previous checkpoint / export stays."""
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether e is, or wraps, ENOSPC (DCP re-raises each rank's error inside a CheckpointException)."""
+    seen = [e]
+    while seen:
+        e = seen.pop()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        failures = [f[0] if isinstance(f, tuple) else f for f in getattr(e, "failures", {}).values()]  # (e, tb)
+        seen += [x for x in (e.__cause__, e.__context__, *failures) if isinstance(x, BaseException)]
+    return False
+
+
+def nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def full_disk_line(what: Path, needed: int) -> str:
+    free = shutil.disk_usage(next(p for p in (what, *what.parents) if p.exists())).free
+    size = lambda n: f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"  # noqa: E731
+    return f"{what}: no space left on device (needs about {size(needed)}, {size(free)} free)"
+
+
+def weights_finite(model) -> bool:
+    """Whether every weight is finite on every rank (each checks its own shards; one MIN all-reduce)."""
+    ok = all(bool(torch.isfinite(p.to_local() if isinstance(p, DTensor) else p).all()) for p in model.parameters())
+    flag = torch.tensor([int(ok)], device=next(model.parameters()).device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def save_checkpoint(out: Path, state: dict, keep: int):
-    """Sharded DCP save into .tmp-step_N, then an atomic rename: a kill mid-save leaves the previous one intact."""
+    """Sharded DCP save into .tmp-step_N, then an atomic rename: a kill mid-save leaves the previous one intact.
+    Out of disk space: the temporary folder is removed and DiskFull names it and the space needed."""
     final = out / "checkpoints" / f"step_{state['step']:06d}"
     tmp = final.with_name(".tmp-" + final.name)
     if final.exists():
@@ -124,7 +163,19 @@ def save_checkpoint(out: Path, state: dict, keep: int):
     if dist.get_rank() == 0 and tmp.exists():
         shutil.rmtree(tmp)  # left by a killed save
     dist.barrier()
-    dcp.save(state, checkpoint_id=tmp)
+    try:
+        dcp.save(state, checkpoint_id=tmp)
+    except (Exception, CheckpointException) as e:  # every rank gets DCP's (a BaseException) together
+        local = nbytes(t.to_local() if isinstance(t, DTensor) else t for part in ("model", "optim")
+                       for t in _leaves(state[part]))
+        # torch.save's zip writer turns ENOSPC into "RuntimeError: ... unexpected pos": ask the disk too.
+        if not (disk_full(e) or shutil.disk_usage(tmp.parent).free < local * dist.get_world_size()):
+            raise
+        dist.barrier()
+        if dist.get_rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise DiskFull(f"{full_disk_line(tmp, local * dist.get_world_size())}; removed it, the latest checkpoint "
+                       f"is still {latest_checkpoint(out)}") from None
     dist.barrier()
     if dist.get_rank() == 0:
         os.replace(tmp, final)
@@ -133,8 +184,48 @@ def save_checkpoint(out: Path, state: dict, keep: int):
     dist.barrier()
 
 
+def _leaves(tree):
+    """The tensors of a nested state dict (the optimizer's is dicts of dicts)."""
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _leaves(value)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            yield from _leaves(value)
+    else:
+        yield tree
+
+
+def damage(checkpoint: Path) -> str | None:
+    """What is wrong with a DCP checkpoint folder, from its .metadata and its files' sizes (no data read): a
+    missing or unreadable .metadata, a .distcp file it lists missing or shorter than its entries. None: intact."""
+    try:
+        metadata = FileSystemReader(checkpoint).read_metadata()
+        storage = list(metadata.storage_data.values())
+    except Exception as e:  # a missing file, a truncated pickle: whatever the unpickler raises
+        return f".metadata missing or unreadable ({type(e).__name__})"
+    for info in storage:
+        file = checkpoint / info.relative_path
+        if not file.is_file():
+            return f"{info.relative_path} missing"
+        if file.stat().st_size < info.offset + info.length:
+            return f"{info.relative_path} truncated ({file.stat().st_size} bytes, {info.offset + info.length} listed)"
+    return None
+
+
+def check_intact(checkpoint: Path):
+    """One line naming a damaged checkpoint and the newest intact one, before DCP's traceback would."""
+    what = damage(checkpoint)
+    if what is not None:
+        intact = [c for c in sorted(checkpoint.parent.glob("step_*"), reverse=True) if c != checkpoint
+                  and damage(c) is None]
+        raise ValueError(f"{checkpoint}: damaged checkpoint ({what}); newest intact one: "
+                         f"{intact[0] if intact else 'none'}")
+
+
 def load_checkpoint(model, optim, path: Path, opts) -> dict:
     """Load `path` in place into the (sharded) model and optimizer; returns the saved state (step, seed, world)."""
+    check_intact(path)
     state = checkpoint_state(model, optim, 0, opts)
     dcp.load(state, checkpoint_id=path)
     set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
@@ -163,24 +254,39 @@ def load_weights(args: ModelArgs, checkpoint: Path) -> Transformer:
         plain = Transformer(args)
     plain.to_empty(device="cpu")
     plain._tie()
+    check_intact(checkpoint)
     state = {"model": plain.state_dict()}  # the parameters' own storage: DCP loads in place
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", "torch.distributed is disabled")
         dcp.load(state, checkpoint_id=checkpoint, no_dist=True)
+    bad = next((name for name, t in state["model"].items() if not torch.isfinite(t).all()), None)
+    if bad is not None:  # an export of NaN weights would evaluate as a model
+        raise ValueError(f"{checkpoint}: tensor {bad!r} holds NaN or infinite values; not exported")
     return plain
 
 
 # ---------------------------------------------------------------- the Hugging Face folder
 
 
+def gather_plain(model, args: ModelArgs) -> Transformer | None:
+    """A plain (unsharded) copy of the (sharded) model in rank 0's CPU memory, rope tables and tied head set;
+    None on the other ranks. A collective: every rank calls it (FSDP2 all-gathers the shards)."""
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    with torch.device("meta"):
+        plain = Transformer(args)
+    plain.load_state_dict(full, assign=True)  # adopt the gathered tensors, no second copy
+    plain._tie()  # assign replaced the shared tensor
+    plain.set_rope(plain.args.rope)  # the meta-built tables are garbage
+    return plain
+
+
 def export(model, args: ModelArgs, base: dict | None, opts, tokenizer_path, device) -> Path:
     """Gather the full state dict on rank 0 and write it to --out/final (write_hf_folder)."""
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    plain = gather_plain(model, args)
     final = Path(opts.out) / "final"
     if dist.get_rank() == 0:
-        with torch.device("meta"):
-            plain = Transformer(args)
-        plain.load_state_dict(full, assign=True)  # adopt the gathered tensors, no second copy
         # bf16 is what LLaMA checkpoints ship; the fp32 masters stay in checkpoints/
         write_hf_folder(plain, base, opts.model, tokenizer_path, final,
                         torch.bfloat16 if device.type == "cuda" else None)
@@ -198,17 +304,25 @@ def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_
         plain.to(dtype)
     tmp, old = folder.with_name(f".tmp-{folder.name}"), folder.with_name(f".old-{folder.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp, base_config=base)  # rope scaling, max_position_embeddings = L_t, L_c recorded
     files = tokenizer_files(tokenizer_path)  # tokenizer.model and/or tokenizer.json, and their configs
     if model_dir and (Path(model_dir) / "generation_config.json").is_file():  # what transformers / vLLM read
         files["generation_config.json"] = Path(model_dir) / "generation_config.json"
-    for name, source in files.items():
-        shutil.copy(source, tmp / name)
-    tokenizer_config, target = tmp / "tokenizer_config.json", plain.args.max_position_embeddings
-    if tokenizer_config.is_file():  # a real model_max_length below L_t would cap vLLM and warn in transformers
-        config = json.loads(tokenizer_config.read_text())
-        if isinstance(config.get("model_max_length"), int) and config["model_max_length"] < target:
-            tokenizer_config.write_text(json.dumps({**config, "model_max_length": target}, indent=2) + "\n")
+    try:
+        plain.save_pretrained(tmp, base_config=base)  # rope scaling, max_position_embeddings = L_t, L_c recorded
+        for name, source in files.items():
+            shutil.copy(source, tmp / name)
+        tokenizer_config, target = tmp / "tokenizer_config.json", plain.args.max_position_embeddings
+        if tokenizer_config.is_file():  # a real model_max_length below L_t would cap vLLM and warn in transformers
+            config = json.loads(tokenizer_config.read_text())
+            if isinstance(config.get("model_max_length"), int) and config["model_max_length"] < target:
+                tokenizer_config.write_text(json.dumps({**config, "model_max_length": target}, indent=2) + "\n")
+    except Exception as e:  # ENOSPC arrives as OSError, or inside safetensors' SafetensorError (os error 28)
+        needed = nbytes(plain.state_dict().values()) + sum(f.stat().st_size for f in files.values())
+        if not (disk_full(e) or shutil.disk_usage(folder.parent).free < needed):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DiskFull(f"{full_disk_line(folder, needed)}; removed the partial export, {folder} is as it was") \
+            from None
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)

@@ -9,24 +9,31 @@
 The output is the 1-D id file train.py and evaluate.py memory-map: every document as BOS ... EOS, exactly what
 their text path tokenises (uint16 when the vocabulary fits, else uint32), written by --workers processes in
 file order, with progress on stderr, under a temporary name renamed into place at the end (a failure leaves
-nothing). Documents are not filtered here; train.py skips the short ones when it reads the file.
+nothing). Documents are not filtered here; train.py skips the short ones when it reads the file. --workers is
+capped at the CPUs this process may use and at the batches of work there are; SIGINT / SIGTERM end the workers
+and remove the temporary file (one line, exit 128 + the signal), as does a full disk (one line, exit 2).
 
 Tokenizers. `Tokenizer(path)` takes a checkpoint folder or the file itself: tokenizer.model is read with
 sentencepiece (LLaMA 1/2, Mistral; preferred when a folder has both), tokenizer.json with Hugging Face's
 `tokenizers` (Llama 3, Qwen, ...; optional, pip install tokenizers). Both encode the text without special
 tokens and BOS / EOS are added here, so a tokenizer.json whose post-processor adds BOS itself (Llama 3's
-TemplateProcessing) never gives two. The ids are the checkpoint's, as the model was trained: tokenizer_config.json's
-bos_token / eos_token (no BOS when it is null or add_bos_token is false), else config.json's bos_token_id /
-eos_token_id (the first of a list), else the tokenizer file's own. `eos_id` is the one id ending every document;
-a config listing several (Llama 3 Instruct) lets a token file's documents end at any of them (train.py).
+TemplateProcessing) never gives two. The ids are the checkpoint's, as the model was trained. BOS follows the
+tokenizer's own convention, never config.json's bos_token_id (Qwen's names one its tokenizer never adds): none when
+tokenizer_config.json's bos_token is null or add_bos_token false; a tokenizer.json adds the one its post-processor
+puts first (Llama 3's TemplateProcessing; none for Qwen's ByteLevel), or tokenizer_config.json's bos_token with
+add_bos_token true; a tokenizer.model its bos_token, else the file's own. EOS: tokenizer_config.json's eos_token,
+else config.json's eos_token_id (the first of a list), else the file's own. `eos_id` is the one id ending every
+document; a config listing several (Llama 3 Instruct) lets a token file's documents end at any of them (train.py).
+With no BOS a document starts with its first text token, which no window scores: nothing precedes it.
 
 Corpora (--data: one or more files, folders or globs): .jsonl, .jsonl.gz (gzip), .jsonl.zst (pip install zstandard)
-and .parquet (pip install pyarrow) with the text in --text-field; .txt .md .rst .tex .py files, one document
-each; pre-tokenised ids: a 1-D .npy of any integer dtype or a raw uint16 .bin (nanoGPT's), split after each
-EOS. A folder is every such file below it, sorted; a glob its sorted matches. Reading streams: one file at a
-time, decompressed and parsed as it goes, stopped once the documents asked for are in (--max-documents), with
-progress on stderr every few seconds. Rank r of w keeps documents r, r + w, ... in file order; the other ranks'
-documents are counted, never parsed or tokenised.
+and .parquet (pip install pyarrow) with the text in --text-field; .txt .md .rst .tex .py files, one document each;
+pre-tokenised ids: a 1-D .npy of any integer dtype or a raw uint16 .bin (nanoGPT's), split after each EOS. A folder
+is every such file below it, sorted; a glob its sorted matches; a file reached twice (given twice, a symlink beside
+its target, a symlinked folder loop) is read once, and the log says how many paths were dropped. Reading streams:
+one file at a time, decompressed and parsed as it goes, stopped once the documents asked for are in
+(--max-documents), with progress on stderr every few seconds. Rank r of w keeps documents r, r + w, ... in file
+order; the other ranks' documents are counted, never parsed or tokenised.
 
 Short documents. train.py keeps documents of >= L_c + 1 tokens (a window plus its last label) and reports how
 many it skipped, as the paper's data had "a minimum length requirement of 2,048 tokens" (§4.1, the Pile). The
@@ -36,6 +43,7 @@ two chunks out of min(length, L_c) tokens, so a document shorter than L_c is use
 """
 import argparse
 import dataclasses
+import errno
 import glob
 import gzip
 import importlib
@@ -44,6 +52,8 @@ import itertools
 import json
 import multiprocessing
 import os
+import shutil
+import signal
 import sys
 import sysconfig
 import time
@@ -107,21 +117,54 @@ class Tokenizer:
         self.bos_id, self.eos_id = (self._special(name, default) for name, default in zip(("bos", "eos"), own))
 
     def _special(self, name: str, default: int | None) -> int | None:
-        """The checkpoint's BOS or EOS id: tokenizer_config.json, else config.json, else the file's own."""
+        """The checkpoint's BOS or EOS id (the module docstring's rules)."""
         settings = _read_json(self.path.parent / "tokenizer_config.json")
+        if name == "bos" and settings.get("add_bos_token") is False:
+            return None
+        added = self._post_processor_bos() if self.hf and name == "bos" else None
         if f"{name}_token" in settings:
             token = settings[f"{name}_token"]
             token = token.get("content") if isinstance(token, dict) else token  # an AddedToken, serialised
-            if token is None or (name == "bos" and settings.get("add_bos_token") is False):
+            add_bos = settings.get("add_bos_token")
+            if token is not None and not isinstance(token, str) or add_bos not in (None, True, False):
+                raise ValueError(f"{self.path.parent / 'tokenizer_config.json'}: {name}_token must be a string, an "
+                                 f"AddedToken object or null and add_bos_token true or false, got "
+                                 f"{settings[name + '_token']!r} and {add_bos!r}")
+            if token is None:
                 return None
+            if self.hf and name == "bos" and settings.get("add_bos_token") is not True:
+                return added  # what the fast tokenizer adds: its tokenizer.json's post-processor decides
             id_ = self.hf.token_to_id(token) if self.hf else self.sp.piece_to_id(token)
             if id_ is None or self.sp and self.sp.id_to_piece(id_) != token:  # sentencepiece answers unk
                 raise ValueError(f"{self.path.parent / 'tokenizer_config.json'}: {name}_token {token!r} is not in "
                                  f"{self.path.name}")
             return id_
+        if name == "bos":  # never config.json's bos_token_id alone
+            return added if self.hf else default
         config = _read_json(self.path.parent / "config.json")
         value = config.get(f"{name}_token_id", default)
-        return value[0] if isinstance(value, list) and value else value
+        value = value[0] if isinstance(value, list) and value else value
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{self.path.parent / 'config.json'}: {name}_token_id must be a token id >= 0, a list "
+                             f"of them or null, got {config[name + '_token_id']!r}")
+        return value
+
+    def _post_processor_bos(self) -> int | None:
+        """The id tokenizer.json's post-processor puts before a single text (TemplateProcessing's leading special
+        token, Roberta/Bert's cls), or None when it adds none (Qwen's ByteLevel, or no post-processor)."""
+        stack = [_read_json(self.path).get("post_processor") or {}]
+        while stack:
+            proc = stack.pop(0)
+            if proc.get("type") == "Sequence":
+                stack = list(proc.get("processors") or []) + stack
+            elif proc.get("type") == "TemplateProcessing":
+                first = (proc.get("single") or [{}])[0]
+                if "SpecialToken" not in first:
+                    return None
+                return proc["special_tokens"][first["SpecialToken"]["id"]]["ids"][0]
+            elif proc.get("type") in ("RobertaProcessing", "BertProcessing"):
+                return proc["cls"][1]
+        return None
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
         """The ids of text, without the tokenizer's own special tokens, with our BOS / EOS around them."""
@@ -144,6 +187,14 @@ def _read_json(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     return value if isinstance(value, dict) else {}
+
+
+def check_vocabulary(tokenizer: Tokenizer, vocab_size: int):
+    """A tokenizer with ids the model cannot embed (another checkpoint's tokenizer): one line before any work."""
+    top = max(tokenizer.vocab_size - 1, tokenizer.bos_id or 0, tokenizer.eos_id or 0)
+    if top >= vocab_size:
+        raise ValueError(f"{tokenizer.path}: ids up to {top} (BOS {tokenizer.bos_id}, EOS {tokenizer.eos_id}, "
+                         f"{tokenizer.vocab_size:,} tokens) but the model's vocab_size is {vocab_size:,}")
 
 
 def tokenizer_files(path) -> dict[str, Path]:
@@ -201,28 +252,35 @@ def as_list(sources) -> list:
     return [sources] if isinstance(sources, (str, Path)) else list(sources)
 
 
-def find_files(sources, flag: str = "--data") -> list[Path]:
+def find_files(sources, flag: str = "--data", say=None) -> list[Path]:
     """The files of --data: each source (one or a list) a file, a folder (every readable file below it, sorted)
-    or a glob (its sorted matches, folders expanded). Raises one line naming a source with nothing to read."""
-    files = []
+    or a glob (its sorted matches, folders expanded). Raises one line naming a source with nothing to read.
+    Each file is read once: a path whose real file (symlinks resolved) is already listed is dropped, and
+    say(line) tells how many were (a file given twice, a symlink beside its target, a symlinked folder loop)."""
+    files, real, dropped = [], set(), 0
     for source in map(str, as_list(sources)):
         path = Path(source)
         if path.is_file():
             if kind(path) is None:
                 raise ValueError(f"{flag} {path}: unsupported file type (readable: {' '.join(SUFFIXES)})")
-            files.append(path)
-            continue
-        if path.is_dir():
-            matches = [path]
-        elif any(c in source for c in "*?["):
-            matches = [Path(p) for p in glob.glob(source, recursive=True)]
+            found = [path]
+        elif path.is_dir() or any(c in source for c in "*?["):
+            matches = [path] if path.is_dir() else [Path(p) for p in glob.glob(source, recursive=True)]
+            found = sorted({f for m in matches for f in (m.rglob("*") if m.is_dir() else [m])
+                            if f.is_file() and kind(f) and not f.name.startswith(".")})  # not our .tmp files
+            if not found:
+                raise ValueError(f"{flag} {source}: no readable file ({' '.join(SUFFIXES)})")
         else:
             raise FileNotFoundError(f"{flag} {source}: not found")
-        found = sorted({f for m in matches for f in (m.rglob("*") if m.is_dir() else [m])
-                        if f.is_file() and kind(f) and not f.name.startswith(".")})  # not our .tmp files
-        if not found:
-            raise ValueError(f"{flag} {source}: no readable file ({' '.join(SUFFIXES)})")
-        files += found
+        for f in found:
+            target = f.resolve()  # the real file, once
+            dropped += target in real
+            if target not in real:
+                real.add(target)
+                files.append(f)
+    if dropped and say is not None:
+        say(f"{flag}: {dropped} path{'s' * (dropped > 1)} dropped, each a file already listed (given twice, or "
+            f"reached again through a symlink)")
     return files
 
 
@@ -392,9 +450,12 @@ class DataOptions:
 HEADER = 128  # bytes of the .npy header (format 1.0, padded to 64): any 1-D shape up to 20 digits fits
 
 
-def _batches(texts, max_chars=1 << 18):
-    """Lists of documents of about max_chars characters: the unit of work a process tokenises."""
-    batch, chars = [], 0
+BATCH_CHARS = 1 << 18  # characters of text per batch, the unit of work a process tokenises
+
+
+def _batches(texts):
+    """Lists of documents of about BATCH_CHARS characters: the unit of work a process tokenises."""
+    max_chars, batch, chars = BATCH_CHARS, [], 0
     for text in texts:
         batch.append(text)
         chars += len(text)
@@ -410,6 +471,10 @@ _worker_tokenizer = None  # each worker process loads its own, once
 
 def _start_worker(path):
     global _worker_tokenizer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
+    if sys.platform == "linux":  # PR_SET_PDEATHSIG: a parent killed outright (SIGKILL) takes its workers along
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
     _worker_tokenizer = Tokenizer(path)
 
 
@@ -420,13 +485,21 @@ def _encode_batch(texts, dtype, tokenizer=None) -> np.ndarray:
     return np.fromiter(ids, dtype=dtype)
 
 
-def _encoded(batches, tokenizer: Tokenizer, workers: int, dtype):
+def _encoded(batches, tokenizer: Tokenizer, workers: int, dtype, say=print):
     """Yield (documents, bytes of text, ids) per batch, in order. workers > 1: spawned processes (no fork of a
-    parent's threads), at most two batches each in flight, so memory stays bounded however large the corpus."""
+    parent's threads), at most two batches each in flight, so memory stays bounded however large the corpus;
+    never more processes than batches (the first `workers` batches are read before any starts)."""
+    batches = iter(batches)
+    first = list(itertools.islice(batches, workers))
+    if len(first) < workers:
+        say(f"--workers {workers} capped at {max(len(first), 1)}: the corpus has {len(first)} batches of work")
+        workers = max(len(first), 1)
+    batches = itertools.chain(first, batches)
     if workers == 1:
         for texts in batches:
             yield len(texts), sum(len(t.encode("utf-8")) for t in texts), _encode_batch(texts, dtype, tokenizer)
         return
+    # Leaving the with block by an exception (a bad record, a signal: see pretokenise) terminates the workers.
     with multiprocessing.get_context("spawn").Pool(workers, _start_worker, (tokenizer.path,)) as pool:
         pending = deque()
         for texts in batches:
@@ -440,31 +513,64 @@ def _encoded(batches, tokenizer: Tokenizer, workers: int, dtype):
             yield docs, nbytes, job.get()
 
 
+class Stopped(Exception):
+    """SIGINT / SIGTERM during pretokenise(): the temporary file is removed and the workers stopped."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def check_out(out: Path, flag: str = "--out", create: bool = False):
+    """Refuse an output file we could not write, before the work starts: an existing folder there, a parent
+    folder that is missing (create: its nearest existing ancestor, where the missing folders would be made),
+    not a folder, or not writable."""
+    if out.is_dir():
+        raise ValueError(f"{flag} {out}: is a folder (give the file to write)")
+    parent = out.absolute().parent
+    while create and not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {out}: folder {parent} does not exist" if not parent.exists() else
+                         f"{flag} {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {out}: folder {parent} is not writable")
+
+
 def pretokenise(opts: DataOptions, every: float = 5.0) -> dict:
-    """Write opts.out, the 1-D ids of every document of opts.data (BOS ... EOS), atomically. Returns the counts."""
+    """Write opts.out, the 1-D ids of every document of opts.data (BOS ... EOS), atomically. Returns the counts.
+    SIGINT / SIGTERM stop it: the workers end, the temporary file is removed, Stopped is raised."""
     out = Path(opts.out)
     if out.suffix != ".npy":
         raise ValueError(f"--out {out}: must end in .npy (the 1-D id file train.py memory-maps)")
-    if not out.parent.is_dir():
-        raise ValueError(f"--out {out}: folder {out.parent} does not exist")
+    check_out(out)
     if opts.workers < 1 or (opts.max_documents is not None and opts.max_documents < 1):
         raise ValueError(f"--workers {opts.workers} and --max-documents {opts.max_documents} must be >= 1")
-    files = find_files(opts.data)
+    files = find_files(opts.data, say=print)
     tokens = [f for f in files if kind(f) in TOKEN_SUFFIXES]
     if tokens:
         raise ValueError(f"--data {tokens[0]}: already token ids (pre-tokenise text files only)")
     tokenizer = Tokenizer(opts.tokenizer)
     if tokenizer.eos_id is None:
         raise ValueError(f"{tokenizer.path}: no EOS token (tokenizer_config.json eos_token, config.json eos_token_id)")
+    workers, cpus = opts.workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if workers > (cpus or 1):  # more processes than CPUs only cost memory (each holds a tokenizer)
+        print(f"--workers {workers} capped at {cpus or 1}, the CPUs this process may use", flush=True)
+        workers = cpus or 1
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
     print(f"data: {describe(files)}; tokenizer {tokenizer.path} (vocab {tokenizer.vocab_size:,}, "
-          f"BOS {tokenizer.bos_id}, EOS {tokenizer.eos_id}); --workers {opts.workers}", flush=True)
+          f"BOS {tokenizer.bos_id}, EOS {tokenizer.eos_id}); --workers {workers}", flush=True)
     texts = itertools.islice(read_records(files, opts.text_field), opts.max_documents)
     meter, tmp = Meter(every), out.with_name(f".tmp{os.getpid()}-{out.name}")
+    previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with open(tmp, "wb") as f:
             f.write(bytes(HEADER))  # the header needs the final length: written last, in place
-            for docs, nbytes, ids in _encoded(_batches(texts), tokenizer, opts.workers, dtype):
+            for docs, nbytes, ids in _encoded(_batches(texts), tokenizer, workers, dtype):
                 f.write(ids.tobytes())
                 meter(docs, len(ids), nbytes)
             n = (f.tell() - HEADER) // dtype.itemsize
@@ -473,9 +579,18 @@ def pretokenise(opts: DataOptions, every: float = 5.0) -> dict:
                                                      "fortran_order": False, "shape": (n,)})
             assert f.tell() == HEADER, f.tell()
         os.replace(tmp, out)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        written = tmp.stat().st_size if tmp.exists() else 0
+        raise ValueError(f"--out {out}: no space left on device after {written / 2**20:,.1f} MiB of ids "
+                         f"({meter.docs:,} documents; {shutil.disk_usage(out.parent).free / 2**20:,.1f} MiB free); "
+                         f"the temporary file is removed") from None
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"wrote {out} ({dtype}): {meter}, --workers {opts.workers}")
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    print(f"wrote {out} ({dtype}): {meter}, --workers {workers}")
     return dict(documents=meter.docs, tokens=meter.tokens, bytes=meter.bytes, seconds=meter.seconds())
 
 
@@ -501,6 +616,10 @@ def main(argv=None):
         return pretokenise(opts)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e).splitlines()[0])
+    except Stopped as e:
+        print(f"stopped by {signal.Signals(e.signum).name}: workers ended, nothing written to {opts.out}",
+              file=sys.stderr)
+        sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

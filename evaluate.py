@@ -24,7 +24,8 @@ On CUDA the default is bf16 with SDPA's flash kernel; the progress lines on stde
 5-length run of a 7B model takes hours). The results JSON is written atomically at the end.
 
 Perplexity (Press et al. 2021; the windows of the paper's released evaluation). A window holds L tokens
-including the BOS prepended to it, i.e. W = L - 1 document tokens (W = L with --no-bos), so position ids stay
+including the BOS prepended to it, i.e. W = L - 1 document tokens (W = L with --no-bos or a tokenizer that adds
+no BOS, as Qwen's: data.Tokenizer reads the tokenizer's own convention), so position ids stay
 within 0..L-1. With stride s (clamped to L - 1, so that no token is skipped) window k feeds document tokens
 x[k*s : min(k*s + W, n)]; the last window ends at the document's end and may be shorter. Each window scores
 the tokens no earlier window scored: the first all of its tokens (x_0 predicted from BOS alone), each later one
@@ -35,7 +36,8 @@ the same tokens. --truncate (Fig. 4) scores one window of each document's first 
 BOS/EOS are dropped (the released evaluation tokenises without them). PPL = exp(total NLL / scored tokens).
 
 Passkey (Mohtashami & Jaggi 2023; the template of Fig. 2a): the longest prompt that, followed by its answer
-(" 12345", the key's own tokens), holds at most L tokens (BOS included), found by bisection on the number of
+(" 12345", the key's own tokens), holds at most L tokens (BOS included, if the tokenizer adds one: passkey
+and RULER prompts follow its convention), found by bisection on the number of
 filler sentences, with the key line after a fraction `depth` of them (uniform per trial, or each of --depths):
 the key is read and answered within positions 0..L-1, as RULER counts the answer in L. The authors'
 eval_passkey.py bounds the prompt alone, by its own count (32 + 26 + 11 tokens of template, filler in blocks of
@@ -44,18 +46,24 @@ at 2k-32k, and decides the result for a window of 128, where a model never train
 graded on digits at positions 128-130. `--fit prompt` gives the authors' bound (at sentence, not block,
 granularity); every command here uses the default, `--fit answer`. Greedy decoding of --new-tokens tokens
 with the KV cache; a trial passes when the first integer in the answer equals the random 5-digit key. Keys and
-depths depend only on (--seed, L, depth), so every model is asked the same questions.
+depths depend only on (--seed, L, depth), so every model is asked the same questions. Exact match is all or
+nothing, so each row also gives two graded signals (issue 25): the per-digit accuracy (the share of the key's
+digits the answer's first integer has right, place by place) and the key's log-probability under teacher
+forcing (nats: the sum of log p of the tokens of " 12345" after the prompt, each given those before it; the
+table's "log p(key)", 0 for a certain model, about -5 ln 10 = -11.5 for one guessing each digit). The
+log-probability costs one more forward of prompt and answer per trial, about as much as the answer's prefill.
 
 RULER: ruler.py makes the prompts (RULER's templates, fitted by the passkey's search, `fit_prompt`) and scores
 the answers; this file decodes them with the KV cache (`ruler`) and prints the task x length table.
 
 In order: options (the dataclass fields are the flags) and their checks; loading the model; perplexity
 (window_plan, window_nll, perplexity, load_documents); passkey (prompt, greedy_answer, first_integer,
-passkey); RULER's decoding loop; tables, the results JSON and plots; main.
+key_logprob, digit_accuracy, passkey); RULER's decoding loop; tables, the results JSON and plots; main.
 """
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -69,7 +77,8 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from data import Tokenizer, as_list, describe, find_files, iter_documents, needs_tokenizer
+from data import (Tokenizer, as_list, check_out, check_vocabulary, describe, find_files, iter_documents,
+                  needs_tokenizer)
 from model import Transformer, load_config
 from rope import ROPE_TYPES, rope_parameters
 from ruler import (NEW_TOKENS, DoesNotFit, effective_length, fit_prompt, postprocess, print_ruler_table, read_haystack,
@@ -186,6 +195,11 @@ def check(opts: Options):
             raise ValueError(f"--threshold is a percentage in [0, 100], got {opts.threshold}")
         if opts.haystack is not None:
             find_files(opts.haystack, "--haystack")  # missing, or nothing readable: one line naming it
+    if opts.factor is not None and not (math.isfinite(opts.factor) and opts.factor >= 1):
+        raise ValueError(f"--factor must be a finite number >= 1 (alpha = target / original window), got {opts.factor}")
+    for flag, path in (("--out", opts.out), ("--plot", opts.plot)):
+        if path is not None:
+            check_out(Path(path), flag, create=True)  # a folder there, or no way to write it: now, not after hours
     if opts.plot:
         _pyplot()  # fail now, not after hours of evaluation
 
@@ -238,16 +252,17 @@ def default_lengths(model) -> list[int]:
 
 
 class Progress:
-    """Work done of a known total on stderr, with speed and ETA, at most every `every` seconds."""
+    """Work done of a known total on stderr, with speed and ETA, at most every `every` seconds (None: silent, as
+    train.py's --eval-every runs it)."""
 
-    def __init__(self, total: float, unit: str, every: float = 10.0):
+    def __init__(self, total: float, unit: str, every: float | None = 10.0):
         self.total, self.unit, self.every, self.done = max(total, 1), unit, every, 0.0
         self.start = self.last = time.perf_counter()
 
     def __call__(self, work: float, note: str, final: bool = False):
         self.done += work
         now = time.perf_counter()
-        if final or now - self.last >= self.every:
+        if self.every is not None and (final or now - self.last >= self.every):
             self.last, rate = now, self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / max(rate, 1e-9)
             print(f"{note}: {100 * self.done / self.total:.0f}% {rate:,.0f} {self.unit}/s "
@@ -302,20 +317,32 @@ def perplexity(model, documents, lengths, stride, bos_id, truncate=False, device
                     progress(end - begin + bos, f"ppl L={L} doc {i + 1}/{len(documents)}")
         seconds = time.perf_counter() - t0
         progress(0, f"ppl L={L} done", final=True)
+        if not math.isfinite(nll):  # never a result: a NaN would be written, plotted and compared as one
+            raise ValueError(f"ppl at L={L}: the model's loss is {nll} (non-finite activations: try --dtype "
+                             f"float32, and check the checkpoint)")
         rows.append(dict(length=L, ppl=math.exp(nll / max(tokens, 1)), nll=nll, tokens=tokens, windows=windows,
                          documents=len(documents), short=sum(len(d) < L - bos for d in documents),
                          seconds=seconds, tokens_per_s=work[L] / max(seconds, 1e-9)))
     return rows
 
 
-def load_documents(opts: PplOptions, args, min_tokens: int):
+def load_documents(opts: PplOptions, args, min_tokens: int, tokenizer_path=None, flag: str = "--data"):
     """(the first --docs documents of >= min_tokens tokens without their own BOS/EOS, the windows' BOS id).
     As the authors' eval_ppl.py: drop the document's own special tokens, cut it to its first --max-tokens
-    tokens, then keep it only if it still has >= min_tokens. Reading stops once they are in."""
-    files = find_files(opts.data) if opts.data else None
-    tokenizer = Tokenizer(opts.model) if needs_tokenizer(files) else None  # a clear error if the folder has none
+    tokens, then keep it only if it still has >= min_tokens. Reading stops once they are in. The BOS is the
+    tokenizer's convention (data.Tokenizer: none for Qwen's), token files included when the folder has a
+    tokenizer; only a folder without one falls back on config.json's bos_token_id. The tokenizer is --model's
+    (tokenizer_path: the one a train.py run ships with its export, for --eval-every, whose errors name `flag`)."""
+    files = find_files(opts.data, say=functools.partial(print, file=sys.stderr)) if opts.data else None
+    folder = Path(tokenizer_path or opts.model)
+    own = tokenizer_path is not None or any((folder / name).is_file() for name in ("tokenizer.model", "tokenizer.json"))
+    tokenizer = Tokenizer(folder) if needs_tokenizer(files) or own else None  # an error if text and none
+    if tokenizer:
+        check_vocabulary(tokenizer, args.vocab_size)
     eos = args.eos_token_id[0] if isinstance(args.eos_token_id, list) else args.eos_token_id
     bos_id, eos_id = (tokenizer.bos_id, tokenizer.eos_id) if tokenizer else (args.bos_token_id, eos)
+    if tokenizer and not needs_tokenizer(files):  # a token file splits at the config's EOS, as before
+        eos_id, tokenizer = eos, None
     name = " ".join(map(str, as_list(opts.data))) if opts.data else "the embedded stdlib eval split"
     documents, skipped = [], 0
     for doc in iter_documents(files, tokenizer, opts.text_field, eos_id=2 if eos_id is None else eos_id, split="eval"):
@@ -329,11 +356,13 @@ def load_documents(opts: PplOptions, args, min_tokens: int):
             if len(documents) == opts.docs:
                 break
     if not documents:
-        raise ValueError(f"--data {name}: no document with >= {min_tokens} tokens ({skipped} shorter; a lower "
-                         f"--min-tokens scores short ones in one window each)")
-    top = max(int(d.max()) for d in documents)
-    if top >= args.vocab_size:
-        raise ValueError(f"--data {name}: token id {top} >= the model's vocab_size {args.vocab_size}")
+        hint = "a lower --min-tokens scores short ones in one window each" if flag == "--data" else \
+            "the longest --eval-lengths decides"
+        raise ValueError(f"{flag} {name}: no document with >= {min_tokens} tokens ({skipped} shorter; {hint})")
+    top, bottom = max(int(d.max()) for d in documents), min(int(d.min()) for d in documents)
+    if top >= args.vocab_size or bottom < 0:
+        raise ValueError(f"{flag} {name}: token id {top if top >= args.vocab_size else bottom} outside the model's "
+                         f"vocabulary 0 .. {args.vocab_size - 1}")
     print(f"ppl: --data {describe(files) if files else name}", file=sys.stderr)
     return documents, None if opts.no_bos or bos_id is None or bos_id < 0 else int(bos_id)
 
@@ -367,6 +396,13 @@ def passkey_prompt(tokenizer, length: int, key: int, depth: float, fit: str = "a
     """Token ids (BOS first) of the longest prompt that, with its answer's tokens after it (fit "answer"), or
     alone (fit "prompt", the authors' bound), holds <= length tokens (~5 tokens per filler sentence); see the
     module docstring."""
+    return passkey_ids(tokenizer, length, key, depth, fit)[0]
+
+
+def passkey_ids(tokenizer, length: int, key: int, depth: float, fit: str = "answer") -> tuple[list[int], list | None]:
+    """(the prompt's ids, BOS first; the right answer's ids): the answer is what the prompt's text followed by
+    " {key}" tokenises to after the prompt's own ids, the tokens a right greedy answer produces (None for a
+    tokenizer that merges across that boundary, so that no answer follows the prompt's own ids)."""
     def encode(n):  # with the answer: the tokens the model sees if it answers right
         return tokenizer.encode(passkey_text(key, n, round(depth * n)) + (f" {key}" if fit == "answer" else ""),
                                 bos=True)
@@ -375,8 +411,29 @@ def passkey_prompt(tokenizer, length: int, key: int, depth: float, fit: str = "a
     if fitted is None:
         raise ValueError(f"passkey length {length} is shorter than the bare template and its answer "
                          f"({len(encode(0))} tokens)")
-    n = fitted[0]
-    return tokenizer.encode(passkey_text(key, n, round(depth * n)), bos=True)
+    text = passkey_text(key, fitted[0], round(depth * fitted[0]))
+    prompt, answered = tokenizer.encode(text, bos=True), tokenizer.encode(text + f" {key}", bos=True)
+    return prompt, answered[len(prompt):] if answered[:len(prompt)] == prompt else None
+
+
+@torch.inference_mode()
+def key_logprob(model, prompt: list[int], answer: list[int], device) -> float:
+    """log p(answer | prompt) in nats under teacher forcing: the sum of log-probabilities of the key's tokens, each
+    given the prompt and the key's tokens before it (one forward of prompt + answer, no [T, V] logits)."""
+    tokens = torch.tensor(prompt + answer, device=device)  # [T]
+    targets = torch.full_like(tokens, -100)
+    targets[len(prompt) - 1:-1] = tokens[len(prompt):]  # the row before each answer token predicts it
+    with attention(model, device):
+        nll, _ = model.loss(tokens[None], targets[None])
+    return -float(nll)
+
+
+def digit_accuracy(answer: str, key: int) -> float:
+    """The fraction of the key's digits the answer's first integer has right, place by place; a digit short or
+    too many counts as wrong (so 1.0 exactly when the integer is the key): 12355 for 12345 scores 0.8."""
+    match, want = re.search(r"\d+", answer), str(key)
+    got = match.group() if match else ""
+    return sum(a == b for a, b in zip(got, want)) / max(len(got), len(want))
 
 
 def greedy_answer(model, tokenizer, ids: list[int], new_tokens: int, device) -> str:
@@ -396,7 +453,9 @@ def first_integer(text: str) -> int | None:
 
 def passkey(model, tokenizer, lengths, trials, depths=None, seed=0, new_tokens=10, device="cpu", every=10.0,
             fit="answer"):
-    """One row per (length, depth): accuracy of greedy retrieval over `trials` prompts (depth None: uniform)."""
+    """One row per (length, depth): accuracy of greedy retrieval over `trials` prompts (depth None: uniform), and
+    two graded signals beside it (exact match is all or nothing): the mean per-digit accuracy (digit_accuracy)
+    and the mean teacher-forced log-probability of the key's tokens (key_logprob, nats)."""
     grid = [(L, d) for d in (depths or [None]) for L in lengths]
     progress, rows = Progress(sum(L for L, _ in grid) * trials, "tok", every), []
     for L, depth in grid:
@@ -404,20 +463,30 @@ def passkey(model, tokenizer, lengths, trials, depths=None, seed=0, new_tokens=1
         t0, cases = time.perf_counter(), []
         for _ in range(trials):
             key, d = int(rng.integers(10_000, 100_000)), float(rng.random()) if depth is None else depth
-            ids = passkey_prompt(tokenizer, L, key, d, fit)
+            ids, right = passkey_ids(tokenizer, L, key, d, fit)
             answer = greedy_answer(model, tokenizer, ids, new_tokens, device)
-            cases.append(dict(key=key, depth=d, tokens=len(ids), answer=answer, passed=first_integer(answer) == key))
+            cases.append(dict(key=key, depth=d, tokens=len(ids), answer=answer, passed=first_integer(answer) == key,
+                              digits=digit_accuracy(answer, key),
+                              key_logprob=None if right is None else key_logprob(model, ids, right, device)))
             progress(L, f"passkey L={L}" + ("" if depth is None else f" depth={depth}"))
         rows.append(dict(length=L, depth=depth, accuracy=sum(c["passed"] for c in cases) / trials, trials=trials,
+                         digit_accuracy=float(np.mean([c["digits"] for c in cases])),
+                         key_logprob=mean_or_none([c["key_logprob"] for c in cases]),
                          prompt_tokens=round(float(np.mean([c["tokens"] for c in cases]))),
                          seconds=time.perf_counter() - t0, cases=cases))
     progress(0, "passkey done", final=True)
     return rows
 
 
+def mean_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def run_passkey(opts: PasskeyOptions) -> tuple[dict, Transformer]:
     tokenizer = Tokenizer(opts.model)
     model, device = load_model(opts)
+    check_vocabulary(tokenizer, model.args.vocab_size)
     lengths = opts.lengths or default_lengths(model)
     rows = passkey(model, tokenizer, lengths, opts.trials, opts.depths, opts.seed, opts.new_tokens, device,
                    fit=opts.fit)
@@ -464,6 +533,7 @@ def run_ruler(opts: RulerOptions) -> tuple[dict, Transformer]:
     tokenizer = Tokenizer(opts.model)
     essay = read_haystack(opts.haystack, opts.text_field) if opts.haystack else None
     model, device = load_model(opts)
+    check_vocabulary(tokenizer, model.args.vocab_size)
     lengths = sorted(opts.lengths or default_lengths(model))
     rows = ruler(model, tokenizer, lengths, tasks, opts.samples, opts.seed, essay, device)
     averages = ruler_averages(rows, lengths)
@@ -505,10 +575,13 @@ def print_table(result: dict):
             print(f"{r['length']:>7} {r['ppl']:>10.4f} {r['tokens']:>11,} {r['documents']:>5} {r['short']:>5} "
                   f"{r['windows']:>7} {r['tokens_per_s']:>8,.0f}")
     else:
-        print(f"{'length':>7} {'depth':>6} {'accuracy':>8} {'trials':>6} {'prompt tokens':>13}")
+        print(f"{'length':>7} {'depth':>6} {'accuracy':>8} {'trials':>6} {'prompt tokens':>13} {'digits':>6} "
+              f"{'log p(key)':>10}")
         for r in result["results"]:
             depth = "rand" if r["depth"] is None else f"{r['depth']:.2f}"
-            print(f"{r['length']:>7} {depth:>6} {r['accuracy']:>8.2f} {r['trials']:>6} {r['prompt_tokens']:>13}")
+            logp = "n/a" if r["key_logprob"] is None else f"{r['key_logprob']:.2f}"  # see passkey_ids
+            print(f"{r['length']:>7} {depth:>6} {r['accuracy']:>8.2f} {r['trials']:>6} {r['prompt_tokens']:>13} "
+                  f"{r['digit_accuracy']:>6.2f} {logp:>10}")
 
 
 def write_atomic(path, write):
@@ -585,6 +658,7 @@ def main(argv=None) -> dict | None:
     command = args.pop("command")
     try:
         if command == "plot":
+            check_out(Path(args["out"]), create=True)
             plot(args["files"], args["out"])
             print(f"wrote {args['out']}")
             return None

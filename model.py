@@ -1,4 +1,5 @@
-"""LLaMA-family transformer (LLaMA 1/2/3, Mistral) in plain PyTorch, reading and writing Hugging Face folders.
+"""LLaMA-family transformer (LLaMA 1/2/3, Mistral, Qwen2/2.5, Qwen3, OLMo 2) in plain PyTorch, reading and writing
+Hugging Face folders.
 
     python -m pytest tests/test_model.py -x -q     # no CLI: train.py and evaluate.py import this file
     python benchmarks/bench_model.py               # CPU: SDPA vs explicit-mask attention, one training step
@@ -13,10 +14,26 @@ Names. Modules carry Hugging Face's names (model.layers.{i}.self_attn.q_proj, ..
 attention.wq, ...), so `state_dict()` keys are the checkpoint keys: no key map to get wrong, and what we save
 loads elsewhere unchanged. Classes keep Meta's names (ModelArgs, RMSNorm, Attention, FeedForward, ...).
 q/k rows are in HF's rotate-half layout (see rope.py's docstring for why that equals the paper's Eq. 1).
+
+Families. One Transformer; config.json's model_type sets the few ModelArgs fields in which the families differ
+(FAMILIES, read from transformers' modeling_<type>.py; everything else is LLaMA's SwiGLU, RMSNorm and RoPE):
+
+    model_type  qkv_bias        o_bias          qk_norm                      post_norm  norm_cast_last
+    llama       attention_bias  attention_bias  -                            -          -
+    mistral     attention_bias  attention_bias  -                            -          -
+    qwen2       always          never           -                            -          -
+    qwen3       attention_bias  attention_bias  "head": per head, over D     -          -
+    olmo2       attention_bias  attention_bias  "proj": over all H x D       yes        yes
+
+q/k norms come before RoPE; "head" after the per-head reshape, "proj" before it. post_norm: no input_layernorm,
+each sub-layer's output is normed before the residual add. norm_cast_last: the weight multiplies in float32, then
+the cast (LLaMA casts, then scales; the same in fp32). Qwen's sliding window (use_sliding_window true, never in
+a released config) and the families in REFUSED are refused in one line naming what this file lacks.
 """
 import dataclasses
 import functools
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -30,7 +47,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
-from rope import RotaryEmbedding, apply_rotary_emb, rope_parameters, scaling_to_config
+from rope import RotaryEmbedding, apply_rotary_emb, config_value, rope_parameters, scaling_to_config
 
 # ---------------------------------------------------------------- options
 
@@ -43,6 +60,33 @@ PRESETS = {
     "1b": dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,  # TinyLlama
                intermediate_size=5632, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5),
 }
+
+
+# model_type -> the ModelArgs fields that differ from LLaMA's; defaults of omitted keys that differ from LlamaConfig's.
+FAMILIES = {"llama": {}, "mistral": {}, "qwen2": dict(qkv_bias=True, o_bias=False), "qwen3": dict(qk_norm="head"),
+            "olmo2": dict(qk_norm="proj", post_norm=True, norm_cast_last=True)}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM"}  # what a bare config.json gets
+FAMILY_DEFAULTS = {"qwen3": dict(head_dim=128), "olmo2": dict(rms_norm_eps=1e-5)}
+# model_type -> what a checkpoint of it computes that this file does not (a clear refusal until one is built).
+REFUSED = {
+    "gemma": "(1 + w) RMSNorms, a sqrt(hidden_size) embedding scale and a GeGLU MLP",
+    "gemma2": "(1 + w) sandwich RMSNorms, an embedding scale, logit soft-capping and alternating sliding windows",
+    "gemma3": "(1 + w) sandwich RMSNorms, an embedding scale, alternating local/global layers, two rope tables",
+    "phi3": "fused qkv_proj / gate_up_proj weights, partial rotary (Phi-4-mini) and longrope scaling",
+    "phi": "parallel attention and MLP, LayerNorm with biases, partial rotary and a GELU MLP",
+    "glm": "fused gate_up_proj weights and partial rotary on interleaved pairs",
+    "glm4": "fused gate_up_proj weights, partial rotary on interleaved pairs and post-sub-layer norms",
+    "internlm2": "a fused wqkv projection (remote code)", "internlm3": "remote code this file does not mirror",
+    "deepseek_v2": "multi-head latent attention (MLA) and mixture-of-experts MLPs",
+    "deepseek_v3": "multi-head latent attention (MLA) and mixture-of-experts MLPs",
+    "smollm3": "NoPE layers (no_rope_layers: every 4th layer without RoPE)",
+    "ministral": "alternating sliding-window layers (layer_types)",
+    "ministral3": "a position-dependent query scale (llama_4_scaling_beta)",
+    "olmo3": "alternating sliding-window layers (layer_types)",
+    **dict.fromkeys(("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"), "mixture-of-experts MLPs"),
+}
+REFUSED["gemma3_text"] = REFUSED["gemma3"]
 
 
 @dataclass
@@ -58,8 +102,12 @@ class ModelArgs:
     max_position_embeddings: int = 2048  # the context this model is meant for (L_t after PoSE), not enforced
     rope: dict = field(default_factory=lambda: rope_parameters({}))  # canonical dict, see rope.rope_parameters
     tie_word_embeddings: bool = False
-    attention_bias: bool = False
+    qkv_bias: bool = False       # bias on q/k/v_proj (config.json attention_bias; Qwen2: always)
+    o_bias: bool = False         # bias on o_proj (attention_bias; Qwen2: never)
     mlp_bias: bool = False
+    qk_norm: str | None = None   # RMSNorm on q and k before RoPE: "head" (Qwen3) or "proj" (OLMo 2); see FAMILIES
+    post_norm: bool = False      # OLMo 2: norm each sub-layer's output, then add the residual (no input_layernorm)
+    norm_cast_last: bool = False  # OLMo 2's RMSNorm: weight * x in float32, then cast back
     sliding_window: int | None = None  # Mistral v0.1: a token attends to the last W tokens only (Attention)
     bos_token_id: int | None = 1
     eos_token_id: int | list | None = 2
@@ -67,15 +115,23 @@ class ModelArgs:
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
         """From a config.json dict; omitted keys take HF LlamaConfig's defaults."""
-        if config.get("model_type", "llama") not in ("llama", "mistral"):
-            raise ValueError(f"model_type {config['model_type']!r} is not supported (llama, mistral)")
+        family = family_fields(config)
+        config = {**FAMILY_DEFAULTS.get(config.get("model_type"), {}), **config}
         if config.get("hidden_act", "silu") != "silu":
             raise ValueError(f"hidden_act {config['hidden_act']!r} is not supported (LLaMA's SwiGLU needs 'silu')")
 
         def positive(key, default):
-            value = config.get(key) if config.get(key) is not None else default
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"config key {key!r} must be a positive integer, got {value!r}")
+            return config_value(config, key, default, int, low=1)
+
+        def flag(key, default=False):
+            return config_value(config, key, default, bool)
+
+        def token_ids(key, default):  # an id, a list of them (Llama 3 Instruct's EOS) or null
+            value = config.get(key, default)
+            for i in value if isinstance(value, list) else [] if value is None else [value]:
+                if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < 2**31:
+                    raise ValueError(f"config key {key!r} must be a token id >= 0, a list of them or null, "
+                                     f"got {value!r}")
             return value
 
         dim, n_heads = positive("hidden_size", 4096), positive("num_attention_heads", 32)
@@ -84,16 +140,16 @@ class ModelArgs:
             raise ValueError(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}")
         if config.get("head_dim") is None and dim % n_heads:
             raise ValueError(f"hidden_size {dim} is not divisible by num_attention_heads {n_heads} (set head_dim)")
-        window = config.get("sliding_window") if config.get("use_sliding_window", True) else None
+        window = config.get("sliding_window") if flag("use_sliding_window", True) else None  # Qwen's: refused
         return cls(dim=dim, n_layers=positive("num_hidden_layers", 32), n_heads=n_heads, n_kv_heads=n_kv_heads,
                    head_dim=positive("head_dim", dim // n_heads), hidden_dim=positive("intermediate_size", 11008),
-                   vocab_size=positive("vocab_size", 32000), norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+                   vocab_size=positive("vocab_size", 32000),
+                   norm_eps=config_value(config, "rms_norm_eps", 1e-6, above=0),  # 0: rsqrt(0) of a zero row
                    max_position_embeddings=positive("max_position_embeddings", 2048), rope=rope_parameters(config),
-                   tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-                   attention_bias=bool(config.get("attention_bias", False)),
-                   mlp_bias=bool(config.get("mlp_bias", False)),
+                   tie_word_embeddings=flag("tie_word_embeddings"), mlp_bias=flag("mlp_bias"),
                    sliding_window=None if window is None else positive("sliding_window", None),
-                   bos_token_id=config.get("bos_token_id", 1), eos_token_id=config.get("eos_token_id", 2))
+                   bos_token_id=token_ids("bos_token_id", 1), eos_token_id=token_ids("eos_token_id", 2),
+                   **{"qkv_bias": flag("attention_bias"), "o_bias": flag("attention_bias"), **family})
 
     def to_config(self, dtype: torch.dtype = torch.float32, base: dict | None = None) -> dict:
         """A Hugging Face config.json dict that makes other LLaMA tools compute what this model computes.
@@ -111,6 +167,9 @@ class ModelArgs:
         # HF's dynamic NTK takes its original window from max_position_embeddings (see rope.scaling_to_config).
         dynamic = self.rope["rope_type"] == "dynamic"
         context = self.rope["original_max_position_embeddings"] if dynamic else self.max_position_embeddings
+        if base is None and (self.qkv_bias != self.o_bias or self.qk_norm or self.post_norm or self.norm_cast_last):
+            raise ValueError("a config.json without a base is written for llama / mistral only: pass the "
+                             "checkpoint's own config.json as base")
         if base is None:
             config = {
                 # A sliding window is only honoured by the Mistral class; as "llama" it would be silently dropped.
@@ -120,7 +179,7 @@ class ModelArgs:
                 "num_key_value_heads": self.n_kv_heads, "head_dim": self.head_dim,
                 "intermediate_size": self.hidden_dim, "hidden_act": "silu", "vocab_size": self.vocab_size,
                 "rms_norm_eps": self.norm_eps, "tie_word_embeddings": self.tie_word_embeddings,
-                "attention_bias": self.attention_bias, "mlp_bias": self.mlp_bias,
+                "attention_bias": self.qkv_bias, "mlp_bias": self.mlp_bias,
                 "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id}
             if self.sliding_window:
                 config["sliding_window"] = self.sliding_window
@@ -129,28 +188,49 @@ class ModelArgs:
                       ("rope_theta", "rope_scaling", "rope_parameters", "original_max_position_embeddings")}
             # A bare config may lack what picks the class (vLLM reads architectures, transformers model_type).
             config.setdefault("model_type", "mistral" if self.sliding_window else "llama")
-            config.setdefault("architectures", ["MistralForCausalLM" if config["model_type"] == "mistral"
-                                                else "LlamaForCausalLM"])
+            config.setdefault("architectures", [ARCHITECTURES[config["model_type"]]])
         config["max_position_embeddings"] = context
         # transformers 4 reads "torch_dtype", 5 writes "dtype" (and reads both): update the checkpoint's own.
         for key in [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]:
             config[key] = str(dtype).removeprefix("torch.")
+        if config["model_type"] == "olmo2" and rope.get("rope_scaling", {}).get("type") in ("linear", "dynamic"):
+            # transformers 4's Olmo2Config refuses a rope_scaling of other than exactly {type, factor}
+            rope["rope_scaling"] = {k: rope["rope_scaling"][k] for k in ("type", "factor")}
         return {**config, **rope}
+
+
+def family_fields(config: dict) -> dict:
+    """The ModelArgs fields config.json's model_type sets (FAMILIES); a refused family or Qwen's sliding window
+    raises one line naming what this file does not compute."""
+    kind = config.get("model_type", "llama")
+    if not isinstance(kind, str):
+        raise ValueError(f"config key 'model_type' must be a string, got {kind!r}")
+    if kind in REFUSED:
+        raise ValueError(f"model_type {kind!r} is not supported: it needs {REFUSED[kind]}, which model.py does not "
+                         f"implement (supported: {', '.join(FAMILIES)})")
+    if kind not in FAMILIES:
+        raise ValueError(f"model_type {kind!r} is not supported ({', '.join(FAMILIES)})")
+    # Qwen2/3 slide only when use_sliding_window is true, and then on the layers max_window_layers / layer_types pick.
+    if kind in ("qwen2", "qwen3") and config.get("use_sliding_window"):
+        raise ValueError(f"use_sliding_window true is not supported for {kind} (its per-layer windows, "
+                         f"max_window_layers / layer_types, are not implemented): set it false or use transformers")
+    return FAMILIES[kind]
 
 
 # ---------------------------------------------------------------- layers
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, cast_last: bool = False):
         super().__init__()
-        self.eps = eps
+        self.eps, self.cast_last = eps, cast_last
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # HF's order: normalise in float32 (bf16 sums of squares lose digits), cast back, then scale.
+        # HF's order: normalise in float32 (bf16 sums of squares lose digits), cast back, then scale;
+        # OLMo 2 scales in float32, then casts (norm_cast_last). Equal in fp32, a rounding apart in bf16.
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return (self.weight * xf).to(x.dtype) if self.cast_last else self.weight * xf.to(x.dtype)
 
 
 # RoPE application (apply_rotary_emb, RotaryEmbedding) is imported from rope.py.
@@ -237,17 +317,28 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.window = args.sliding_window
-        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=args.attention_bias)
-        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.attention_bias)
-        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.attention_bias)
-        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=args.attention_bias)
+        self.window, self.qk_norm = args.sliding_window, args.qk_norm
+        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=args.qkv_bias)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
+        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=args.o_bias)
+        if args.qk_norm:  # Qwen3: one weight of D shared by the heads; OLMo 2: H x D (k: Hkv x D) weights
+            per_head = args.qk_norm == "head"
+            self.q_norm = RMSNorm(args.head_dim * (1 if per_head else args.n_heads), args.norm_eps, args.norm_cast_last)
+            self.k_norm = RMSNorm(args.head_dim * (1 if per_head else args.n_kv_heads), args.norm_eps,
+                                  args.norm_cast_last)
 
     def forward(self, x, cos, sin, cache: KVCache | None = None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # [B, H, T, D]
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [B, T, H*D], [B, T, Hkv*D] x 2
+        if self.qk_norm == "proj":  # OLMo 2: over the whole projection, before the per-head split
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.n_heads, self.head_dim)     # [B, T, H, D]
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)  # [B, T, Hkv, D]
+        if self.qk_norm == "head":  # Qwen3: each head's D values, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)                                # [B, H, T, D], [B, Hkv, T, D]
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)          # [B, Hkv, T, D]
         # Rotate by the position ids, whatever they are (PoSE's jumps): scores depend on m - n only (Eq. 2).
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         if cache is not None:
@@ -284,12 +375,18 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.self_attn, self.mlp = Attention(args), FeedForward(args)
-        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.self_attn, self.mlp, self.post_norm = Attention(args), FeedForward(args), args.post_norm
+        norm = functools.partial(RMSNorm, args.dim, args.norm_eps, args.norm_cast_last)
+        if args.post_norm:  # OLMo 2's names: post_attention_layernorm norms the attention's output here
+            self.post_attention_layernorm, self.post_feedforward_layernorm = norm(), norm()
+        else:
+            self.input_layernorm, self.post_attention_layernorm = norm(), norm()
 
     def forward(self, x, cos, sin, cache=None):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)  # pre-norm residuals
+        if self.post_norm:  # OLMo 2: x + norm(sublayer(x))
+            h = x + self.post_attention_layernorm(self.self_attn(x, cos, sin, cache))
+            return h + self.post_feedforward_layernorm(self.mlp(h))
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)  # pre-norm residuals: x + sublayer(norm(x))
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -302,7 +399,7 @@ class Transformer(nn.Module):
         self.model = nn.ModuleDict(dict(  # the "model." prefix of HF keys
             embed_tokens=nn.Embedding(args.vocab_size, args.dim),
             layers=nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers)),
-            norm=RMSNorm(args.dim, args.norm_eps)))
+            norm=RMSNorm(args.dim, args.norm_eps, args.norm_cast_last)))
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         self._tie()
         self.set_rope(args.rope)
@@ -428,11 +525,12 @@ class Transformer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, device="cpu", dtype=torch.bfloat16, rope_scaling: dict | None = None):
-        """Load a Hugging Face LLaMA folder (config.json + model.safetensors, or shards + index).
+        """Load a Hugging Face folder of a FAMILIES model_type (config.json + model.safetensors, or shards + index).
 
         rope_scaling (config.json's own form, e.g. {"type": "linear", "factor": 4.0}) overrides the config.
         The model is built on the meta device, materialised once on `device` in `dtype`, and filled one
-        tensor at a time, so host memory holds the weights once plus the largest single tensor.
+        tensor at a time, so host memory holds the weights once plus the largest single tensor. The headers
+        are checked against the config first (check_checkpoint); a NaN or infinite weight is refused by name.
         """
         path = Path(path)
         config = load_config(path)
@@ -446,37 +544,27 @@ class Transformer(nn.Module):
             # The context the override is for: alpha x the original window (PI / YaRN's target L_t).
             target = round(args.rope["factor"] * args.rope["original_max_position_embeddings"])
             args = dataclasses.replace(args, max_position_embeddings=max(args.max_position_embeddings, target))
-        files = _checkpoint_files(path)  # before allocating gigabytes
+        headers = check_checkpoint(path, args)  # names, shapes, dtypes: before allocating gigabytes
         with torch.device("meta"):
             model = cls(args)
         model.to(dtype).to_empty(device=device)  # uninitialised memory, every byte overwritten below
         model._tie()
         model.set_rope(args.rope)  # recomputed outside the meta context, whatever happened above
-        expected, tied = model.state_dict(), args.tie_word_embeddings  # name -> the parameter's own storage
-        if tied:
-            expected.pop("lm_head.weight")
-        seen = set()
+        expected = model.state_dict()  # name -> the parameter's own storage
         with torch.no_grad():
-            for file in files:
-                header = read_safetensors_header(file)
+            for file in headers:
                 try:
                     with safe_open(file, framework="pt", device="cpu") as f:
                         for name in f.keys():
-                            # Old checkpoints store the RoPE table; a tied head is the embedding (HF ties it too).
-                            if name.endswith("rotary_emb.inv_freq") or name == "lm_head.weight" and tied:
-                                continue
-                            if name not in expected:
-                                raise ValueError(f"{file}: unexpected tensor {name!r} (not a weight of this config)")
-                            shape, want = tuple(header[name]["shape"]), tuple(expected[name].shape)
-                            if shape != want:
-                                raise ValueError(f"{file}: tensor {name!r} has shape {shape}, config implies {want}")
-                            expected[name].copy_(f.get_tensor(name))  # casts to dtype and moves to device in place
-                            seen.add(name)
+                            if name not in expected or name.endswith("rotary_emb.inv_freq") or \
+                                    name == "lm_head.weight" and args.tie_word_embeddings:
+                                continue  # check_checkpoint allowed it: an old RoPE table or a tied head
+                            tensor = f.get_tensor(name)
+                            if not torch.isfinite(tensor).all():  # a NaN weight makes every result NaN
+                                raise ValueError(f"{file}: tensor {name!r} holds NaN or infinite values")
+                            expected[name].copy_(tensor)  # casts to dtype and moves to device in place
                 except (SafetensorError, OSError) as e:
                     raise ValueError(f"{file}: unreadable safetensors ({str(e).splitlines()[0]})") from None
-        missing = [name for name in expected if name not in seen]
-        if missing:
-            raise ValueError(f"{path}: tensor {missing[0]!r} missing from the checkpoint ({len(missing)} missing)")
         return model
 
     def save_pretrained(self, path, max_shard_size: int = 5 * 2**30, base_config: dict | None = None):
@@ -532,13 +620,17 @@ def load_config(path) -> dict:
     path = Path(path)
     file = path if path.suffix == ".json" else path / "config.json"
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: not found (expected a Hugging Face LLaMA folder with config.json)")
+        raise FileNotFoundError(f"{file}: not found (expected a Hugging Face checkpoint folder with config.json)")
     try:
         config = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{file}: not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
+    try:
+        ModelArgs.from_config(config)  # every key the project reads, checked once for type and range
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
     return config
 
 
@@ -548,9 +640,12 @@ def _checkpoint_files(path: Path) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
+            assert isinstance(weight_map, dict) and weight_map, "an empty or non-object weight_map"
+            bad = next((v for v in weight_map.values() if not isinstance(v, str) or Path(v).name != v), None)
+            assert bad is None, f"shard {bad!r} is not a file name in the folder"
             files = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{index}: not a safetensors index with a 'weight_map' ({e!r})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AssertionError) as e:
+            raise ValueError(f"{index}: not a safetensors index with a 'weight_map' ({e})") from None
         for name in files:
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{path / name}: shard listed in {index.name} not found")
@@ -561,9 +656,16 @@ def _checkpoint_files(path: Path) -> list[Path]:
                             f"(convert .bin checkpoints to safetensors first)")
 
 
+# Bytes per element of safetensors' dtypes; the weights must be floating point (they are cast to the model's dtype).
+SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+                      "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
 def read_safetensors_header(file: Path) -> dict:
     """The JSON header of a safetensors file, checked before safetensors trusts it: 8-byte little-endian length
-    n, n bytes of JSON {name: {dtype, shape, data_offsets: [begin, end]}}, then the data; offsets relative to it."""
+    n, n bytes of JSON {name: {dtype, shape, data_offsets: [begin, end]}}, then the data; offsets relative to it.
+    Each entry's bytes must be its shape times its dtype's size, and lie inside the file."""
     size = file.stat().st_size
     with open(file, "rb") as fh:
         raw = fh.read(8)
@@ -582,12 +684,49 @@ def read_safetensors_header(file: Path) -> dict:
             continue
         try:
             begin, end = info["data_offsets"]
-            ok = isinstance(info["shape"], list) and isinstance(begin, int) and isinstance(end, int)
+            shape, itemsize = info["shape"], SAFETENSORS_DTYPES[info["dtype"]]
+            ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in [begin, end, *shape])
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
             raise ValueError(f"{file}: tensor {name!r} has a malformed header entry {info!r}")
-        if not 0 <= begin <= end <= data:
+        if not begin <= end <= data:
             raise ValueError(f"{file}: tensor {name!r} data_offsets [{begin}, {end}] run past the end of the "
                              f"data ({data} bytes): truncated file?")
+        if end - begin != math.prod(shape) * itemsize:
+            raise ValueError(f"{file}: tensor {name!r} has {end - begin} bytes, its {info['dtype']} shape "
+                             f"{shape} needs {math.prod(shape) * itemsize}")
     return header
+
+
+def check_checkpoint(path, args: ModelArgs) -> dict[Path, dict]:
+    """The safetensors headers of a checkpoint folder checked against the model its config describes, without
+    reading the data: every weight present once, no other tensor, each of its shape and of a float dtype.
+    Returns {file: header}. Cheap (headers only): train.py calls it before anything is written."""
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in Transformer(args).state_dict().items()}
+    if args.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    headers, seen = {}, {}
+    for file in _checkpoint_files(Path(path)):
+        headers[file] = header = read_safetensors_header(file)
+        for name, info in header.items():
+            # Old checkpoints store the RoPE table; a tied head is the embedding (HF ties it too).
+            if name == "__metadata__" or name.endswith("rotary_emb.inv_freq") or \
+                    name == "lm_head.weight" and args.tie_word_embeddings:
+                continue
+            if name not in expected:
+                raise ValueError(f"{file}: unexpected tensor {name!r} (not a weight of this config)")
+            if name in seen:
+                raise ValueError(f"{file}: tensor {name!r} is also in {seen[name]}")
+            if tuple(info["shape"]) != expected[name]:
+                raise ValueError(f"{file}: tensor {name!r} has shape {tuple(info['shape'])}, config implies "
+                                 f"{expected[name]}")
+            if info["dtype"] not in FLOAT_DTYPES:
+                raise ValueError(f"{file}: tensor {name!r} is {info['dtype']}, not a float weight "
+                                 f"({', '.join(FLOAT_DTYPES)})")
+            seen[name] = file
+    missing = [name for name in expected if name not in seen]
+    if missing:
+        raise ValueError(f"{path}: tensor {missing[0]!r} missing from the checkpoint ({len(missing)} missing)")
+    return headers

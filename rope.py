@@ -37,44 +37,78 @@ _EXTRA = {"yarn": ("beta_fast", "beta_slow", "attention_factor", "mscale", "msca
 _EXTRA["yarn-revised"] = _EXTRA["yarn"]
 
 
+def config_value(config: dict, key: str, default=None, kind=float, low=None, above=None):
+    """config[key] (default when absent or null), checked as it is read: one ValueError naming the key and the
+    value, so that no TypeError / OverflowError from a malformed config.json reaches the user further on.
+    kind float: a finite number (an int is fine) >= low and > above; int: an integer in low .. 2^31 - 1 (a shape
+    or a position; larger ones overflow torch's sizes); bool, str, dict, list: that JSON type."""
+    value = config.get(key)
+    if value is None:
+        return default
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is float:
+        finite = number and -1e308 < value < 1e308  # False for NaN and inf; no OverflowError for a 400-digit int
+        ok = finite and (low is None or value >= low) and (above is None or value > above)
+        what = "a finite number" + (f" >= {low:g}" if low is not None else "") + (f" > {above:g}" if above is not None
+                                                                                  else "")
+    elif kind is int:
+        ok = number and isinstance(value, int) and (low is None or value >= low) and value < 2**31
+        what = f"an integer in {low if low is not None else -2**31} .. {2**31 - 1}"
+    else:
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        what = {bool: "true or false", str: "a string", dict: "an object", list: "a list"}[kind]
+    if not ok:
+        raise ValueError(f"config key {key!r} must be {what}, got {value!r}")
+    return float(value) if kind is float else value
+
+
 def rope_parameters(config: dict) -> dict:
     """One canonical rope dict from a config.json dict in either convention.
 
     Old: top-level rope_theta + rope_scaling {"type"|"rope_type", "factor", ...}; new: rope_parameters
     {"rope_type", "rope_theta", ...}. A non-null rope_scaling wins (as in HF, so it works as an override);
     a canonical dict (top-level rope_type) is returned normalised, so the function is idempotent.
+    Every key read is checked for type and range (config_value): a NaN factor or a negative base is one line.
     """
-    if "rope_type" in config and not config.get("rope_scaling") and not config.get("rope_parameters"):
+    blocks = {key: config_value(config, key, {}, dict) for key in ("rope_scaling", "rope_parameters")}
+    if "rope_type" in config and not blocks["rope_scaling"] and not blocks["rope_parameters"]:
         scaling = dict(config)
     else:
-        scaling = dict(config.get("rope_scaling") or config.get("rope_parameters") or {})
-    theta = (scaling.get("rope_theta") or config.get("rope_theta")
-             or (config.get("rope_parameters") or {}).get("rope_theta") or 10000.0)
-    name = scaling.get("rope_type") or scaling.get("type") or "default"
+        scaling = dict(blocks["rope_scaling"] or blocks["rope_parameters"])
+    # θ_j = base^(-2j/d) needs base > 1: at 1 every pair turns alike (and YaRN's ramp divides by ln base).
+    theta = next((config_value(c, "rope_theta", above=1) for c in (scaling, config, blocks["rope_parameters"])
+                  if c.get("rope_theta")), 10000.0)
+    name = config_value(scaling, "rope_type", None, str) or config_value(scaling, "type", None, str) or "default"
     rope_type = _ALIASES.get(name, name)
     if rope_type not in ROPE_TYPES:
         raise ValueError(f"unknown rope type {name!r} in config; supported: {', '.join(ROPE_TYPES)}")
-    if float(scaling.get("partial_rotary_factor") or 1.0) != 1.0:
-        raise ValueError(f"partial_rotary_factor={scaling['partial_rotary_factor']} is not supported (only 1.0)")
+    for c in (scaling, config):  # transformers 5 reads it from the rope block, 4 from the top level
+        if config_value(c, "partial_rotary_factor", 1.0) != 1.0:
+            raise ValueError(f"partial_rotary_factor={c['partial_rotary_factor']} is not supported (only 1.0)")
     # HF reads the pre-training window from rope_scaling, else a top-level key (Phi-3), else max_position_embeddings.
-    original = int(scaling.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
-                   or config.get("max_position_embeddings") or 2048)
-    factor = scaling.get("factor")
+    original = next((config_value(c, k, kind=int, low=1) for c, k in (
+        (scaling, "original_max_position_embeddings"), (config, "original_max_position_embeddings"),
+        (config, "max_position_embeddings")) if c.get(k)), 2048)
+    factor = config_value(scaling, "factor", low=1)
     if rope_type == "default":
         factor = 1.0
     elif factor is None and rope_type == "yarn" and config.get("max_position_embeddings"):
-        factor = config["max_position_embeddings"] / original  # HF's fallback (DeepSeek-style configs)
+        factor = config_value(config, "max_position_embeddings", kind=int, low=1) / original  # HF's fallback
     elif factor is None:
         raise ValueError(f"rope type {rope_type!r} needs a 'factor' (alpha = target / original window)")
-    if float(factor) < 1:
+    if factor < 1:
         raise ValueError(f"rope factor {factor} < 1 for type {rope_type!r}: alpha = target / window must be >= 1")
-    rope = {"rope_type": rope_type, "rope_theta": float(theta), "factor": float(factor),
+    rope = {"rope_type": rope_type, "rope_theta": theta, "factor": factor,
             "original_max_position_embeddings": original}
     for key in _EXTRA.get(rope_type, ()):
         if scaling.get(key) is not None:
-            rope[key] = scaling[key]
+            rope[key] = config_value(scaling, key, kind=bool) if key == "truncate" else \
+                config_value(scaling, key, above=0 if key in ("beta_fast", "beta_slow", "attention_factor") else None)
     if rope_type == "llama3" and not {"low_freq_factor", "high_freq_factor"} <= rope.keys():
         raise ValueError("rope type 'llama3' needs 'low_freq_factor' and 'high_freq_factor'")
+    if rope_type == "llama3" and rope["high_freq_factor"] <= rope["low_freq_factor"]:  # the blend divides by it
+        raise ValueError(f"rope high_freq_factor {rope['high_freq_factor']} must exceed low_freq_factor "
+                         f"{rope['low_freq_factor']}")
     return rope
 
 

@@ -300,7 +300,7 @@ def freq_words(rng, stream, budget: int):
 
 
 def ruler_sample(task: str, tokenizer, length: int, seed: int = 0, index: int = 0, essay=None, hint=None) -> dict:
-    """One prompt of `task` (ids with BOS, at most length - NEW_TOKENS[task] tokens: RULER counts the answer's
+    """One prompt of `task` (ids, BOS if any, at most length - NEW_TOKENS[task] tokens: RULER counts the answer's
     tokens in the length) and its expected answers. A pure function of (seed, task, length, index), the tokenizer
     and --haystack: the question from one generator, the haystack from another re-created for each candidate
     size, so the largest size that fits is the same whatever `hint` the search starts from."""

@@ -8,6 +8,7 @@
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train.py ...  # shared --out
     python evaluate.py ppl --model out/final  # the export is a Hugging Face LLaMA folder
     python train.py --export-only --out runs/pose16k --checkpoint step_000500  # -> runs/pose16k/exports/step_000500
+    python train.py --eval-every 20 --eval-data held-out.jsonl  # + perplexity and passkey at L_c, L_t every 20 steps
     python train.py --plan --model ./Llama-2-7b-hf --target 16384 --world-size 8 --gpu-memory 80  # fits? (plan.py)
 On a CPU busy with other jobs, OMP_NUM_THREADS=1 is several times faster (idle OpenMP threads spin). On a CPU
 the process keeps the memory a step frees for the next one (keep_freed_memory: glibc's malloc, Linux).
@@ -28,9 +29,11 @@ The log's first lines say what was read: files and size, documents kept, skipped
 
 Windows: every example starts at its document's start, so token 0 is the document's BOS at position id 0, as in
 the authors' code (each document tokenised with truncation=True) and as evaluation feeds every window; PoSE's
-chunk 0 does so by Eq. 5 (v_0 = 0). Every method reads the same documents, those of >= L_c + 1 tokens (§4.1's
-minimum length); full-length takes each one's first min(L_x, L_t) tokens. --crop random crops full / plain /
-randpos windows anywhere instead (for many epochs over few documents; see pose.contiguous for why not default).
+chunk 0 does so by Eq. 5 (v_0 = 0). BOS is the tokenizer's own convention (data.Tokenizer): with none (Qwen),
+token 0 is the document's first text token, which is never a label (nothing precedes it); every later one is.
+Every method reads the same documents, those of >= L_c + 1 tokens (§4.1's minimum length); full-length takes
+each one's first min(L_x, L_t) tokens. --crop random crops full / plain / randpos windows anywhere instead (for
+many epochs over few documents; see pose.contiguous for why not default).
 
 Labels: every position's label is the document's true next token x[index + 1]. Where Eq. 5 skips text
 (v_1 > v_0), the token after a chunk's last one in the *window* is not its successor in the text, so the usual
@@ -38,13 +41,17 @@ Labels: every position's label is the document's true next token x[index + 1]. W
 doc[:-1] so x[index + 1] always exists, and every one of the L_c positions is scored (no -100 needed).
 
 A run is its --out folder (checkpoints.py: settings.json, DCP checkpoints, the export). settings.json is written
-once the inputs are checked; --resume refuses, in one line, any change of what is trained (RESUME_FIXED). Free to
-change: --steps, saving and logging, --micro-batch-size and the world size (the examples drawn then differ from an
-uninterrupted run's, as the log warns for the world). The learning rate is a pure function of (step, --warmup,
---steps) (lr_factor): raising --steps on resume re-stretches the linear decay, so a finished 40-step run resumed
-with --steps 44 trains steps 41-44 at the 44-step schedule's rates (the log says which), never at the 0 the
-40-step schedule ended on. Checkpoints hold fp32 weights + Adam's two moments: about 12 bytes per parameter
-(7B: ~84 GB each; --keep-checkpoints of them stay).
+once the inputs are checked, the data read and the weights (or the resumed checkpoint) loaded, so a bad input found
+on the way leaves a fresh --out absent and a resumed one untouched; --resume refuses, in one line, any change of
+what is trained (RESUME_FIXED). Free to change: --steps, saving and logging, --micro-batch-size and the world size
+(the examples drawn then differ from an uninterrupted run's, as the log warns for the world). The learning rate is a
+pure function of (step, --warmup, --steps) (lr_factor): raising --steps on resume re-stretches the linear decay, so
+a finished 40-step run resumed with --steps 44 trains steps 41-44 at the 44-step schedule's rates (the log says
+which), never at the 0 the 40-step schedule ended on. Checkpoints hold fp32 weights + Adam's two moments: about 12
+bytes per parameter (7B: ~84 GB each; --keep-checkpoints of them stay).
+
+Evaluation during training (--eval-every K --eval-data FILE): train_eval.py, which scores the model with
+evaluate.py's own functions, so a logged value equals `evaluate.py` on that step's export.
 
 Stopping. Ctrl-C (SIGINT) or SIGTERM stops at the next step boundary, which every rank agrees on (one MAX
 all-reduce of the flag per step), so no rank is left inside a collective. SIGTERM (what schedulers send before
@@ -54,13 +61,15 @@ way rank 0 prints one line on stderr, the latest checkpoint and the command that
 leaves the previous checkpoint / export intact. A second signal stops at once. torchrun forwards the signal to
 the workers and kills them --shutdown-timeout seconds later (default 30: raise it if a step plus a save takes
 longer); it then prints its own "Received ... death signal" lines and SignalException traceback. Likewise a
-bad input is one "error:" line from rank 0 with exit 2 on every rank, after which torchrun adds its own
+bad input is one "error:" line from rank 0 with exit 2 on every rank, whichever rank found it (agreed(): a bad
+record only rank 1 reads is rank 1's line, file and line number), after which torchrun adds its own
 ChildFailedError report: the launcher's, and the same for any failing worker.
 
 In order: the options (TrainOptions: the fields are the flags) and resolve(), which fills the recipe's defaults
-and refuses bad values before anything is written; the learning-rate schedule; the data (make_batch: one
-micro-batch of PoSE / full / RandPos / plain windows; load_data); the model, FSDP2 and the optimizer; training
-args and FLOPs; signals; the log's lines; the step (train_step) and the loop (train); --export-only and main.
+and refuses bad values before anything is written (train_eval.check_eval: the --eval-* flags); the schedule;
+the data (make_batch: one micro-batch of PoSE / full / RandPos / plain windows; load_data); the model, FSDP2 and
+the optimizer; training args and FLOPs; signals; the log's lines (eval_line: --eval-every's); the step
+(train_step) and the loop (train); --export-only and main.
 """
 import argparse
 import contextlib
@@ -88,19 +97,23 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_f
 from torch.distributed.tensor import DTensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import evaluate
 import pose
 import rope
-from checkpoints import (check_resume, check_writable, checkpoint_state, export, find_checkpoint, latest_checkpoint,
-                         load_checkpoint, load_weights, read_settings, run_settings, save_checkpoint, step_of,
-                         write_hf_folder, write_settings)
-from data import Tokenizer, as_list, default_tokenizer, describe, find_files, needs_tokenizer, read_documents
-from model import PRESETS, ModelArgs, Transformer, load_config
+from checkpoints import (DiskFull, check_resume, check_writable, checkpoint_state, export, find_checkpoint,
+                         latest_checkpoint, load_checkpoint, load_weights, read_settings, run_settings,
+                         save_checkpoint, step_of, weights_finite, write_hf_folder, write_settings)
+from data import (Tokenizer, as_list, check_vocabulary, default_tokenizer, describe, find_files, needs_tokenizer,
+                  read_documents)
+from model import PRESETS, ModelArgs, Transformer, check_checkpoint, load_config
+from train_eval import check_eval, eval_header, eval_setup, run_eval, wait_group_for
 
 
 @dataclass
 class TrainOptions:
     """Every flag of train.py; None means "the paper's value for --model, a small one for the embedded default"."""
-    model: str | None = field(default=None, metadata={"help": "Hugging Face LLaMA folder (config.json, safetensors)"})
+    model: str | None = field(default=None, metadata={"help": "Hugging Face folder (config.json, safetensors) of a "
+                                                      "llama, mistral, qwen2, qwen3 or olmo2 checkpoint"})
     preset: str = field(default="tiny", metadata={"help": f"from-scratch shape when no --model: {', '.join(PRESETS)}"})
     data: list[str] | None = field(default=None, metadata={"nargs": "+", "help": "files, folders or globs: .jsonl"
                                    "[.gz|.zst] .parquet .txt .npy .bin (data.py; default: stdlib)"})
@@ -137,6 +150,18 @@ class TrainOptions:
     max_documents: int | None = field(default=None, metadata={"help": "stop reading after this many (steps x batch)"})
     tensorboard: bool = field(default=False, metadata={"help": "also log to --out/tensorboard "
                               "(pip install tensorboard)"})
+    eval_every: int | None = field(default=None, metadata={"help": "evaluate every k steps and at the end: "
+                                   "evaluate.py's perplexity and passkey on a copy of the model (needs --eval-data)"})
+    eval_data: list[str] | None = field(default=None, metadata={"nargs": "+", "help": "held-out documents for "
+                                        "--eval-every's perplexity, read as `evaluate.py ppl --data` reads them"})
+    eval_lengths: list[int] | None = field(default=None, metadata={"nargs": "+", "help": "lengths L of "
+                                           "--eval-every (default: L_c and L_t)"})
+    eval_docs: int = field(default=10, metadata={"help": "--eval-every's perplexity: the first N documents of "
+                           ">= max(--eval-lengths) tokens (evaluate.py ppl --docs)"})
+    eval_stride: int = field(default=evaluate.PplOptions.stride, metadata={"help": "--eval-every's sliding-window "
+                             "step (evaluate.py ppl --stride)"})
+    eval_trials: int = field(default=10, metadata={"help": "--eval-every's passkey prompts per length, seed "
+                             f"{evaluate.PasskeyOptions.seed} (evaluate.py passkey --trials)"})
     export_only: bool = field(default=False, metadata={"help": "write a checkpoint of --out as a Hugging Face folder "
                               "--out/exports/step_N and stop (the run's settings.json decides the rest)"})
     checkpoint: str | None = field(default=None, metadata={"help": "with --export-only: step_N (default: the latest)"})
@@ -205,13 +230,9 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
     o.save_every, o.log_every = pick(o.save_every, 100, 50), pick(o.log_every, 10, 10)
     if o.max_documents is None and saved:  # derived from --steps: keep the run's documents when --steps grows
         o.max_documents = saved["options"]["max_documents"]
-    o.max_documents = o.max_documents or o.steps * o.batch_size  # one fresh document per example is plenty
-    for name in ("window", "steps", "batch_size", "micro_batch_size", "lr", "save_every", "log_every",
-                 "keep_checkpoints", "max_documents"):
-        if getattr(o, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(o, name)}")
-    if o.weight_decay < 0 or o.grad_clip < 0:
-        raise ValueError(f"--weight-decay {o.weight_decay} and --grad-clip {o.grad_clip} must be >= 0")
+    if o.max_documents is None:  # one fresh document per example is plenty
+        o.max_documents = o.steps * o.batch_size
+    check_numbers(o)
     if paper and o.window > context:  # the export would claim a window the checkpoint never saw as L_c
         raise ValueError(f"--window {o.window} > {o.model}'s context {context} ({context_key}): PoSE trains "
                          f"within the checkpoint's own window, L_c <= {context}")
@@ -222,6 +243,8 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
                          "start (v_0 = 0, §3.2) and --content sets where its other chunks read")
     if not 1 <= o.chunks <= o.window:
         raise ValueError(f"--chunks {o.chunks} must be in 1..window {o.window}")
+    if o.method == "pose" and o.content == "released" and o.chunks != 2:  # else pose.sample refuses it at step 1
+        raise ValueError(f"--content released is the authors' two-chunk rule: --chunks must be 2, got {o.chunks}")
     if o.batch_size % (o.micro_batch_size * world_size):
         raise ValueError(f"--batch-size {o.batch_size} is not divisible by --micro-batch-size {o.micro_batch_size}"
                          f" x world size {world_size}")
@@ -231,8 +254,11 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
         return o, config
     if o.data is not None:
         find_files(o.data)  # a missing file, an empty folder or glob: one line now, before anything is written
+    if o.model is not None:  # names, shapes, dtypes of every weight, from the headers alone (no data read)
+        check_checkpoint(o.model, ModelArgs.from_config(config))
     if o.checkpoint is not None:
         raise ValueError("--checkpoint picks what --export-only exports; training resumes from the latest (--resume)")
+    check_eval(o)
     if o.tensorboard:
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (an optional extra)
@@ -248,6 +274,28 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
         raise ValueError(f"--steps {o.steps} is below {latest}'s step {step_of(latest)}; to export that checkpoint: "
                          f"python train.py --export-only --out {o.out}")
     return o, config
+
+
+# Each integer flag's range, both ends included: past 2^31 a size overflows torch's, past 2^63 a seed numpy's.
+RANGES = {"window": (1, 2**31 - 1), "target": (1, 2**31 - 1), "chunks": (1, 2**31 - 1), "steps": (1, 2**31 - 1),
+          "batch_size": (1, 2**31 - 1), "micro_batch_size": (1, 2**31 - 1), "warmup": (0, 2**31 - 1),
+          "save_every": (1, 2**31 - 1), "keep_checkpoints": (1, 2**31 - 1), "log_every": (1, 2**31 - 1),
+          "max_documents": (1, 2**62), "seed": (0, 2**63 - 1)}
+
+
+def check_numbers(o: TrainOptions):
+    """Every numeric flag in range, and the float ones finite: a NaN or infinite --lr, --weight-decay or
+    --grad-clip would turn every weight into NaN at step 1 (and then be checkpointed)."""
+    for name, (low, high) in RANGES.items():
+        if not low <= getattr(o, name) <= high:
+            raise ValueError(f"--{name.replace('_', '-')} must be in {low} .. {high}, got {getattr(o, name)}")
+    for name in ("lr", "weight_decay", "grad_clip"):
+        value = getattr(o, name)
+        if not math.isfinite(value) or value < 0 or value == 0 and name == "lr":
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number {'> 0' if name == 'lr' else '>= 0'}"
+                             f", got {value}")
+
+
 
 
 def lr_factor(step: int, warmup: int, steps: int) -> float:
@@ -270,9 +318,9 @@ def make_batch(documents, opts: TrainOptions, rank: int, step: int, micro: int, 
     """One micro-batch (tokens, targets, positions), each int64 [micro_batch, L]: a pure function of
     (seed, rank, step, micro), so a resumed run replays the very same stream.
 
-    Every window starts at its document's start (token 0 = the document's BOS at position id 0), as the
-    authors' code cuts every document and as PoSE's chunk 0 does (v_0 = 0); --crop random crops full /
-    plain / randpos windows anywhere instead. Full-length takes a document's first min(L_x - 1, L_t) tokens
+    Every window starts at its document's start (token 0 = the document's BOS, where its tokenizer adds one, at
+    position id 0), as the authors' code cuts every document and as PoSE's chunk 0 does (v_0 = 0); --crop random
+    crops full / plain / randpos windows anywhere instead. Full-length takes a document's first min(L_x - 1, L_t) tokens
     (the authors truncate at L_t), so rows may differ in length: they are right-padded to the longest with
     target -100 (never scored; causal attention keeps every real token from seeing the padding)."""
     rng = np.random.default_rng([opts.seed, rank, step, micro])
@@ -303,7 +351,7 @@ def load_data(opts: TrainOptions, args: ModelArgs, length: int, say=print):
     """This rank's documents of >= length + 1 tokens, and the tokenizer (folder or file) to ship with the export.
     Every rank raises the same error together on a corpus that leaves some rank nothing to train on."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    files = find_files(opts.data) if opts.data else None
+    files = find_files(opts.data, say=say) if opts.data else None
     name = " ".join(map(str, as_list(opts.data))) if opts.data else "stdlib"
     tokenizer_path = opts.tokenizer or opts.model
     if tokenizer_path is None and needs_tokenizer(files):  # from scratch on text: the stdlib tokenizer (vocab 4096)
@@ -312,25 +360,31 @@ def load_data(opts: TrainOptions, args: ModelArgs, length: int, say=print):
         dist.barrier()
         tokenizer_path = default_tokenizer()
     tokenizer = Tokenizer(tokenizer_path) if needs_tokenizer(files) else None
+    if tokenizer:
+        check_vocabulary(tokenizer, args.vocab_size)
     # A token file's documents end at any EOS id the config lists, and at the tokenizer's (what data.py appends).
     config_eos = args.eos_token_id if isinstance(args.eos_token_id, list) else [args.eos_token_id]
     eos_ids = sorted({*config_eos, tokenizer.eos_id if tokenizer else None} - {None})
     say(f"data: {describe(files) if files else 'the embedded stdlib corpus'}"
         f"{f'; tokenizer {tokenizer.path}' if tokenizer else ''}")
     t0 = time.perf_counter()
-    documents, skipped = read_documents(files, tokenizer, opts.text_field, length + 1, rank, world,
-                                        -(-opts.max_documents // world), eos_ids, every=5 if rank == 0 else math.inf)
+    # Each rank parses only its own documents: a bad record may be found by one rank alone (agreed()).
+    documents, skipped = agreed(read_documents, files, tokenizer, opts.text_field, length + 1, rank, world,
+                                -(-opts.max_documents // world), eos_ids, every=5 if rank == 0 else math.inf)
     # Sums over ranks, then the extremes: the largest token id and the smallest shard (negated, so MAX works).
     counts = torch.tensor([len(documents), skipped, sum(len(d) for d in documents)], dtype=torch.float64)
-    extremes = torch.tensor([max((int(d.max()) for d in documents), default=0), -len(documents)], dtype=torch.float64)
+    extremes = torch.tensor([max((int(d.max()) for d in documents), default=0), -len(documents),
+                             -min((int(d.min()) for d in documents), default=0)], dtype=torch.float64)
     dist.all_reduce(counts)
     dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
-    (n_docs, n_skipped, n_tokens), (max_id, smallest_shard) = counts.long().tolist(), extremes.long().tolist()
+    (n_docs, n_skipped, n_tokens), (max_id, smallest_shard, min_id) = counts.long().tolist(), extremes.long().tolist()
+    min_id = -min_id
     if smallest_shard == 0:
         raise ValueError(f"--data {name}: no document with >= {length + 1} tokens on some rank ({n_skipped} too "
                          f"short, {n_docs} kept over {world} ranks)")
-    if max_id >= args.vocab_size:
-        raise ValueError(f"--data {name}: token id {max_id} >= the model's vocab_size {args.vocab_size}")
+    if max_id >= args.vocab_size or min_id < 0:  # an embedding lookup would fail (or wrap) at step 1
+        raise ValueError(f"--data {name}: token id {max_id if max_id >= args.vocab_size else min_id} outside the "
+                         f"model's vocabulary 0 .. {args.vocab_size - 1}")
     say(f"data: {n_docs:,} documents kept, {n_skipped:,} skipped as shorter than L_c + 1 = {length + 1} tokens, "
         f"{n_tokens:,} tokens, read in {time.perf_counter() - t0:.1f}s")
     return documents, tokenizer_path
@@ -356,6 +410,23 @@ def distributed():
         dist.destroy_process_group()
 
 
+def agreed(work, *args, **kwargs):
+    """work(*args, **kwargs) on every rank, failing on all of them together: a bad input that some ranks found (a record
+    only rank 1 parses) is raised on every rank with the lowest such rank's message, which rank 0 prints (run()).
+    Otherwise the rank that found it would exit alone, its message unsaid, and its peers die in their next
+    collective with a "Connection reset by peer" traceback instead."""
+    try:
+        result, message = work(*args, **kwargs), None
+    except (ValueError, FileNotFoundError) as e:
+        result, message = None, str(e)
+    messages = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, message)
+    first = next((m for m in messages if m is not None), None)
+    if first is not None:
+        raise ValueError(first)
+    return result
+
+
 def scaled_rope(base: dict, kind: str, window: int, target: int) -> dict:
     """The checkpoint's rope with alpha = L_t / L_c interpolation (§3.1); "none" keeps it unchanged.
     A checkpoint that already carries a scaling (Llama 3.1's llama3, an earlier export) is refused rather than
@@ -370,21 +441,25 @@ def scaled_rope(base: dict, kind: str, window: int, target: int) -> dict:
 
 
 def build_model(opts: TrainOptions, args: ModelArgs, device, mesh: DeviceMesh | None) -> Transformer:
-    """torchtitan's order: meta-device model -> activation checkpointing -> compile -> fully_shard per block ->
-    root -> to_empty -> full state dict read on rank 0 (checkpoint or fresh init) and broadcast into the shards.
+    """wrap_model (meta-device model -> each block's forward compiled -> activation checkpointing -> fully_shard
+    per block -> root) -> to_empty -> full state dict read on rank 0 (checkpoint or fresh init) and broadcast
+    into the shards.
     mesh None: no FSDP2 (train() passes None to a lone CPU process, which has nothing to shard or cast: the
     hooks, copies and DTensor arithmetic cost ~4% of its step and change no number). Checkpoints are DCP's
     either way, so a run may resume at another world size."""
     model = wrap_model(opts, args, mesh, mixed_precision(device.type == "cuda"))
     model.to_empty(device=device)
-    full = {}
-    if dist.get_rank() == 0:
+
+    def full_state():  # rank 0 reads the weights (a NaN one is refused: agreed() tells every rank)
+        if dist.get_rank() != 0:
+            return {}
         if opts.model:
-            full = Transformer.from_pretrained(opts.model, dtype=torch.float32).state_dict()  # fp32 master weights
-        else:
-            fresh = Transformer(args)
-            fresh.init_weights(seed=opts.seed)
-            full = fresh.state_dict()
+            return Transformer.from_pretrained(opts.model, dtype=torch.float32).state_dict()  # fp32 master weights
+        fresh = Transformer(args)
+        fresh.init_weights(seed=opts.seed)
+        return fresh.state_dict()
+
+    full = agreed(full_state)
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     return model
 
@@ -517,6 +592,19 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join([*launcher, sys.argv[0], *args])
 
 
+
+
+
+
+
+
+def eval_line(row: dict, steps: int) -> str:
+    """The log's line for an evaluation: eval step 20/100: ppl 128 41.2, 1,024 97.3; passkey 128 0.80, ... (3s)."""
+    show = lambda scores, f: ", ".join(f"{int(L):,} {f(v)}" for L, v in scores.items())  # noqa: E731
+    return (f"eval step {row['step']}/{steps}: ppl {show(row['eval']['ppl'], lambda v: f'{v:.4g}')}; "
+            f"passkey {show(row['eval']['passkey'], lambda v: f'{v:.2f}')} ({human(row['eval_s'])})")
+
+
 # ---------------------------------------------------------------- output
 
 def count(n: float, unit: str = "") -> str:
@@ -623,13 +711,14 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
     # Every method reads the same documents, those of >= L_c + 1 tokens (§4.1: "a minimum length requirement"
     # of L_c); full-length truncates them at L_t. A bad corpus fails here, before any weights load.
     documents, tokenizer_path = load_data(opts, args, opts.window, say)  # says "data: ..."
+    ev = eval_setup(opts, args, tokenizer_path)  # --eval-data read and checked on rank 0 (None without it)
     for line in after:
         say(line)
+    if opts.eval_every is not None:
+        say(eval_header(opts, ev))
+    wait_group = wait_group_for(opts, world)  # where the other ranks wait for rank 0's evaluations
     dist.barrier()
     saved = read_settings(out) if opts.resume else None
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        write_settings(out, run_settings(opts, world, device, tokenizer_path))
 
     # FSDP2 shards over several ranks, and on a GPU it computes in bf16 from fp32 masters even alone
     mesh = init_device_mesh(device.type, (world,)) if world > 1 or device.type == "cuda" else None
@@ -652,6 +741,11 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
                 f"step {start + 1} at {rate(opts.steps):.3g} (the {old_steps}-step one had {rate(old_steps):.3g})")
     elif opts.resume:
         say(f"--resume: no checkpoint in {out}/checkpoints, starting at step 0")
+    # Only now, with the data read, the weights loaded (and found finite) and any checkpoint resumed, is anything
+    # written: a bad input found on the way leaves a fresh --out absent and a resumed one as it was.
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_settings(out, run_settings(opts, world, device, tokenizer_path))
     metrics = out / "metrics.jsonl"
     if rank == 0:  # keep the rows of the steps we resume after, drop those a killed run logged beyond them
         rows = metrics.read_text().splitlines() if metrics.exists() and start else []
@@ -661,14 +755,45 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
         from torch.utils.tensorboard import SummaryWriter  # checked in resolve()
         board = SummaryWriter(log_dir=str(out / "tensorboard"))
 
+    def save(step: int):  # never a checkpoint of non-finite weights (a finite loss, then an infinite gradient)
+        if not weights_finite(model):
+            raise Diverged(f"weights are not finite after step {step}; nothing saved, newest checkpoint: "
+                           f"{latest_checkpoint(out)}")
+        save_checkpoint(out, checkpoint_state(model, optim, step, opts), opts.keep_checkpoints)
+
+    def evaluate_at(step: int) -> float:
+        """--eval-every's row for this step: evaluated (run_eval), logged, written; returns the seconds it took."""
+        t0 = time.perf_counter()
+        scores = run_eval(model, args, ev, device, wait_group)
+        seconds = time.perf_counter() - t0
+        if rank == 0:
+            row = {"step": step, "eval": scores, "eval_s": seconds}
+            say(eval_line(row, opts.steps))
+            with open(metrics, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if board is not None:
+                for task, by_length in scores.items():
+                    for L, value in by_length.items():
+                        if value is not None:  # key_logprob of a tokenizer without a clean answer (passkey_ids)
+                            board.add_scalar(f"eval/{task}_{L}", value, step)
+                board.flush()
+        return seconds
+
     flops = flops_per_token(model, length)
-    clock, clock_step, clock_tokens = time.perf_counter(), start, 0.0
     try:
+        # A resumed run first scores the weights it starts from, unless the run it continues already did (a
+        # kill between a step's checkpoint and its evaluation; or --eval-every added on resume).
+        due = [opts.eval_every is not None and start > 0 and rank == 0 and
+               not any(r.get("step") == start and "eval" in r for r in map(json.loads, rows))]
+        dist.broadcast_object_list(due)
+        if due[0]:
+            evaluate_at(start)
+        clock, clock_step, clock_tokens = time.perf_counter(), start, 0.0
         for step in range(start, opts.steps):
             signals.step = step
             if received := signals.agreed(device):  # a step boundary: every rank stops here, together
                 if received == signal.SIGTERM and step > start:  # a scheduler's kill follows: keep the progress
-                    save_checkpoint(out, checkpoint_state(model, optim, step, opts), opts.keep_checkpoints)
+                    save(step)
                 raise Stopped(received, step)
             model.train()
             for group in optim.param_groups:  # the schedule is a function of the step (see lr_factor)
@@ -682,7 +807,7 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
                                f"{last}")
             done = step + 1
             if done % opts.save_every == 0 or done == opts.steps:
-                save_checkpoint(out, checkpoint_state(model, optim, done, opts), opts.keep_checkpoints)
+                save(done)
             if done % opts.log_every == 0 or done == opts.steps or done == start + 1:  # step 1: it runs, and how fast
                 elapsed = time.perf_counter() - clock
                 seconds = elapsed / (done - clock_step)
@@ -704,7 +829,11 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
                         if key != "step":
                             board.add_scalar(f"train/{key}", value, done)
                     board.flush()
+            if opts.eval_every is not None and (done % opts.eval_every == 0 or done == opts.steps):
+                clock += evaluate_at(done)  # after the checkpoint (a kill mid-evaluation keeps the step), off the clock
         signals.step = opts.steps
+        if not weights_finite(model):  # the last save checked them, but a resumed finished run saves nothing
+            raise Diverged(f"weights are not finite; not exported, newest checkpoint: {latest_checkpoint(out)}")
         say(f"exported {export(model, args, config if opts.model else None, opts, tokenizer_path, device)}")
     finally:
         if board is not None:
@@ -762,7 +891,7 @@ def run(opts: TrainOptions, device, signals: Signals, argv: list[str]) -> tuple[
         return 0, None
     except (ValueError, FileNotFoundError) as e:
         return 2, f"error: {e}"
-    except Diverged as e:
+    except (Diverged, DiskFull) as e:
         return 1, f"error: {e}"
     except Stopped as e:
         return 128 + e.signum, stop_line(opts, argv, e.signum, f"before step {e.step + 1}")

@@ -97,7 +97,7 @@ def report(out: Path, plot_link: str | None) -> str:
         metrics = out / name / "metrics.jsonl"
         if not metrics.exists():
             continue
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        rows = [r for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]  # not --eval-every's
         seq = lt if name == "full" else lc
         md.append(f"| {label} | {seq} | {statistics.median(r['s_per_step'] for r in rows):.2f} | "
                   f"{max(r['peak_mem_gib'] for r in rows):.2f} | {times.get(name, '?')} | {rows[-1]['loss']:.3f} |")

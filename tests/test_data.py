@@ -129,14 +129,25 @@ def test_bos_and_eos_come_from_tokenizer_config_then_config_json_then_the_file(l
     instruct = folder("instruct", {"bos_token": {"content": "<|begin_of_text|>"}, "eos_token": "<|end_of_text|>"},
                       {"bos_token_id": 7, "eos_token_id": [9, eos]})  # tokenizer_config.json wins
     assert (instruct.bos_id, instruct.eos_id) == (bos, eos)
-    config_only = folder("config-only", None, {"bos_token_id": 5, "eos_token_id": [6, 8]})  # a list: its first
-    assert (config_only.bos_id, config_only.eos_id) == (5, 6)
+    # BOS: what the post-processor adds, never config.json's bos_token_id; EOS: config.json's (a list: its first).
+    config_only = folder("config-only", None, {"bos_token_id": 5, "eos_token_id": [6, 8]})
+    assert (config_only.bos_id, config_only.eos_id) == (bos, 6)
     no_bos = folder("qwen-like", {"bos_token": None, "eos_token": "<|end_of_text|>"}, {"bos_token_id": 5})
     assert no_bos.bos_id is None and no_bos.encode("the", bos=True) == hf.encode("the", add_special_tokens=False).ids
-    bare = folder("bare")  # a tokenizer.json names no specials of its own: EOS is needed to end documents
-    assert bare.bos_id is None and bare.encode("the") == hf.encode("the", add_special_tokens=False).ids
+    assert folder("add-bos-false", {"add_bos_token": False}).bos_id is None
+    bare = folder("bare")  # the template names BOS; EOS is nowhere, and is needed to end documents
+    assert bare.bos_id == bos and bare.encode("the") == hf.encode("the").ids
     with pytest.raises(ValueError, match="no EOS token"):
         bare.encode("the", eos=True)
+    qwen = json.loads((llama3 / "tokenizer.json").read_text())
+    qwen["post_processor"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    (tmp_path / "qwen.json").write_text(json.dumps(qwen))
+    (tmp_path / "qwen.json").rename(tmp_path / "tokenizer.json")
+    for settings in (None, {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}):  # no add_bos_token
+        qwen_like = folder(f"qwen-{settings is None}", settings, {"bos_token_id": 5, "eos_token_id": eos},
+                           source=tmp_path / "tokenizer.json")
+        assert (qwen_like.bos_id, qwen_like.eos_id) == (None, eos)  # its post-processor adds no BOS
+        assert qwen_like.encode("the", bos=True, eos=True) == hf.encode("the", add_special_tokens=False).ids + [eos]
     sp_file = folder("sp", None, {"bos_token_id": 1, "eos_token_id": 2}, source=spm_model / "tokenizer.model")
     assert (sp_file.bos_id, sp_file.eos_id) == (1, 2)
     with pytest.raises(ValueError, match=r"eos_token '<\|nope\|>' is not in tokenizer.json"):
@@ -310,7 +321,9 @@ def test_training_on_a_parquet_without_its_text_column_is_one_line_and_writes_no
 
 # ---------------------------------------------------------------- pre-tokenising CLI
 
-def test_pretokenised_file_is_the_in_process_tokenisation_in_parallel_and_atomically(llama3, tmp_path, capsys):
+def test_pretokenised_file_is_the_in_process_tokenisation_in_parallel_and_atomically(llama3, tmp_path, capsys,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(data, "BATCH_CHARS", 2000)  # several batches of work, so 2 workers do start
     docs = texts(40, seed=5, words=(1, 300))
     write_corpus(tmp_path / "corpus", docs[:13], field="content")  # one name for the jsonl field and parquet column
     (tmp_path / "corpus" / "g.jsonl").write_text("".join(json.dumps({"content": t}) + "\n" for t in docs[13:]))
@@ -329,7 +342,8 @@ def test_pretokenised_file_is_the_in_process_tokenisation_in_parallel_and_atomic
     assert len(got) == 40 and all(d[0] == tok.bos_id and d[-1] == tok.eos_id for d in got)
     hf = HFTokenizer.from_file(str(llama3 / "tokenizer.json"))
     assert [d[1:-1].tolist() for d in got[:3]] == [hf.encode(t, add_special_tokens=False).ids for t in docs[:3]]
-    assert "wrote" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "wrote" in stdout and "capped" not in stdout
     data.main(["--data", str(tmp_path / "corpus" / "g.jsonl"), "--tokenizer", str(llama3), "--out", str(out),
                "--max-documents", "4", "--text-field", "content", "--workers", "1"])
     assert np.isin(np.load(out), tok.eos_id).sum() == 4

@@ -185,6 +185,9 @@ class Oracle:
         ids = self.tokenizer.encode(f" {key + self.wrong}. Remember it.", bos=False)[:max_new_tokens]
         return torch.tensor([ids])
 
+    def loss(self, tokens, targets):  # certain of every token it is asked about: log p(key) = 0
+        return torch.zeros(()), (targets != -100).sum()
+
 
 @pytest.mark.parametrize("wrong,accuracy", [(False, 1.0), (True, 0.0)])
 def test_scorer_gives_one_to_a_model_that_answers_the_key_and_zero_to_one_that_does_not(micro, wrong, accuracy):
@@ -192,10 +195,35 @@ def test_scorer_gives_one_to_a_model_that_answers_the_key_and_zero_to_one_that_d
     rows = evaluate.passkey(Oracle(tokenizer, wrong), tokenizer, [300, 600], trials=5, seed=3)
     assert [r["accuracy"] for r in rows] == [accuracy, accuracy]
     keys = [c["key"] for c in rows[0]["cases"]]
+    same = [sum(a == b for a, b in zip(str(k), str(k + wrong))) / 5 for k in keys]  # key + 1: the last digit(s)
+    assert [c["digits"] for c in rows[0]["cases"]] == same and rows[0]["digit_accuracy"] == pytest.approx(sum(same) / 5)
+    assert all(c["key_logprob"] == 0.0 for r in rows for c in r["cases"]) and rows[0]["key_logprob"] == 0.0
     assert all(10_000 <= k < 100_000 for k in keys) and len(set(keys)) == 5  # 5-digit keys, §4.3
     again = evaluate.passkey(Oracle(tokenizer, wrong), tokenizer, [300], trials=5, seed=3)
     assert [c["key"] for c in again[0]["cases"]] == keys  # seeded: every model gets the same prompts
     assert evaluate.first_integer(" 4711. Remember") == 4711 and evaluate.first_integer("no digits") is None
+
+
+@pytest.mark.parametrize("answer, key, digits", [
+    (" 12345. Remember", 12345, 1.0), ("12355", 12345, 0.8), ("the key is 1234", 12345, 0.8),
+    ("123456", 12345, 5 / 6), ("no digits", 12345, 0.0), ("54321", 12345, 0.2), ("1 2345", 12345, 0.2)])
+def test_digit_accuracy_counts_the_keys_digits_right_place_by_place_in_the_first_integer(answer, key, digits):
+    assert evaluate.digit_accuracy(answer, key) == pytest.approx(digits)
+
+
+def test_key_logprob_is_the_teacher_forced_log_probability_of_the_keys_tokens(micro, model64):
+    """Against a float64 full forward: log p of the tokens ' {key}' adds after the prompt, each given the rest."""
+    tokenizer = Tokenizer(micro)
+    (row,) = evaluate.passkey(model64, tokenizer, [200], trials=3, seed=5, new_tokens=2)
+    for case in row["cases"]:
+        ids = evaluate.passkey_prompt(tokenizer, 200, case["key"], case["depth"])
+        full = tokenizer.encode(tokenizer.decode(ids[1:]) + f" {case['key']}", bos=True)  # a right answer's ids
+        assert full[:len(ids)] == ids and tokenizer.decode(full[len(ids):]).strip() == str(case["key"])
+        with torch.no_grad():
+            logp = torch.log_softmax(model64(torch.tensor([full]))[0].double(), dim=-1)  # [T, V]
+        want = sum(logp[i - 1, full[i]].item() for i in range(len(ids), len(full)))
+        assert case["key_logprob"] == pytest.approx(want, rel=1e-10) and want < -1
+    assert row["key_logprob"] == pytest.approx(sum(c["key_logprob"] for c in row["cases"]) / 3, rel=1e-12)
 
 
 def test_every_issue_flag_exists_and_the_defaults_are_the_papers():

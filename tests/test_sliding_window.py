@@ -168,3 +168,47 @@ def test_pose_training_past_the_sliding_window_scores_the_band_and_exports_mistr
     assert config["sliding_window"] == SW and config["max_position_embeddings"] == 64
     assert config["rope_scaling"]["factor"] == 4.0
     assert Transformer.from_pretrained(tmp_path / "out" / "final").args.sliding_window == SW
+
+
+# Issue 28, item 7: the KV-cache paths of decoding, each against the float64 band-mask reference (never the model's
+# own full forward). The Mistral passkey at 32k prefills 32k tokens into a 4,096-slot cache: a prefill longer
+# than the window is that path, at SW = 8.
+KV_CASES = {  # (prompt tokens, tokens decoded after it); the sequence ends at prompt + decoded
+    "prefill shorter than the window, decoding across its edge": (5, 6),    # tokens 5..10: the edge at 8
+    "prefill of exactly the window": (SW, 3),
+    "prefill shorter, decoding far past the window": (3, 6 * SW),           # the rolling buffer wraps 6 times
+    "prefill longer than the window (2.5 windows), then far past": (20, 4 * SW + 3),
+}
+
+
+@pytest.mark.parametrize("case", KV_CASES)
+def test_kv_cache_prefill_and_decoding_equal_the_float64_band_mask_reference(mistral, case):
+    W, path = mistral
+    prompt_len, decoded = KV_CASES[case]
+    model = Transformer.from_pretrained(path, dtype=torch.float64)
+    T = prompt_len + decoded
+    positions = torch.arange(T).expand(2, T)
+    seq = tokens_for(positions, seed=7)
+    want = reference_logits(W, seq, positions, window=SW)  # [2, T, V]: row t sees tokens t - SW + 1 .. t
+    cache = [KVCache(T) for _ in range(LAYERS)]
+    prefill = model.lm_head(model.hidden(seq[:, :prompt_len], positions[:, :prompt_len], cache))
+    steps = [model.lm_head(model.hidden(seq[:, t:t + 1], positions[:, t:t + 1], cache)) for t in range(prompt_len, T)]
+    assert rel_err(prefill, want[:, :prompt_len]) < 1e-6  # cos/sin are float32: 1e-7 (rope.py)
+    assert rel_err(torch.cat(steps, 1), want[:, prompt_len:]) < 1e-6  # each decoded row, from the cache alone
+    assert cache[0].k.shape[2] == min(SW, T) and cache[0].len == T  # never more than SW slots held
+    wrong = reference_logits(W, seq, positions, window=SW + 1)[:, prompt_len:]  # one key too many: far off
+    assert T <= SW + 1 or rel_err(torch.cat(steps, 1), wrong) > 1e-3
+
+
+def test_kv_cache_prefill_longer_than_the_window_with_pose_positions_then_decoding_past_a_jump(mistral):
+    """PoSE ids (a jump of position inside the prompt) with a prefill of 20 > SW tokens, then 12 decoded: the
+    band is in token index, the rotation in position id, in the cached path as in the reference."""
+    W, path = mistral
+    model = Transformer.from_pretrained(path, dtype=torch.float64)
+    positions = torch.cat([torch.arange(10), torch.arange(500, 522)])[None]  # [1, 32]: a skip of 490 ids at 10
+    seq = tokens_for(positions, seed=9)
+    want = reference_logits(W, seq, positions, window=SW)
+    cache = [KVCache(32) for _ in range(LAYERS)]
+    prefill = model.lm_head(model.hidden(seq[:, :20], positions[:, :20], cache))
+    steps = [model.lm_head(model.hidden(seq[:, t:t + 1], positions[:, t:t + 1], cache)) for t in range(20, 32)]
+    assert rel_err(prefill, want[:, :20]) < 1e-6 and rel_err(torch.cat(steps, 1), want[:, 20:]) < 1e-6

@@ -279,12 +279,16 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoints(micro_model, 
         train.main(["--model", str(micro_model), "--data", str(corpus), "--out", str(out), "--steps", "4",
                     "--save-every", "1", *RUN, "--lr", "1e30", "--warmup", "0"])
     err = capsys.readouterr().err.strip()
-    match = re.fullmatch(r"error: loss is (nan|inf|-inf) at step (\d); stopped before the update, "
-                         r".*(step_00000\d)", err)
+    # A NaN loss stops before the update; weights made non-finite by a step whose loss was finite (an infinite
+    # update) stop before the save (issue 28). Either way the newest checkpoint is the step before.
+    match = re.fullmatch(r"error: (loss is (nan|inf|-inf) at step (\d); stopped before the update|weights are not "
+                         r"finite after step (\d); nothing saved), newest checkpoint: .*(step_00000\d)", err)
     assert exit_.value.code == 1 and match, err
-    bad_step, newest = int(match[2]), match[3]  # nothing saved or updated after the bad loss
+    bad_step, newest = int(match[3] or match[4]), match[5]  # nothing saved or updated after the bad step
     assert newest == f"step_{bad_step - 1:06d}" == sorted(p.name for p in (out / "checkpoints").iterdir())[-1]
     assert not (out / "final").exists()
+    train.main(["--export-only", "--out", str(out)])  # the newest checkpoint's weights are finite: it exports
+    assert (out / "exports" / newest / "model.safetensors").is_file()
 
 
 def torchrun(*args, check=True):

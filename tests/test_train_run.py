@@ -140,17 +140,27 @@ def test_settings_json_records_the_resolved_run_before_training(finished):
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # written under a temporary name, then renamed
 
 
-def test_settings_are_written_before_step_1(micro_model, corpus, tmp_path, monkeypatch):
+def test_settings_are_written_after_the_weights_load_and_before_step_1(micro_model, corpus, tmp_path, monkeypatch):
     out = tmp_path / "out"
+    argv = ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN]
+    seen = []
 
-    def no_model(*args, **kwargs):  # the run stops where the weights would load, before any step
+    def no_model(*args, **kwargs):  # a bad input found while the weights load: nothing written yet (issue 28)
+        seen.append((out / "settings.json").exists())
+        raise ValueError("stop here")
+
+    with monkeypatch.context() as patch, train.distributed() as device, pytest.raises(ValueError, match="stop here"):
+        patch.setattr(train, "build_model", no_model)
+        train.train(train.parse_args(argv), device)
+    assert seen == [False] and not out.exists()
+
+    def no_step(*args, **kwargs):  # the run stops where step 1 would train
         assert (out / "settings.json").is_file()
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(train, "build_model", no_model)
+    monkeypatch.setattr(train, "train_step", no_step)
     with train.distributed() as device, pytest.raises(RuntimeError, match="stop here"):
-        train.train(train.parse_args(["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN]),
-                    device)
+        train.train(train.parse_args(argv), device)
     assert json.loads((out / "settings.json").read_text())["options"]["target"] == 64
 
 

@@ -1,0 +1,622 @@
+"""Bad input, second round (issue 28): each rule is a bad value given to the real entry point (train.main,
+evaluate.main, data.main, load_config, from_pretrained), which must answer with one line naming the file / key /
+flag and value, exit 2, and leave a fresh --out absent. Grouped as the issue: validate first, config types,
+non-finite numbers, one rank's error under torchrun, files read once, resources and signals.
+
+    python -m pytest tests/test_bad_input.py -x -q
+
+Everything is made in the test: a micro LLaMA written with save_pretrained, a small sentencepiece model, token
+files. In-process calls (SystemExit and capsys) wherever possible; the torchrun case starts a subprocess (slow).
+"""
+import io
+import json
+import math
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import data
+import evaluate
+import train
+from model import PRESETS, ModelArgs, Transformer, check_checkpoint, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             head_dim=16, intermediate_size=128, max_position_embeddings=16)
+RUN = ["--window", "16", "--target", "64", "--steps", "2", "--batch-size", "2", "--micro-batch-size", "2",
+       "--lr", "1e-3", "--warmup", "1"]
+WORDS = "the model reads long documents and keeps 12345 positions apart while we train it on text".split()
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
+def texts(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(40, 80))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def micro_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("micro") / "model"
+    model = Transformer(ModelArgs.from_config(MICRO))
+    model.init_weights(seed=0)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    docs = [np.append(rng.integers(3, 4096, size=rng.integers(30, 80)), 2) for _ in range(12)]
+    path = tmp_path_factory.mktemp("corpus") / "ids.npy"
+    np.save(path, np.concatenate(docs).astype(np.int32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def spm_model(tmp_path_factory):
+    """A folder with a 400-piece sentencepiece tokenizer.model (LLaMA's ids: unk 0, BOS 1, EOS 2)."""
+    import sentencepiece as spm
+    path = tmp_path_factory.mktemp("spm")
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts(200)), model_writer=proto, vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, minloglevel=2)
+    (path / "tokenizer.model").write_bytes(proto.getvalue())
+    return path
+
+
+def copy_model(src: Path, dst: Path, config=None, tensors=None) -> Path:
+    """A copy of a checkpoint folder with config.json keys replaced and / or its tensors replaced."""
+    dst.mkdir(parents=True)
+    cfg = json.loads((src / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**cfg, **(config or {})}))
+    weights = load_file(src / "model.safetensors")
+    save_file(tensors(weights) if tensors else weights, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def exits(main, argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    return exit_.value.code, capsys.readouterr().err.strip()
+
+
+def one_line(code, err, *needles):
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for needle in needles:
+        assert needle in err, err
+
+
+# ---------------------------------------------------------------- 1. validate first, write after
+
+FLAGS = [("--lr", "inf"), ("--lr", "nan"), ("--lr", "0"), ("--lr", "-1e-3"), ("--weight-decay", "inf"),
+         ("--weight-decay", "nan"), ("--weight-decay", "-0.1"), ("--grad-clip", "nan"), ("--grad-clip", "inf"),
+         ("--grad-clip", "-1"), ("--seed", "-1"), ("--seed", str(2**63)), ("--warmup", "-1"),
+         ("--max-documents", "0"), ("--max-documents", "-5"), ("--target", str(2**31)), ("--steps", "0"),
+         ("--chunks", "0"), ("--keep-checkpoints", "0"), ("--save-every", "-1")]
+
+
+FLOATS = ("--lr", "--weight-decay", "--grad-clip")
+
+
+@pytest.mark.parametrize("flag,value", FLAGS, ids=[f"{f} {v}" for f, v in FLAGS])
+def test_every_numeric_train_flag_is_finite_and_in_range_before_anything_is_written(micro_model, corpus, tmp_path,
+                                                                                    capsys, flag, value):
+    out = tmp_path / "out"
+    argv = ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN, f"{flag}={value}"]
+    code, err = exits(train.main, argv, capsys)
+    one_line(code, err, f"error: {flag} must be", f", got {float(value) if flag in FLOATS else value}")
+    assert not out.exists()
+
+
+def test_a_combination_only_the_sampler_would_notice_at_step_1_is_refused_before_anything_is_written(
+        micro_model, corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN,
+                                   "--content", "released", "--chunks", "3"], capsys)
+    one_line(code, err, "--content released is the authors' two-chunk rule: --chunks must be 2, got 3")
+    assert not out.exists()
+
+
+def shape_mismatch(w):
+    return {**w, "model.layers.0.mlp.up_proj.weight": w["model.layers.0.mlp.up_proj.weight"][:100]}
+
+
+HEADERS = {  # what is done to the checkpoint's tensors -> what the one line says
+    "a shape the config does not imply": (shape_mismatch, "'model.layers.0.mlp.up_proj.weight' has shape (100, 64)"),
+    "an integer weight": (lambda w: {**w, "model.norm.weight": w["model.norm.weight"].to(torch.int32)},
+                          "'model.norm.weight' is I32, not a float weight"),
+    "a missing weight": (lambda w: {k: v for k, v in w.items() if k != "model.layers.1.self_attn.o_proj.weight"},
+                         "'model.layers.1.self_attn.o_proj.weight' missing from the checkpoint"),
+    "a tensor of another model": (lambda w: {**w, "model.layers.9.mlp.up_proj.weight": torch.zeros(2)},
+                                  "unexpected tensor 'model.layers.9.mlp.up_proj.weight'"),
+}
+
+
+@pytest.mark.parametrize("case", HEADERS)
+def test_the_checkpoints_headers_are_checked_against_its_config_before_anything_is_written(micro_model, corpus,
+                                                                                          tmp_path, capsys, case):
+    change, needle = HEADERS[case]
+    model = copy_model(micro_model, tmp_path / "model", tensors=change)
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(model), "--data", str(corpus), "--out", str(out), *RUN], capsys)
+    one_line(code, err, str(model / "model.safetensors") if "missing" not in case else str(model), needle)
+    assert not out.exists()
+
+
+def test_a_header_whose_bytes_disagree_with_its_shape_is_refused_without_reading_the_data(micro_model, tmp_path):
+    model = copy_model(micro_model, tmp_path / "model")
+    file = model / "model.safetensors"
+    raw = file.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header["model.norm.weight"]["shape"] = [32]  # 64 floats of data, a shape of 32
+    text = json.dumps(header, separators=(",", ":")).encode().ljust(n)  # the same length: the offsets stay valid
+    file.write_bytes(raw[:8] + text + raw[8 + n:])
+    with pytest.raises(ValueError, match=r"tensor 'model.norm.weight' has 256 bytes, its F32 shape \[32\] needs 128"):
+        check_checkpoint(model, ModelArgs.from_config(MICRO))
+
+
+def test_a_tokenizer_with_ids_past_the_models_vocabulary_is_refused_before_anything_is_written(micro_model, spm_model,
+                                                                                              tmp_path, capsys):
+    model = copy_model(micro_model, tmp_path / "model", config={"vocab_size": 300},
+                       tensors=lambda w: {k: v[:300] if k in ("model.embed_tokens.weight", "lm_head.weight") else v
+                                          for k, v in w.items()})
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(8)))
+    out = tmp_path / "out"
+    argv = ["--model", str(model), "--data", str(tmp_path / "t.jsonl"), "--tokenizer",
+            str(spm_model / "tokenizer.model"), "--out", str(out), *RUN]
+    code, err = exits(train.main, argv, capsys)
+    one_line(code, err, "tokenizer.model: ids up to 399", "vocab_size is 300")
+    assert not out.exists()
+
+
+def test_negative_token_ids_of_a_pre_tokenised_file_are_refused(micro_model, tmp_path, capsys):
+    ids = np.concatenate([np.arange(3, 40), [2], np.arange(3, 40), [-7, 5, 2]]).astype(np.int32)
+    np.save(tmp_path / "ids.npy", ids)
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(micro_model), "--data", str(tmp_path / "ids.npy"), "--out", str(out),
+                                   *RUN], capsys)
+    one_line(code, err, "token id -7 outside the model's vocabulary 0 .. 4095")
+    assert not out.exists()
+    code, err = exits(evaluate.main, ["ppl", "--model", str(micro_model), "--data", str(tmp_path / "ids.npy"),
+                                      "--lengths", "16", "--min-tokens", "2", "--out", str(out)], capsys)
+    one_line(code, err, "token id -7 outside")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["ppl", "passkey", "ruler"])
+def test_evaluate_checks_out_and_plot_before_loading_the_model(micro_model, tmp_path, capsys, command):
+    (tmp_path / "folder.json").mkdir()
+    for flag in ("--out", "--plot"):  # an existing folder where the file goes
+        code, err = exits(evaluate.main, [command, "--model", str(micro_model), flag, str(tmp_path / "folder.json")],
+                          capsys)
+        one_line(code, err, f"{flag} {tmp_path / 'folder.json'}: is a folder")
+    (tmp_path / "a_file").write_text("")
+    code, err = exits(evaluate.main, [command, "--model", str(micro_model), "--out",
+                                      str(tmp_path / "a_file" / "r.json")], capsys)
+    one_line(code, err, f"{tmp_path / 'a_file'} is not a folder")
+    code, err = exits(evaluate.main, ["plot", str(tmp_path / "r.json"), "--out", str(tmp_path / "folder.json")], capsys)
+    one_line(code, err, "is a folder")
+
+
+def test_evaluate_refuses_a_non_finite_factor(micro_model, tmp_path, capsys):
+    for value in ("nan", "inf", "0.5"):
+        code, err = exits(evaluate.main, ["ppl", "--model", str(micro_model), "--rope", "linear", "--factor", value,
+                                          "--out", str(tmp_path / "r.json")], capsys)
+        one_line(code, err, "--factor must be a finite number >= 1", value)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_data_py_checks_out_before_reading_anything(spm_model, tmp_path, capsys):
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": "a b c"}) + "\n")
+    (tmp_path / "dir.npy").mkdir()
+    base = ["--data", str(tmp_path / "t.jsonl"), "--tokenizer", str(tmp_path / "no-tokenizer-here")]
+    code, err = exits(data.main, [*base, "--out", str(tmp_path / "dir.npy")], capsys)
+    one_line(code, err, f"--out {tmp_path / 'dir.npy'}: is a folder")
+    code, err = exits(data.main, [*base, "--out", str(tmp_path / "missing" / "t.npy")], capsys)
+    one_line(code, err, f"folder {tmp_path / 'missing'} does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.npy", "t.jsonl"]
+
+
+# ---------------------------------------------------------------- 2. config.json and tokenizer files: types, ranges
+
+NAN = float("nan")
+CONFIGS = {  # config.json keys -> the key the one line names
+    "rope_scaling a list": ({"rope_scaling": [1, 2]}, "'rope_scaling' must be an object"),
+    "factor a string": ({"rope_scaling": {"type": "linear", "factor": "2"}}, "'factor' must be a finite number"),
+    "factor NaN": ({"rope_scaling": {"type": "linear", "factor": NAN}}, "'factor' must be a finite number >= 1"),
+    "factor infinite": ({"rope_scaling": {"type": "linear", "factor": math.inf}}, "'factor'"),
+    "factor a 400-digit integer": ({"rope_scaling": {"type": "linear", "factor": 10**400}}, "'factor'"),
+    "rope_type a list": ({"rope_scaling": {"rope_type": ["linear"], "factor": 2}}, "'rope_type' must be a string"),
+    "negative rope_theta": ({"rope_theta": -1e4, "rope_parameters": {"rope_type": "default", "rope_theta": -1e4}},
+                            "'rope_theta' must be a finite number > 1"),
+    "rope_theta a string": ({"rope_parameters": {"rope_type": "default", "rope_theta": "big"}}, "'rope_theta'"),
+    "yarn beta_fast a string": ({"rope_scaling": {"type": "yarn", "factor": 2, "beta_fast": "x"}}, "'beta_fast'"),
+    "yarn truncate a string": ({"rope_scaling": {"type": "yarn", "factor": 2, "truncate": "no"}}, "'truncate'"),
+    "llama3 equal band factors": ({"rope_scaling": {"type": "llama3", "factor": 8, "low_freq_factor": 4,
+                                                    "high_freq_factor": 4}}, "high_freq_factor 4.0 must exceed"),
+    "partial_rotary_factor a string": ({"partial_rotary_factor": "half"}, "'partial_rotary_factor'"),
+    "original window a float": ({"rope_scaling": {"type": "linear", "factor": 2,
+                                                  "original_max_position_embeddings": 1.5}},
+                                "'original_max_position_embeddings' must be an integer"),
+    "negative rms_norm_eps": ({"rms_norm_eps": -1e-6}, "'rms_norm_eps' must be a finite number > 0"),
+    "rms_norm_eps a string": ({"rms_norm_eps": "1e-6"}, "'rms_norm_eps'"),
+    "hidden_size a string": ({"hidden_size": "64"}, "'hidden_size' must be an integer"),
+    "hidden_size a float": ({"hidden_size": 64.0}, "'hidden_size'"),
+    "vocab_size past 2^31": ({"vocab_size": 2**40}, "'vocab_size' must be an integer in 1 .. 2147483647"),
+    "max_position_embeddings 1e40": ({"max_position_embeddings": 1e40}, "'max_position_embeddings'"),
+    "tie_word_embeddings a string": ({"tie_word_embeddings": "yes"}, "'tie_word_embeddings' must be true or false"),
+    "eos_token_id a string": ({"eos_token_id": "2"}, "'eos_token_id' must be a token id"),
+    "bos_token_id negative": ({"bos_token_id": -1}, "'bos_token_id'"),
+    "eos_token_id a list with null": ({"eos_token_id": [2, None]}, "'eos_token_id'"),
+    "sliding_window 0": ({"model_type": "mistral", "sliding_window": 0}, "'sliding_window'"),
+    "use_sliding_window a string": ({"use_sliding_window": "true"}, "'use_sliding_window'"),
+}
+
+
+@pytest.mark.parametrize("case", CONFIGS)
+def test_every_config_key_read_is_checked_for_type_and_range_naming_file_key_and_value(micro_model, tmp_path, capsys,
+                                                                                       case):
+    keys, needle = CONFIGS[case]
+    model = copy_model(micro_model, tmp_path / "model", config=keys)
+    with pytest.raises(ValueError) as e:
+        load_config(model)
+    assert str(e.value).startswith(f"{model / 'config.json'}: config key") or needle.startswith("high"), e.value
+    assert needle in str(e.value)
+    code, err = exits(evaluate.main, ["ppl", "--model", str(model), "--out", str(tmp_path / "r.json")], capsys)
+    one_line(code, err, str(model / "config.json"), needle)
+    code, err = exits(train.main, ["--model", str(model), "--data", str(tmp_path), "--out", str(tmp_path / "o")],
+                      capsys)
+    one_line(code, err, needle)
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "o").exists()
+
+
+INDEXES = {  # model.safetensors.index.json -> what the line says
+    "weight_map a list": ({"weight_map": ["model.safetensors"]}, "an empty or non-object weight_map"),
+    "a shard name a number": ({"weight_map": {"model.norm.weight": 5}}, "shard 5 is not a file name"),
+    "a shard outside the folder": ({"weight_map": {"model.norm.weight": "../model.safetensors"}},
+                                   "shard '../model.safetensors' is not a file name"),
+    "no weight_map": ({"metadata": {}}, "'weight_map'"),
+}
+
+
+@pytest.mark.parametrize("case", INDEXES)
+def test_a_malformed_safetensors_index_is_one_line_naming_it(micro_model, tmp_path, capsys, case):
+    index, needle = INDEXES[case]
+    model = copy_model(micro_model, tmp_path / "model")
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    code, err = exits(evaluate.main, ["ppl", "--model", str(model), "--out", str(tmp_path / "r.json")], capsys)
+    one_line(code, err, str(model / "model.safetensors.index.json"), needle)
+    assert not (tmp_path / "r.json").exists()
+
+
+TOKENIZER_FILES = {  # a file beside tokenizer.model -> what the line names
+    "bos_token a number": ("tokenizer_config.json", {"bos_token": 5}, "bos_token must be a string"),
+    "eos_token a list": ("tokenizer_config.json", {"eos_token": ["</s>"]}, "eos_token must be a string"),
+    "add_bos_token a string": ("tokenizer_config.json", {"bos_token": "<s>", "add_bos_token": "yes"},
+                               "add_bos_token true or false"),
+    # BOS never comes from config.json (the tokenizer's convention, issue 24); EOS falls back on it
+    "config.json's eos_token_id a string": ("config.json", {"eos_token_id": "one"}, "eos_token_id must be a token id"),
+}
+
+
+@pytest.mark.parametrize("case", TOKENIZER_FILES)
+def test_tokenizer_config_and_config_ids_are_checked_naming_the_file(spm_model, tmp_path, case):
+    name, content, needle = TOKENIZER_FILES[case]
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes((spm_model / "tokenizer.model").read_bytes())
+    (folder / name).write_text(json.dumps(content))
+    with pytest.raises(ValueError) as e:
+        data.Tokenizer(folder)
+    assert str(e.value).startswith(f"{folder / name}: ") and needle in str(e.value), e.value
+
+
+# ---------------------------------------------------------------- 3. non-finite numbers are never a result
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_weight_is_refused_when_the_checkpoint_loads_naming_the_tensor(micro_model, tmp_path, capsys,
+                                                                                  value):
+    def poison(w):
+        bad = w["model.layers.1.mlp.down_proj.weight"].clone()
+        bad[3, 5] = value
+        return {**w, "model.layers.1.mlp.down_proj.weight": bad}
+
+    model = copy_model(micro_model, tmp_path / "model", tensors=poison)
+    with pytest.raises(ValueError, match=r"tensor 'model.layers.1.mlp.down_proj.weight' holds NaN or infinite"):
+        Transformer.from_pretrained(model)
+    out = tmp_path / "r.json"
+    code, err = exits(evaluate.main, ["ppl", "--model", str(model), "--lengths", "16", "--out", str(out)], capsys)
+    one_line(code, err, "'model.layers.1.mlp.down_proj.weight' holds NaN or infinite values")
+    assert not out.exists()
+
+
+def test_evaluate_never_writes_a_nan_perplexity_as_a_result(micro_model, corpus, tmp_path, capsys, monkeypatch):
+    """Finite weights can still compute a NaN (an fp16 overflow): the run fails rather than report it."""
+    monkeypatch.setattr(evaluate, "window_nll", lambda *args: (math.nan, 5))
+    out = tmp_path / "r.json"
+    code, err = exits(evaluate.main, ["ppl", "--model", str(micro_model), "--data", str(corpus), "--lengths", "16",
+                                      "--docs", "2", "--out", str(out)], capsys)
+    one_line(code, err.splitlines()[-1], "ppl at L=16: the model's loss is nan")  # after the progress lines
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- 4. one rank's error under torchrun
+
+@pytest.mark.slow
+def test_a_bad_record_only_rank_1_reads_is_one_line_of_ours_naming_file_and_line(spm_model, tmp_path):
+    """Rank r parses records r, r + 2, ...: line 2 is rank 1's alone. Both ranks agree on the failure
+    (train.agreed), rank 0 prints rank 1's line, every rank exits 2; torchrun then adds its own report."""
+    lines = [json.dumps({"text": t}) for t in texts(12, seed=3)]
+    lines[1] = json.dumps({"body": "no text field"})
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "train.py"), "--data", str(tmp_path / "c.jsonl"), "--tokenizer",
+           str(spm_model / "tokenizer.model"), "--out", str(out), "--window", "16", "--target", "64", "--steps", "2",
+           "--batch-size", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,  # a hang guard
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and len(ours) == 1, done.stderr[-3000:]
+    assert ours[0] == f"error: {tmp_path / 'c.jsonl'}:2: not a JSON object with a text 'text' field (pass --text-field)"
+    assert "Connection reset" not in done.stderr and f'File "{ROOT / "train.py"}"' not in done.stderr
+    assert "exitcode  : 2" in done.stderr  # torchrun's own report: the ranks exited 2
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- 5. files read once
+
+def test_each_file_is_read_once_through_symlinks_loops_and_repeats_and_the_log_says_so(tmp_path):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
+    (folder / "b.jsonl").symlink_to(folder / "a.jsonl")  # a symlink beside its target
+    (folder / "loop").symlink_to(folder)                  # a folder loop
+    said = []
+    files = data.find_files([str(folder / "**" / "*.jsonl"), str(folder / "a.jsonl"), str(folder)], say=said.append)
+    assert files == [folder / "a.jsonl"]
+    assert len(said) == 1 and said[0].startswith("--data: ") and "dropped" in said[0], said
+    dropped = int(said[0].split()[1])
+    assert dropped >= 3  # b.jsonl, the second a.jsonl, the folder; the loop adds its copies
+    assert data.find_files([str(folder / "a.jsonl")], say=said.append) == [folder / "a.jsonl"] and len(said) == 1
+
+
+# ---------------------------------------------------------------- 6. resources and signals
+
+def test_data_py_workers_are_capped_at_the_cpus_and_the_batches_with_a_note(spm_model, tmp_path, capsys):
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(5)))
+    out = tmp_path / "t.npy"
+    result = data.main(["--data", str(tmp_path / "t.jsonl"), "--tokenizer", str(spm_model), "--out", str(out),
+                        "--workers", "100000"])
+    stdout = capsys.readouterr().out
+    cpus = len(os.sched_getaffinity(0))
+    assert f"--workers 100000 capped at {cpus}, the CPUs" in stdout
+    assert cpus == 1 or f"--workers {cpus} capped at 1: the corpus has 1 batches" in stdout  # 5 short documents
+    assert result["documents"] == 5 and np.load(out).size == result["tokens"]
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_data_py_its_workers_and_removes_the_temporary_file(spm_model, tmp_path, capsys, monkeypatch,
+                                                                           signum):
+    """The signal arrives after the first batch is written (the process sends it to itself, so no timing):
+    two worker processes are running; they end, the temporary file goes, one line, exit 128 + signum."""
+    monkeypatch.setattr(data, "BATCH_CHARS", 500)
+    encoded = data._encoded
+
+    def signalled(*args, **kwargs):
+        for i, item in enumerate(encoded(*args, **kwargs)):
+            if i == 1:
+                assert len(multiprocessing.active_children()) == 2  # the pool is up
+                os.kill(os.getpid(), signum)
+            yield item
+
+    monkeypatch.setattr(data, "_encoded", signalled)
+    before = signal.getsignal(signum)
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(40)))
+    out = tmp_path / "t.npy"
+    code, err = exits(data.main, ["--data", str(tmp_path / "t.jsonl"), "--tokenizer", str(spm_model), "--out",
+                                  str(out), "--workers", "2"], capsys)
+    assert code == 128 + signum and err == f"stopped by {signal.Signals(signum).name}: workers ended, nothing " \
+                                           f"written to {out}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]  # no .tmp file, no output
+    assert multiprocessing.active_children() == []
+    assert signal.getsignal(signum) == before  # pretokenise's handler is gone again
+
+
+# ---------------------------------------------------------------- the run folder: written last, saved whole
+
+import errno  # noqa: E402
+import shutil  # noqa: E402
+
+import checkpoints  # noqa: E402
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(micro_model, corpus, tmp_path_factory):
+    """A finished 2-step run (checkpoints at steps 1 and 2, kept both): (out, argv)."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    argv = ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN, "--save-every", "1"]
+    train.main(argv)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
+    return out, argv
+
+
+def run_copy(finished, tmp_path) -> tuple[Path, list[str]]:
+    out, argv = finished
+    shutil.copytree(out, tmp_path / "out")
+    argv = list(argv)
+    argv[argv.index("--out") + 1] = str(tmp_path / "out")
+    return tmp_path / "out", argv
+
+
+def test_a_non_finite_weight_found_while_loading_leaves_a_fresh_out_absent(micro_model, corpus, tmp_path, capsys):
+    def poison(w):
+        return {**w, "model.norm.weight": torch.full_like(w["model.norm.weight"], math.nan)}
+
+    model = copy_model(micro_model, tmp_path / "model", tensors=poison)
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(model), "--data", str(corpus), "--out", str(out), *RUN], capsys)
+    one_line(code, err, "tensor 'model.norm.weight' holds NaN or infinite values")
+    assert not out.exists()
+
+
+DAMAGE = {  # what is done to the newest checkpoint -> what the line says
+    ".metadata missing": (lambda c: (c / ".metadata").unlink(), ".metadata missing or unreadable"),
+    ".metadata truncated": (lambda c: (c / ".metadata").write_bytes((c / ".metadata").read_bytes()[:40]),
+                            ".metadata missing or unreadable"),
+    "a .distcp missing": (lambda c: next(c.glob("*.distcp")).unlink(), ".distcp missing"),
+    "a .distcp truncated": (lambda c: (lambda f: f.write_bytes(f.read_bytes()[:100]))(next(c.glob("*.distcp"))),
+                            "truncated (100 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_a_damaged_checkpoint_is_one_line_naming_it_and_the_newest_intact_one_and_resume_touches_nothing(
+        finished, tmp_path, capsys, case):
+    out, argv = run_copy(finished, tmp_path)
+    damage, needle = DAMAGE[case]
+    damage(out / "checkpoints" / "step_000002")
+    before = snapshot(out)
+    code, err = exits(train.main, [*argv, "--steps", "3", "--resume"], capsys)
+    one_line(code, err, f"{out / 'checkpoints' / 'step_000002'}: damaged checkpoint", needle,
+             f"newest intact one: {out / 'checkpoints' / 'step_000001'}")
+    assert snapshot(out) == before  # settings.json and metrics.jsonl as they were
+    code, err = exits(train.main, ["--export-only", "--out", str(out)], capsys)
+    one_line(code, err, "damaged checkpoint", needle)
+    assert snapshot(out) == before
+
+
+def poisoned_step_2(monkeypatch):
+    """train_step as it is, but step 2 leaves a NaN in one weight with a finite loss (what an infinite gradient
+    clipped to NaN does): only the weights check can catch it before the save."""
+    real, calls = train.train_step, []
+
+    def step(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                model.model.norm.weight[0] = math.nan
+        return result
+
+    monkeypatch.setattr(train, "train_step", step)
+
+
+def test_non_finite_weights_after_a_finite_loss_are_never_checkpointed_or_exported(micro_model, corpus, tmp_path,
+                                                                                  capsys, monkeypatch):
+    poisoned_step_2(monkeypatch)
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN,
+                                   "--steps", "3", "--save-every", "1"], capsys)
+    assert code == 1 and err == (f"error: weights are not finite after step 2; nothing saved, newest checkpoint: "
+                                 f"{out / 'checkpoints' / 'step_000001'}"), err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"] and not (out / "final").exists()
+
+
+def test_export_only_refuses_a_checkpoint_with_non_finite_weights(micro_model, corpus, tmp_path, capsys, monkeypatch):
+    poisoned_step_2(monkeypatch)
+    monkeypatch.setattr(train, "weights_finite", lambda model: True)  # as before issue 28: the NaN is saved
+    out = tmp_path / "out"
+    code, _ = exits(train.main, ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN,
+                                 "--steps", "3", "--save-every", "1"], capsys)
+    assert code == 1  # step 3's loss is NaN: stopped, step_000002 holds the NaN weight
+    code, err = exits(train.main, ["--export-only", "--out", str(out)], capsys)
+    one_line(code, err, f"{out / 'checkpoints' / 'step_000002'}: tensor 'model.norm.weight' holds NaN",
+             "not exported")
+    assert not (out / "exports").exists()
+
+
+def full_disk_at(monkeypatch, module, name: str, when):
+    """Fault injected at write time: module.name writes what it writes, then the disk is full (ENOSPC)."""
+    real = getattr(module, name)
+
+    def writes_then_fails(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if when():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return result
+
+    monkeypatch.setattr(module, name, writes_then_fails)
+
+
+def test_a_checkpoint_save_out_of_space_removes_its_temporary_and_the_previous_one_stays_latest(
+        micro_model, corpus, tmp_path, capsys, monkeypatch):
+    real_fsync = os.fsync
+
+    def fsync(fd):  # DCP syncs each file it wrote: the disk is full while step 2's files are flushed
+        if ".tmp-step_000002" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)  # DCP wraps the error in its CheckpointException, as a real one
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN,
+                                   "--steps", "3", "--save-every", "1"], capsys)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {out / 'checkpoints' / '.tmp-step_000002'}: no space left on device (needs about ")
+    assert err.endswith(f"iB free); removed it, the latest checkpoint is still {out / 'checkpoints' / 'step_000001'}")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"]
+    assert checkpoints.latest_checkpoint(out) == out / "checkpoints" / "step_000001"
+
+
+def test_an_export_out_of_space_removes_its_temporary_and_leaves_no_final(finished, tmp_path, capsys, monkeypatch):
+    out, argv = run_copy(finished, tmp_path)
+    import model as model_py
+    full_disk_at(monkeypatch, model_py, "save_file", lambda: True)
+    before = snapshot(out / "checkpoints")
+    code, err = exits(train.main, ["--export-only", "--out", str(out)], capsys)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    folder = out / "exports" / "step_000002"
+    assert err.startswith(f"error: {folder}: no space left on device (needs about ")
+    assert err.endswith(f"removed the partial export, {folder} is as it was")
+    assert sorted(p.name for p in (out / "exports").iterdir()) == [] and snapshot(out / "checkpoints") == before
+
+
+def test_a_npy_out_of_space_removes_its_temporary_and_says_how_far_it_got(spm_model, tmp_path, capsys, monkeypatch):
+    real_open = open
+
+    class Full:  # the .npy's file: the first write (the header) fits, the second finds the disk full
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, b):
+            self.writes += 1
+            if self.writes == 2:
+                self.f.write(b[:10])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def full_open(file, mode="r", *args, **kwargs):  # data.py's own name lookup; only the .npy is written
+        f = real_open(file, mode, *args, **kwargs)
+        return Full(f) if "w" in mode else f
+
+    monkeypatch.setattr(data, "open", full_open, raising=False)
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(5)))
+    out = tmp_path / "t.npy"
+    code, err = exits(data.main, ["--data", str(tmp_path / "t.jsonl"), "--tokenizer", str(spm_model), "--out",
+                                  str(out), "--workers", "1"], capsys)
+    one_line(code, err, f"--out {out}: no space left on device after 0.0 MiB of ids", "the temporary file is removed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]

@@ -1,0 +1,147 @@
+"""Evaluation during training (train.py --eval-every): evaluate.py's perplexity and passkey every K steps.
+
+    python train.py --eval-every 50 --eval-data heldout.jsonl                     # at L_c and L_t
+    python train.py --model M --data D --eval-every 100 --eval-data E --eval-lengths 2048 8192 16384
+    python -m pytest tests/test_eval_every.py -q
+
+--eval-every K --eval-data FILE [--eval-lengths L ...] (default L_c and L_t) scores
+the model after every K-th step and after the last with evaluate.py's own functions and defaults: perplexity on
+the first --eval-docs (10) documents of >= max(L) tokens of FILE (read, cut and given BOS as `evaluate.py ppl`
+does; --eval-stride, default its 1,024, clamped to L - 1), and passkey retrieval, --eval-trials (10) prompts a
+length on evaluate.py's fixed seed. A row {"step": k, "eval": {"ppl": {"128": ...}, "passkey": {"128": ...},
+"passkey_digits": ..., "key_logprob": ...}, "eval_s": ...} (passkey's exact match, per-digit accuracy and the
+key's teacher-forced log-probability) goes to metrics.jsonl and to TensorBoard (eval/ppl_128, ...), one line
+(perplexity and exact match) to the log; so
+    python train.py --export-only --out OUT --checkpoint step_K
+    python evaluate.py ppl --model OUT/exports/step_K --data FILE --lengths L ... --docs 10
+    python evaluate.py passkey --model OUT/exports/step_K --lengths L ... --trials 10
+print the very numbers of step K (on the same device type; tests/test_eval_every.py checks it). Rank 0 evaluates
+a plain gathered copy while the other ranks wait (run_eval says why). The evaluation runs after the step's
+checkpoint and off the throughput clock; a resumed run first scores the checkpoint it starts from unless
+metrics.jsonl already holds that step's row. The --eval-* flags are free to change on --resume.
+
+In order: the --eval-* flags' checks (resolve() calls check_eval before anything is written); what is scored
+(Evaluation, read once by eval_setup); the evaluation of one step (run_eval) and the group the other ranks wait in.
+"""
+import contextlib
+import datetime
+import io
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+import evaluate
+from checkpoints import gather_plain
+from data import Tokenizer, find_files, needs_tokenizer
+from model import ModelArgs
+
+
+def check_eval(o):
+    """Refuse bad --eval-* values (resolve() calls it, before anything is written); fills --eval-lengths."""
+    if o.eval_every is None:
+        if o.eval_data is not None or o.eval_lengths is not None:
+            raise ValueError("--eval-data / --eval-lengths are --eval-every's: give --eval-every K too")
+        return
+    if o.eval_every <= 0:
+        raise ValueError(f"--eval-every must be > 0, got {o.eval_every}")
+    if o.eval_data is None:
+        raise ValueError("--eval-every needs --eval-data: the held-out documents of its perplexity")
+    for name in ("eval_docs", "eval_stride", "eval_trials"):
+        if getattr(o, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(o, name)}")
+    o.eval_lengths = o.eval_lengths or sorted({o.window, o.target})
+    if min(o.eval_lengths) < 2:  # evaluate.py's own bound: a window predicts L - 1 tokens
+        raise ValueError(f"--eval-lengths must be >= 2 tokens, got {min(o.eval_lengths)}")
+    find_files(o.eval_data, "--eval-data")  # a missing file, an empty folder or glob: one line naming it
+    if o.model is None and o.tokenizer is None and o.data is not None and not needs_tokenizer(find_files(o.data)):
+        raise ValueError("--eval-every's passkey prompts are text, and a run on token files without --tokenizer "
+                         "has none (nor will its export): pass --tokenizer")
+
+
+@dataclass
+class Evaluation:
+    """What --eval-every scores, the same at every step: evaluate.py's own options (their defaults are its
+    defaults), the documents its ppl reads and the tokenizer the export ships. Rank 0 holds it; others None."""
+    ppl: evaluate.PplOptions
+    passkey: evaluate.PasskeyOptions
+    documents: list
+    bos_id: int | None
+    tokenizer: Tokenizer
+
+
+def eval_setup(opts, args: ModelArgs, tokenizer_path) -> Evaluation | None:
+    """Rank 0 reads --eval-data as `evaluate.py ppl` reads --data (load_documents: the first --eval-docs
+    documents of >= max(--eval-lengths) tokens, their own BOS/EOS dropped) and fits one passkey prompt per
+    length; a corpus with no such document, or a length below the passkey template, is refused here, before
+    anything is written, on every rank together (rank 0's message is broadcast)."""
+    if opts.eval_every is None:
+        return None
+    lengths = list(opts.eval_lengths)
+    ppl = evaluate.PplOptions(lengths=lengths, data=opts.eval_data, text_field=opts.text_field,
+                              stride=opts.eval_stride, docs=opts.eval_docs)
+    keys = evaluate.PasskeyOptions(lengths=lengths, trials=opts.eval_trials)
+    setup, message = None, [None]
+    if dist.get_rank() == 0:
+        try:
+            tokenizer = Tokenizer(tokenizer_path)
+            with contextlib.redirect_stderr(io.StringIO()):  # its "ppl: --data ..." note: our log says it
+                documents, bos_id = evaluate.load_documents(ppl, args, max(lengths), tokenizer_path, "--eval-data")
+            for L in lengths:
+                evaluate.passkey_prompt(tokenizer, L, 10_000, 0.0, keys.fit)
+            setup = Evaluation(ppl, keys, documents, bos_id, tokenizer)
+        except (ValueError, FileNotFoundError) as e:
+            message = [str(e).splitlines()[0]]
+    dist.broadcast_object_list(message)
+    if message[0] is not None:
+        raise ValueError(message[0])
+    return setup
+
+
+def eval_header(opts, ev: Evaluation | None) -> str:
+    """The log's line saying what --eval-every will score (ev is rank 0's; the others print nothing)."""
+    lengths = ", ".join(f"{L:,}" for L in opts.eval_lengths)
+    return (f"eval: every {opts.eval_every} steps and at the end, at L = {lengths}, by rank 0 on a gathered copy: "
+            f"ppl on {len(ev.documents) if ev else opts.eval_docs} documents of --eval-data (stride "
+            f"{opts.eval_stride:,}), passkey {opts.eval_trials} prompts a length (seed {evaluate.PasskeyOptions.seed})")
+
+
+def wait_group_for(opts, world: int):
+    """The group in which the other ranks wait for rank 0's evaluation (run_eval): gloo, with a timeout longer
+    than any evaluation; None when there is nothing to wait for."""
+    if opts.eval_every is None or world == 1:
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(days=7))
+
+
+def run_eval(model, args: ModelArgs, ev: Evaluation | None, device, wait_group) -> dict | None:
+    """evaluate.py's perplexity and passkey of the model as it is now: rank 0's row, None on the others.
+
+    Rank 0 evaluates a plain gathered copy while the other ranks wait (gather_plain: the gather is the only
+    collective). The copy is what the export of this step is, cast to evaluate.py's default dtype for the device
+    (float32 on CPU, bfloat16 on CUDA, the export's own dtype there), so a logged value equals `evaluate.py ppl
+    / passkey --model <the export>` exactly. Every rank running the sharded model instead would need the same
+    number of forwards on every rank (greedy decoding stops on EOS per prompt), and its numbers would come from
+    FSDP2's mixed-precision path, --compile's kernels and activation checkpointing rather than from evaluate.py's
+    plain model. The price is one full copy on rank 0 for the duration (bf16 on a GPU: 2 bytes a parameter,
+    after 4 of host memory for the gathered fp32 weights, as export() takes), and idle ranks. They wait in a
+    barrier on wait_group, a gloo group with a long timeout: an evaluation may outlast NCCL's default collective
+    timeout (10 minutes; gloo's is 30)."""
+    plain = gather_plain(model, args)
+    row = None
+    if plain is not None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # evaluate.py's load_model default
+        plain = plain.to(device=device, dtype=dtype).eval()
+        p, k = ev.ppl, ev.passkey
+        ppl = evaluate.perplexity(plain, ev.documents, p.lengths, p.stride, ev.bos_id, p.truncate, device, every=None)
+        keys = evaluate.passkey(plain, ev.tokenizer, k.lengths, k.trials, k.depths, k.seed, k.new_tokens, device,
+                                every=None, fit=k.fit)
+        by_length = lambda rows, key: {str(r["length"]): r[key] for r in rows}  # noqa: E731
+        row = {"ppl": by_length(ppl, "ppl"), "passkey": by_length(keys, "accuracy"),
+               "passkey_digits": by_length(keys, "digit_accuracy"), "key_logprob": by_length(keys, "key_logprob")}
+        del plain
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the copy's memory back to the training steps
+    if wait_group is not None:
+        dist.barrier(group=wait_group)
+    return row
