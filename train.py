@@ -9,6 +9,7 @@
     python evaluate.py ppl --model out/final  # the export is a Hugging Face LLaMA folder
     python train.py --export-only --out runs/pose16k --checkpoint step_000500  # -> runs/pose16k/exports/step_000500
     python train.py --eval-every 20 --eval-data held-out.jsonl  # + perplexity and passkey at L_c, L_t every 20 steps
+    python train.py --plan --model ./Llama-2-7b-hf --target 16384 --world-size 8 --gpu-memory 80  # fits? (plan.py)
 On a CPU busy with other jobs, OMP_NUM_THREADS=1 is several times faster (idle OpenMP threads spin). On a CPU
 the process keeps the memory a step frees for the next one (keep_freed_memory: glibc's malloc, Linux).
 
@@ -164,6 +165,14 @@ class TrainOptions:
     export_only: bool = field(default=False, metadata={"help": "write a checkpoint of --out as a Hugging Face folder "
                               "--out/exports/step_N and stop (the run's settings.json decides the rest)"})
     checkpoint: str | None = field(default=None, metadata={"help": "with --export-only: step_N (default: the latest)"})
+    plan: bool = field(default=False, metadata={"help": "print this run's per-GPU peak memory and FLOPs per step, "
+                       "measured on fake tensors over --world-size fake ranks (plan.py), and stop: needs config.json "
+                       "only, writes nothing"})
+    world_size: int | None = field(default=None, metadata={"help": "with --plan: the ranks to plan for (default: "
+                                   "torchrun's WORLD_SIZE, else 1)"})
+    gpu_memory: float | None = field(default=None, metadata={"help": "with --plan: GiB per GPU; say whether the run "
+                                     "fits, with a margin for what the estimate leaves out"})
+    plan_json: str | None = field(default=None, metadata={"help": "with --plan: also write the numbers to this JSON"})
 
 
 def parse_args(argv=None) -> TrainOptions:
@@ -203,7 +212,7 @@ def checkpoint_context(config: dict) -> tuple[int, str]:
 
 def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
     """Fill the None defaults (paper recipe for --model, small for the embedded default) and check every value."""
-    if opts.model is not None and opts.data is None:  # never fine-tune a real checkpoint on the demo corpus
+    if opts.model is not None and opts.data is None and not opts.plan:  # never fine-tune on the demo corpus
         raise ValueError(f"--model {opts.model} needs --data (the embedded stdlib corpus is only the default of "
                          "the from-scratch demo)")
     config = checkpoint_config(opts)
@@ -239,6 +248,10 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
     if o.batch_size % (o.micro_batch_size * world_size):
         raise ValueError(f"--batch-size {o.batch_size} is not divisible by --micro-batch-size {o.micro_batch_size}"
                          f" x world size {world_size}")
+    if not o.plan and (o.world_size, o.gpu_memory, o.plan_json) != (None, None, None):
+        raise ValueError("--world-size, --gpu-memory and --plan-json go with --plan (a run's world is torchrun's)")
+    if o.plan:  # plan.py: config.json is all it reads, and it writes nothing (no --data, no --out)
+        return o, config
     if o.data is not None:
         find_files(o.data)  # a missing file, an empty folder or glob: one line now, before anything is written
     if o.model is not None:  # names, shapes, dtypes of every weight, from the headers alone (no data read)
@@ -428,26 +441,13 @@ def scaled_rope(base: dict, kind: str, window: int, target: int) -> dict:
 
 
 def build_model(opts: TrainOptions, args: ModelArgs, device, mesh: DeviceMesh | None) -> Transformer:
-    """torchtitan's order: meta-device model -> activation checkpointing -> compile -> fully_shard per block ->
-    root -> to_empty -> full state dict read on rank 0 (checkpoint or fresh init) and broadcast into the shards.
+    """wrap_model (meta-device model -> each block's forward compiled -> activation checkpointing -> fully_shard
+    per block -> root) -> to_empty -> full state dict read on rank 0 (checkpoint or fresh init) and broadcast
+    into the shards.
     mesh None: no FSDP2 (train() passes None to a lone CPU process, which has nothing to shard or cast: the
     hooks, copies and DTensor arithmetic cost ~4% of its step and change no number). Checkpoints are DCP's
     either way, so a run may resume at another world size."""
-    with torch.device("meta"):
-        model = Transformer(args)  # no memory: every rank holds 1/world of the weights only after sharding
-    model.set_rope(args.rope)  # outside the meta context: the rope tables must be real CPU tensors
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" \
-        else MixedPrecisionPolicy()  # CPU: fp32 throughout (bf16 matmuls on CPU are slow, and tests compare exactly)
-    if opts.compile:
-        model.compile_regions()  # replaces each block's forward; the hooks added below wrap it
-    for block in model.model.layers:
-        if opts.activation_checkpointing:
-            activation_checkpoint(block)  # composable form: parameter names stay HF's
-        if mesh is not None:
-            fully_shard(block, mesh=mesh, mp_policy=mp)
-    if mesh is not None:
-        fully_shard(model, mesh=mesh, mp_policy=mp)  # root: embeddings, final norm, lm_head
-        register_fsdp_forward_method(model, "loss")  # loss() is not forward(); without this the root stays sharded
+    model = wrap_model(opts, args, mesh, mixed_precision(device.type == "cuda"))
     model.to_empty(device=device)
 
     def full_state():  # rank 0 reads the weights (a NaN one is refused: agreed() tells every rank)
@@ -461,6 +461,32 @@ def build_model(opts: TrainOptions, args: ModelArgs, device, mesh: DeviceMesh | 
 
     full = agreed(full_state)
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    return model
+
+
+def mixed_precision(cuda: bool) -> MixedPrecisionPolicy:
+    """FSDP2's policy: on a GPU bf16 compute from fp32 masters, gradients reduced in fp32; on a CPU fp32
+    throughout (bf16 matmuls on CPU are slow, and tests compare exactly)."""
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda \
+        else MixedPrecisionPolicy()
+
+
+def wrap_model(opts: TrainOptions, args: ModelArgs, mesh: DeviceMesh | None, mp: MixedPrecisionPolicy):
+    """build_model's meta-device part, which plan.py repeats on fake tensors: the model on the meta device,
+    compiled, checkpointed and sharded in training's order, before any memory is allocated."""
+    with torch.device("meta"):
+        model = Transformer(args)  # no memory: every rank holds 1/world of the weights only after sharding
+    model.set_rope(args.rope)  # outside the meta context: the rope tables must be real CPU tensors
+    if opts.compile:  # first: it replaces each block's forward, and the hooks added below wrap it (compile never
+        model.compile_regions()  # traces activation checkpointing's or FSDP2's hooks)
+    for block in model.model.layers:
+        if opts.activation_checkpointing:
+            activation_checkpoint(block)  # composable form: parameter names stay HF's
+        if mesh is not None:
+            fully_shard(block, mesh=mesh, mp_policy=mp)
+    if mesh is not None:
+        fully_shard(model, mesh=mesh, mp_policy=mp)  # root: embeddings, final norm, lm_head
+        register_fsdp_forward_method(model, "loss")  # loss() is not forward(); without this the root stays sharded
     return model
 
 
@@ -843,8 +869,12 @@ def main(argv=None):
     signals = Signals()
     with signals.installed():
         opts = parse_args(argv)
-        with distributed() as device:
-            code, message = run(opts, device, signals, argv if argv is not None else sys.argv[1:])
+        if opts.plan:  # fake ranks on fake tensors, no process group of ours; plan.py imports this file
+            import plan
+            code, message = plan.run(opts)
+        else:
+            with distributed() as device:
+                code, message = run(opts, device, signals, argv if argv is not None else sys.argv[1:])
     if message and int(os.environ.get("RANK", 0)) == 0:
         print(message, file=sys.stderr if code else sys.stdout, flush=True)
     if code:

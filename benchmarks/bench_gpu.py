@@ -14,7 +14,8 @@ Stages at GPU sizes (--dry-run: the tiny preset on the CPU, a few hundred tokens
              --activation-checkpointing, each at the largest micro-batch that fits (doubling until out of
              memory; --compile reuses its eager twin's). MFU = tokens/s x (6N + 12 L H Q T) / 989 TFLOP/s
   fig3       the paper's Fig. 3: PoSE (L_c 2,048) vs Full-length at L_t = 8k, 16k, 32k, 64k, micro-batch 1,
-             activation checkpointing on: s/step and peak memory (out of memory is a result, recorded as such)
+             activation checkpointing on: s/step and peak memory (out of memory is a result, recorded as such),
+             and beside it plan_gib, what `train.py --plan` estimates for the same run (plan.py; the driver)
   eval       evaluate.py's perplexity window at 32k, 64k and 128k tokens: the 1B preset and a Llama-2-7b-shaped
              model, bf16 random weights: s, tokens/s, peak memory
   sliding    benchmarks/bench_sliding.py --cuda --json, when that file exists (its rows as it prints them)
@@ -49,6 +50,7 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import evaluate  # noqa: E402
+import plan  # noqa: E402
 import train  # noqa: E402
 from bench_evaluate import build, cell  # noqa: E402
 from bench_train import synthetic_documents, time_steps  # noqa: E402
@@ -401,6 +403,23 @@ def run_stages(S: dict, stages, dry: bool) -> dict:
     return results
 
 
+def add_plans(results: dict, S: dict):
+    """`train.py --plan`'s per-rank peak beside each measured fig3 row (the same run: its preset, window, target,
+    method, micro-batch 1, activation checkpointing, world 1), so that the first run on a GPU calibrates the
+    estimate. Planned here in the driver (fake ranks need a process without a process group); the GPU's policy
+    (bf16 compute) on a GPU, the CPU's (fp32) in the dry run, as the measured run computes."""
+    for row in results.get("fig3", {}).get("rows", []):
+        if "peak_mem_gib" not in row:
+            continue
+        argv = ["--plan", "--preset", S["preset"], "--window", str(row["window"]), "--target", str(row["target"]),
+                "--method", row["method"], "--batch-size", "1", "--micro-batch-size", "1",
+                "--activation-checkpointing"]
+        try:
+            row["plan_gib"] = plan.estimate(train.parse_args(argv), 1, cuda=S["device"] == "cuda")["peak_gib"]
+        except Exception as e:  # noqa: BLE001  (a plan that fails is no measurement lost)
+            row["plan_gib"] = short(e)
+
+
 def goals(results: dict, S: dict, dry: bool) -> list[tuple[str, str, str]]:
     """(goal, measured, verdict) rows; a goal whose stage did not report is "not measured"."""
     rows = lambda stage: results.get(stage, {}).get("rows", [])  # noqa: E731
@@ -481,6 +500,7 @@ def main():
     if o.run_stage:
         return run_stage(o.run_stage, S)
     results = run_stages(S, o.stages, o.dry_run)
+    add_plans(results, S)
     goal_rows = goals(results, S, o.dry_run)
     text = markdown(results, goal_rows, o.dry_run, S["budget"])
     out = Path(o.out)

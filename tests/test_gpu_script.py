@@ -54,6 +54,8 @@ def test_dry_run_runs_every_stage_and_writes_the_json_and_the_table(tmp_path):
         [(m, t) for m in ("pose", "full") for t in (256, 512, 1024, 2048)]
     assert all(r["tokens"] == 64 for r in fig3[:4]) and [r["tokens"] for r in fig3[4:7]] == [256, 512, 1024]
     assert fig3[-1].get("oom") is True
+    # --plan's estimate beside every measured row (plan.py, issue 26)
+    assert all(isinstance(r["plan_gib"], float) and r["plan_gib"] > 0 for r in fig3 if "peak_mem_gib" in r)
     evals = stages["eval"]["rows"]
     assert [(r["config"], r["length"]) for r in evals] == \
         [(c, n) for c in ("tiny", "small") for n in (512, 1024, 2048)]
