@@ -405,6 +405,7 @@ def test_data_py_workers_are_capped_at_the_cpus_and_the_batches_with_a_note(spm_
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.slow  # --workers 2: spawned interpreters
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_data_py_its_workers_and_removes_the_temporary_file(spm_model, tmp_path, capsys, monkeypatch,
                                                                            signum):

@@ -321,6 +321,7 @@ def test_training_on_a_parquet_without_its_text_column_is_one_line_and_writes_no
 
 # ---------------------------------------------------------------- pre-tokenising CLI
 
+@pytest.mark.slow  # --workers 2: spawned interpreters
 def test_pretokenised_file_is_the_in_process_tokenisation_in_parallel_and_atomically(llama3, tmp_path, capsys,
                                                                                       monkeypatch):
     monkeypatch.setattr(data, "BATCH_CHARS", 2000)  # several batches of work, so 2 workers do start

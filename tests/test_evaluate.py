@@ -204,6 +204,55 @@ def test_scorer_gives_one_to_a_model_that_answers_the_key_and_zero_to_one_that_d
     assert evaluate.first_integer(" 4711. Remember") == 4711 and evaluate.first_integer("no digits") is None
 
 
+class Answers:
+    """A stand-in for Transformer.generate that answers `template` filled with the prompt's key, and keeps each
+    prompt's text."""
+
+    def __init__(self, tokenizer, template="{key}"):
+        self.tokenizer, self.template, self.prompts = tokenizer, template, []
+
+    def generate(self, tokens, max_new_tokens, stop_ids=()):
+        self.prompts.append(self.tokenizer.decode(tokens[0].tolist()))
+        key = int(re.search(r"The pass key is (\d+)", self.prompts[-1]).group(1))
+        answer = self.template.format(key=key, other=key - 4321, head=str(key)[:3], tail=str(key)[3:])
+        return torch.tensor([self.tokenizer.encode(answer, bos=False)[:max_new_tokens]])
+
+    def loss(self, tokens, targets):  # key_logprob's teacher forcing: log p(key) = 0, as Oracle
+        return torch.zeros(()), (targets != -100).sum()
+
+
+@pytest.mark.parametrize("template,passed", [
+    (" {key}. Remember it.", True), ("{key}", True), (" The pass key is {key}.", True), (" pass key: {key}0", False),
+    (" {other}, no: {key}", False), (" 9{key}", False), (" {key}0", False), (" {head} {tail}", False),
+    (" {head}.{tail}", False), (" I do not know.", False)])
+def test_a_passkey_answer_passes_only_when_its_first_integer_is_the_key(micro, template, passed):
+    """§4.3's rule, as the authors' eval: the first integer of the answer must be the key. A key said second, or
+    inside a longer number, or split, fails."""
+    tokenizer = Tokenizer(micro)
+    rows = evaluate.passkey(Answers(tokenizer, template), tokenizer, [300], trials=3, seed=0, new_tokens=40)
+    assert [c["passed"] for c in rows[0]["cases"]] == [passed] * 3
+    assert rows[0]["accuracy"] == float(passed)
+
+
+def test_the_keys_depth_is_drawn_at_random_for_each_prompt_and_the_seed_decides_it(micro):
+    """Without --depths every trial draws its key (5 digits) and its depth, uniform in [0, 1): the depths vary and
+    cover the range, the key sits at that depth of the filler, and another seed draws other keys and depths."""
+    tokenizer = Tokenizer(micro)
+    model = Answers(tokenizer)
+    cases = evaluate.passkey(model, tokenizer, [400], trials=40, seed=0)[0]["cases"]
+    depths = [c["depth"] for c in cases]
+    assert len(set(depths)) == 40 and min(depths) < 0.1 and max(depths) > 0.9 and 0.35 < np.mean(depths) < 0.65
+    for case, text in zip(cases, model.prompts):
+        before, after = text.split(f"The pass key is {case['key']}.")
+        ahead, behind = before.count(".") - 3, after.count(".") - 2  # filler sentences (TASK: 3; the key line: 2)
+        assert ahead / (ahead + behind) == pytest.approx(case["depth"], abs=0.03)
+    again = evaluate.passkey(Answers(tokenizer), tokenizer, [400], trials=40, seed=0)[0]["cases"]
+    other = evaluate.passkey(Answers(tokenizer), tokenizer, [400], trials=40, seed=1)[0]["cases"]
+    assert [(c["key"], c["depth"]) for c in again] == [(c["key"], c["depth"]) for c in cases]
+    assert not {c["key"] for c in other} & {c["key"] for c in cases}
+    assert not {c["depth"] for c in other} & set(depths)
+
+
 @pytest.mark.parametrize("answer, key, digits", [
     (" 12345. Remember", 12345, 1.0), ("12355", 12345, 0.8), ("the key is 1234", 12345, 0.8),
     ("123456", 12345, 5 / 6), ("no digits", 12345, 0.0), ("54321", 12345, 0.2), ("1 2345", 12345, 0.2)])

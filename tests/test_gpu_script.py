@@ -10,9 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_gpu  # noqa: E402
+
+pytestmark = pytest.mark.slow  # both tests start other interpreters (gpu.sh's stages)
 
 
 def test_dry_run_runs_every_stage_and_writes_the_json_and_the_table(tmp_path):

@@ -324,6 +324,8 @@ def test_scaling_to_config_round_trip_through_either_convention_alone(rope):
 # The keys transformers accepts without "Unrecognized keys in `rope_scaling` / `rope_parameters`", read off its
 # validators (4.57: modeling_rope_utils._validate_*_parameters on rope_scaling, where "type" may stand for
 # rope_type; 5.x: RotaryEmbeddingConfigMixin._validate_*_rope_parameters on rope_parameters), written out here.
+# Checked against transformers 4.57.6 and 5.24.0 (each list accepted without a warning, one key more warned about):
+# benchmarks/hf_consumers.py, in side environments (TESTING.md).
 HF4_KEYS = {"linear": {"rope_type", "type", "factor"}, "dynamic": {"rope_type", "type", "factor"},
             "yarn": {"rope_type", "type", "factor", "original_max_position_embeddings", "attention_factor",
                      "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"},

@@ -27,6 +27,41 @@ from model import PRESETS, ModelArgs, Transformer
 MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              head_dim=16, intermediate_size=128, vocab_size=640, max_position_embeddings=64)
 NEEDLE = re.compile(r"One of the special magic (numbers|uuids) for (\S+) is: (\S+)\.")
+# NVIDIA/RULER's own configuration, copied by hand from scripts/synthetic.yaml at commit c3f5e3b4f87f97e048793bb5
+# 10a3a6b19a46bf3a (2026-07-22), its 11 tasks that need no download (qa_1 / qa_2 need SQuAD, HotpotQA), and each
+# task's tokens_to_generate from scripts/data/synthetic/constants.py at the same commit. The tests read what a task
+# must be from here, never from ruler.py's tables, so a change that makes scores incomparable with RULER's fails.
+SYNTHETIC_YAML = {
+    "niah_single_1": ("niah", dict(type_haystack="noise", type_needle_k="words", type_needle_v="numbers",
+                                   num_needle_k=1, num_needle_v=1, num_needle_q=1)),
+    "niah_single_2": ("niah", dict(type_haystack="essay", type_needle_k="words", type_needle_v="numbers",
+                                   num_needle_k=1, num_needle_v=1, num_needle_q=1)),
+    "niah_single_3": ("niah", dict(type_haystack="essay", type_needle_k="words", type_needle_v="uuids",
+                                   num_needle_k=1, num_needle_v=1, num_needle_q=1)),
+    "niah_multikey_1": ("niah", dict(type_haystack="essay", type_needle_k="words", type_needle_v="numbers",
+                                     num_needle_k=4, num_needle_v=1, num_needle_q=1)),
+    "niah_multikey_2": ("niah", dict(type_haystack="needle", type_needle_k="words", type_needle_v="numbers",
+                                     num_needle_k=1, num_needle_v=1, num_needle_q=1)),
+    "niah_multikey_3": ("niah", dict(type_haystack="needle", type_needle_k="uuids", type_needle_v="uuids",
+                                     num_needle_k=1, num_needle_v=1, num_needle_q=1)),
+    "niah_multivalue": ("niah", dict(type_haystack="essay", type_needle_k="words", type_needle_v="numbers",
+                                     num_needle_k=1, num_needle_v=4, num_needle_q=1)),
+    "niah_multiquery": ("niah", dict(type_haystack="essay", type_needle_k="words", type_needle_v="numbers",
+                                     num_needle_k=1, num_needle_v=1, num_needle_q=4)),
+    "vt": ("variable_tracking", dict(type_haystack="noise", num_chains=1, num_hops=4)),
+    "cwe": ("common_words_extraction", dict(freq_cw=30, freq_ucw=3, num_cw=10)),
+    "fwe": ("freq_words_extraction", dict(alpha=2.0)),
+}
+TOKENS_TO_GENERATE = {"niah": 128, "variable_tracking": 30, "common_words_extraction": 120, "freq_words_extraction": 50}
+NIAH_TASKS = [t for t, (kind, _) in SYNTHETIC_YAML.items() if kind == "niah"]
+
+
+def niah_spec(task):
+    """A niah task's configuration in ruler.Niah's terms: RULER's niah.py asks num_needle_q of
+    max(num_needle_k, num_needle_q) keys (`args.num_needle_k = max(args.num_needle_k, args.num_needle_q)`)."""
+    a = SYNTHETIC_YAML[task][1]
+    return ruler.Niah(a["type_haystack"], a["type_needle_k"], a["type_needle_v"],
+                         max(a["num_needle_k"], a["num_needle_q"]), a["num_needle_v"], a["num_needle_q"])
 ESSAY = ("It was a bright cold day in April, and the clocks were striking thirteen. Winston Smith slipped quickly "
          "through the glass doors! Was it not the case? The hallway smelt of boiled cabbage and old rag mats. ") * 3
 
@@ -70,7 +105,7 @@ def context_of(text: str, begin: str, end: str) -> str:
 
 def check_fits(sample, tok, task, length):
     """ids are the prompt's own tokens with BOS; with RULER's new tokens they fit L, and fill it up to a unit."""
-    ids, budget = sample["ids"], length - ruler.NEW_TOKENS[task]
+    ids, budget = sample["ids"], length - TOKENS_TO_GENERATE[SYNTHETIC_YAML[task][0]]
     assert ids == tok.encode(sample["text"], bos=True) and ids[0] == tok.bos_id
     assert len(ids) <= budget
     assert len(ids) > budget - 80  # one more haystack unit (a needle, a noise line, 3 list entries) would not fit
@@ -79,11 +114,18 @@ def check_fits(sample, tok, task, length):
 # ---------------------------------------------------------------- needles in a haystack
 
 
-@settings(max_examples=12)
-@given(task=st.sampled_from(list(ruler.NIAH)), seed=st.integers(0, 2**32 - 1),
-       length=st.sampled_from([512, 1024, 2048]), index=st.integers(0, 999))
+def test_the_task_table_is_rulers_synthetic_yaml():
+    assert ruler.RULER_TASKS == tuple(SYNTHETIC_YAML)
+    assert ruler.NIAH == {task: niah_spec(task) for task in NIAH_TASKS}
+    assert ruler.NEW_TOKENS == {task: TOKENS_TO_GENERATE[kind] for task, (kind, _) in SYNTHETIC_YAML.items()}
+    assert ruler.VT_HOPS == SYNTHETIC_YAML["vt"][1]["num_hops"]  # one chain (num_chains 1) by construction
+
+
+@pytest.mark.parametrize("task", NIAH_TASKS)  # every task, not those hypothesis happens to draw
+@settings(max_examples=3)
+@given(seed=st.integers(0, 2**32 - 1), length=st.sampled_from([512, 1024, 2048]), index=st.integers(0, 999))
 def test_niah_needles_appear_as_specified_at_their_depths_and_answer_the_question(tok, task, seed, length, index):
-    spec, sample = ruler.NIAH[task], ruler.ruler_sample(task, tok, length, seed, index)
+    spec, sample = niah_spec(task), ruler.ruler_sample(task, tok, length, seed, index)
     text, units, depths = sample["text"], sample["units"], sample["depths"]
     check_fits(sample, tok, task, length)
     many = spec.queries * spec.values > 1
@@ -127,7 +169,7 @@ def test_niah_needles_appear_as_specified_at_their_depths_and_answer_the_questio
         assert abs(at / len("\n".join(lines)) - depth) <= slack
 
 
-@pytest.mark.parametrize("task", ["niah_single_2", "niah_multivalue", "niah_multiquery"])
+@pytest.mark.parametrize("task", [t for t in NIAH_TASKS if SYNTHETIC_YAML[t][1]["type_haystack"] == "essay"])
 def test_a_text_haystack_puts_the_needles_between_its_sentences_at_the_depths(tok, task):
     words = ESSAY.split()
     for index in range(4):
@@ -139,11 +181,21 @@ def test_a_text_haystack_puts_the_needles_between_its_sentences_at_the_depths(to
         haystack = " ".join(words[i % len(words)] for i in range(n))
         sentences = re.split(r"(?<=[.!?]) ", haystack)
         spots = [m.start() for m in NEEDLE.finditer(context)]
-        assert len(spots) == ruler.NIAH[task].keys * ruler.NIAH[task].values == len(sample["depths"])
+        assert len(spots) == niah_spec(task).keys * niah_spec(task).values == len(sample["depths"])
         for spot, depth in zip(spots, sample["depths"]):
             before = NEEDLE.sub("", context[:spot]).split()  # the haystack words ahead of this needle
             assert before == " ".join(sentences[:int(depth * len(sentences))]).split()
         assert NEEDLE.sub("", context).split() == haystack.split()  # nothing lost, nothing added
+
+
+@pytest.mark.parametrize("task", [t for t, (_, a) in SYNTHETIC_YAML.items() if a.get("type_haystack") != "essay"])
+def test_a_text_haystack_leaves_the_other_tasks_as_ruler_builds_them(tok, task):
+    """synthetic.yaml gives these a noise or needle haystack (vt: noise; cwe / fwe: their own word lists): the
+    --haystack text never enters their prompts, which are those made without it."""
+    length = 8192 if task == "cwe" else 1024  # cwe's 30 / 3 repeats from 4k on, which this tokenizer overfills
+    sample = ruler.ruler_sample(task, tok, length, 5, 0, essay=ESSAY.split())
+    assert sample == ruler.ruler_sample(task, tok, length, 5, 0)
+    assert not {"Winston", "cabbage", "thirteen."} & set(sample["text"].split())
 
 
 # ---------------------------------------------------------------- variable tracking, common and frequent words
@@ -232,7 +284,7 @@ def test_fit_prompt_finds_the_largest_count_that_fits_from_any_hint(base, steps,
     assert fitted == (None if not fitting else (max(fitting), encode(max(fitting))))
 
 
-@pytest.mark.parametrize("task", ruler.RULER_TASKS)
+@pytest.mark.parametrize("task", SYNTHETIC_YAML)
 def test_samples_depend_only_on_seed_task_length_and_index(tok, task):
     length = 8192 if task == "cwe" else 1024
     one = ruler.ruler_sample(task, tok, length, seed=7, index=3)
@@ -306,6 +358,27 @@ def test_runner_scores_an_oracle_in_percent_and_stops_at_eos(tok, half, score):
     assert case["prediction"] == ", ".join(case["answers"][:2 if half else 4]) and case["tokens"] <= 512 - 128
 
 
+class Silent:
+    """Stands in for Transformer.generate: answers EOS at once."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def generate(self, tokens, max_new_tokens, stop_ids=()):
+        return torch.tensor([[self.tok.eos_id]])
+
+
+def test_the_seed_reaches_every_ruler_prompt(tok):
+    """ruler()'s seed decides every prompt: seed 1 twice asks the same, seed 2 asks other needles, chains, words."""
+    tasks = ["niah_single_1", "niah_multikey_3", "vt", "fwe"]
+    asked = {seed: [c["answers"] for r in evaluate.ruler(Silent(tok), tok, [512], tasks, samples=2, seed=seed)
+                    for c in r["cases"]] for seed in (1, 2)}
+    again = [c["answers"] for r in evaluate.ruler(Silent(tok), tok, [512], tasks, samples=2, seed=1)
+             for c in r["cases"]]
+    assert len(asked[1]) == 8 and asked[1] == again
+    assert all(a != b for a, b in zip(asked[1], asked[2]))
+
+
 # ---------------------------------------------------------------- the command line
 
 
@@ -326,7 +399,7 @@ def test_ruler_command_writes_the_results_json_and_the_table(folder, tok, tmp_pa
         except ruler.DoesNotFit as e:
             assert r["score"] is None and r["skipped"] == str(e) and "new tokens > " in str(e)
             continue
-        assert len(r["cases"]) == 2 and r["new_tokens"] == ruler.NEW_TOKENS[task]
+        assert len(r["cases"]) == 2 and r["new_tokens"] == TOKENS_TO_GENERATE[SYNTHETIC_YAML[task][0]]
         for i, c in enumerate(r["cases"]):
             assert c == dict(c, index=i, answers=ruler.ruler_sample(task, tok, L, 3, i)["answers"])
             assert c["tokens"] + r["new_tokens"] <= L and isinstance(c["prediction"], str) and 0 <= c["score"] <= 1
@@ -392,15 +465,28 @@ def test_bad_ruler_input_is_one_error_line_exit_2_and_nothing_written(folder, tm
     assert not (tmp_path / "r.json").exists()
 
 
-def test_haystack_file_feeds_the_essay_tasks(folder, tmp_path):
+def test_haystack_file_feeds_the_essay_tasks(folder, tmp_path, monkeypatch):
+    """--haystack is the text the essay tasks' prompts are made of, as the model is fed them: the prompt of
+    niah_single_2 without its needle is the file's words, repeated; niah_single_1's is noise lines."""
     (tmp_path / "essays.jsonl").write_text("".join(json.dumps({"body": p}) + "\n" for p in ESSAY.split(". ")))
-    out = tmp_path / "r.json"
+    out, fed = tmp_path / "r.json", []
+
+    def greedy_answer(model, tokenizer, ids, new_tokens, device):  # records what the model would read
+        fed.append(tokenizer.decode(ids))
+        return ""
+
+    monkeypatch.setattr(evaluate, "greedy_answer", greedy_answer)
     evaluate.main(["ruler", "--model", str(folder), "--lengths", "512", "--tasks", "niah_single_2,niah_single_1",
                    "--samples", "1", "--haystack", str(tmp_path / "essays.jsonl"), "--text-field", "body",
                    "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["haystack"] == str(tmp_path / "essays.jsonl")
-    assert ruler.read_haystack(tmp_path / "essays.jsonl", "body") == " ".join(ESSAY.split(". ")).split()
+    words = " ".join(ESSAY.split(". ")).split()
+    assert ruler.read_haystack(tmp_path / "essays.jsonl", "body") == words
+    essay, noise = (context_of(text, "afterwards.\n", "\nWhat ") for text in fed)
+    haystack = NEEDLE.sub("", essay).split()
+    assert len(haystack) > len(words) and haystack == [words[i % len(words)] for i in range(len(haystack))]
+    assert set(noise.split("\n")) == {ruler.NOISE, NEEDLE.search(noise).group()}
 
 
 class _Recorder:

@@ -206,6 +206,7 @@ def test_activation_checkpointing_changes_no_loss(micro_model, corpus, tmp_path)
     assert [r["loss"] for r in recomputed] == [r["loss"] for r in plain]
 
 
+@pytest.mark.slow
 def test_a_one_process_checkpoint_resumes_identically_and_loads_into_two_processes(micro_model, corpus, tmp_path):
     """One CPU process trains without FSDP2 (plain tensors), two with it (DTensor shards): DCP checkpoints
     written by either must load into the other."""
@@ -240,6 +241,7 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc knobs (train.keep_freed_memory)")
 @pytest.mark.parametrize("case", ["kept", "default", "user's MALLOC_TRIM_THRESHOLD_"])
 def test_keep_freed_memory_lets_each_step_reuse_the_last_steps_pages(case):
