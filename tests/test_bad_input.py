@@ -26,11 +26,10 @@ from safetensors.torch import load_file, save_file
 import data
 import evaluate
 import train
-from model import PRESETS, ModelArgs, Transformer, check_checkpoint, load_config
+from model import ModelArgs, Transformer, check_checkpoint, load_config
+from conftest import MICRO
 
 ROOT = Path(__file__).resolve().parent.parent
-MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             head_dim=16, intermediate_size=128, max_position_embeddings=16)
 RUN = ["--window", "16", "--target", "64", "--steps", "2", "--batch-size", "2", "--micro-batch-size", "2",
        "--lr", "1e-3", "--warmup", "1"]
 WORDS = "the model reads long documents and keeps 12345 positions apart while we train it on text".split()
@@ -40,15 +39,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 def texts(n, seed=0):
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=rng.integers(40, 80))) for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def micro_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("micro") / "model"
-    model = Transformer(ModelArgs.from_config(MICRO))
-    model.init_weights(seed=0)
-    model.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

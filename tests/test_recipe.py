@@ -23,34 +23,14 @@ import torch
 import checkpoints
 import pose
 import train
-from model import PRESETS, ModelArgs, Transformer
+from model import ModelArgs, Transformer
+from conftest import MICRO
 
-MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             head_dim=16, intermediate_size=128, max_position_embeddings=16)
 RUN = ["--window", "16", "--target", "64", "--batch-size", "4", "--micro-batch-size", "2", "--log-every", "1",
        "--lr", "1e-3", "--warmup", "1"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread per test
-
-
-@pytest.fixture(scope="module")
-def micro_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("micro") / "model"
-    model = Transformer(ModelArgs.from_config(MICRO))
-    model.init_weights(seed=0)
-    model.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """40 documents of random ids, each ending with EOS (= 2)."""
-    rng = np.random.default_rng(0)
-    docs = [np.append(rng.integers(3, 4096, size=rng.integers(30, 200)), 2) for _ in range(40)]
-    path = tmp_path_factory.mktemp("corpus") / "ids.npy"
-    np.save(path, np.concatenate(docs).astype(np.int32))
-    return path
 
 
 def run_in_process(argv) -> tuple[list[dict], str]:

@@ -22,18 +22,16 @@ import threading
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import rope
 import train
-from model import PRESETS, ModelArgs, Transformer
+from model import ModelArgs, Transformer
+from conftest import MICRO
 
 ROOT = Path(__file__).resolve().parent.parent
-MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             head_dim=16, intermediate_size=128, max_position_embeddings=16)
 # What a real checkpoint's config.json carries besides the shape: the export must keep every one of these.
 OWN_KEYS = {"pad_token_id": 0, "initializer_range": 0.02, "use_cache": True, "pretraining_tp": 1,
             "transformers_version": "4.31.0", "torch_dtype": "bfloat16", "some_future_key": {"a": [1, 2]}}
@@ -56,15 +54,6 @@ def micro_model(tmp_path_factory):
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, **OWN_KEYS}, indent=2))
     (path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 16, "bos_token": "<s>"}))
-    return path
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    docs = [np.append(rng.integers(3, 4096, size=rng.integers(30, 200)), 2) for _ in range(40)]
-    path = tmp_path_factory.mktemp("corpus") / "ids.npy"
-    np.save(path, np.concatenate(docs).astype(np.int32))
     return path
 
 
