@@ -43,8 +43,8 @@ from model import ModelArgs, Transformer
 # What is trained: a change on --resume would silently train another thing (a new target changes alpha, so the
 # weights trained so far would meet new frequencies). Everything else may change (see the docstring).
 RESUME_FIXED = ("model", "preset", "data", "text_field", "tokenizer", "window", "target", "method", "chunks",
-                "content", "crop", "rope", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "seed",
-                "max_documents")
+                "content", "crop", "rope", "beta_fast", "batch_size", "lr", "warmup", "weight_decay", "grad_clip",
+                "seed", "max_documents")
 PATHS = ("model", "data", "tokenizer")
 
 

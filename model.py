@@ -55,6 +55,8 @@ from rope import RotaryEmbedding, apply_rotary_emb, config_value, rope_parameter
 PRESETS = {
     "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
                  intermediate_size=688, vocab_size=4096, max_position_embeddings=256),
+    "mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,  # tiny's
+                 intermediate_size=688, vocab_size=4096, max_position_embeddings=256),  # sizes, head_dim 64
     "small": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2,
                   intermediate_size=1024, vocab_size=4096, max_position_embeddings=256),
     "1b": dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,  # TinyLlama

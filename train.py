@@ -131,6 +131,9 @@ class TrainOptions:
                       "randpos windows begin: the document's start, as the authors' code (BOS at position 0) | "
                       "a random crop (see pose.contiguous)"})
     rope: str = field(default="linear", metadata={"choices": ("linear", "ntk", "yarn", "yarn-revised", "none")})
+    beta_fast: float | None = field(default=None, metadata={"help": "--rope yarn / yarn-revised: pairs turning more "
+                                    "than this many times over L_c keep their frequency (YaRN's default 32, the "
+                                    "paper's; Llama 3.1's high_freq_factor is 4)"})
     steps: int | None = field(default=None, metadata={"help": "optimizer steps (1000)"})
     batch_size: int | None = field(default=None, metadata={"help": "global batch in sequences (64)"})
     micro_batch_size: int | None = field(default=None, metadata={"help": "sequences per rank per forward"})
@@ -251,7 +254,7 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
     if not o.plan and (o.world_size, o.gpu_memory, o.plan_json) != (None, None, None):
         raise ValueError("--world-size, --gpu-memory and --plan-json go with --plan (a run's world is torchrun's)")
     if o.plan:  # plan.py: config.json is all it reads, and it writes nothing (no --data, no --out)
-        return o, config
+        return check_beta(o), config
     if o.data is not None:
         find_files(o.data)  # a missing file, an empty folder or glob: one line now, before anything is written
     if o.model is not None:  # names, shapes, dtypes of every weight, from the headers alone (no data read)
@@ -273,7 +276,15 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
     if latest is not None and step_of(latest) > o.steps:
         raise ValueError(f"--steps {o.steps} is below {latest}'s step {step_of(latest)}; to export that checkpoint: "
                          f"python train.py --export-only --out {o.out}")
-    return o, config
+    return check_beta(o), config
+
+
+def check_beta(o: TrainOptions) -> TrainOptions:
+    """--beta-fast goes with YaRN only (after check_resume, so that a resume names the changed flag first)."""
+    if o.beta_fast is not None and (o.rope not in ("yarn", "yarn-revised") or not 1 < o.beta_fast < math.inf):
+        raise ValueError(f"--beta-fast {o.beta_fast} needs --rope yarn or yarn-revised and a finite value > 1 "
+                         f"(beta_slow is 1), got --rope {o.rope}")
+    return o
 
 
 # Each integer flag's range, both ends included: past 2^31 a size overflows torch's, past 2^63 a seed numpy's.
@@ -427,8 +438,9 @@ def agreed(work, *args, **kwargs):
     return result
 
 
-def scaled_rope(base: dict, kind: str, window: int, target: int) -> dict:
-    """The checkpoint's rope with alpha = L_t / L_c interpolation (§3.1); "none" keeps it unchanged.
+def scaled_rope(base: dict, kind: str, window: int, target: int, beta_fast: float | None = None) -> dict:
+    """The checkpoint's rope with alpha = L_t / L_c interpolation (§3.1); "none" keeps it unchanged; beta_fast:
+    YaRN's ramp end (None: its default 32).
     A checkpoint that already carries a scaling (Llama 3.1's llama3, an earlier export) is refused rather than
     silently replaced by a scaling of plain RoPE: its weights were trained on the scaled frequencies."""
     if kind == "none" or target == window:
@@ -437,7 +449,8 @@ def scaled_rope(base: dict, kind: str, window: int, target: int) -> dict:
         raise ValueError(f"--model already uses rope scaling {base['rope_type']!r} x{base['factor']:g}; --rope {kind} "
                          f"would replace it. Pass --rope none to train with the checkpoint's own scaling")
     return rope.rope_parameters({"rope_theta": base["rope_theta"], "max_position_embeddings": window, "rope_scaling": {
-        "rope_type": kind, "factor": target / window, "original_max_position_embeddings": window}})
+        "rope_type": kind, "factor": target / window, "original_max_position_embeddings": window,
+        **({"beta_fast": beta_fast, "beta_slow": 1.0} if beta_fast is not None else {})}})
 
 
 def build_model(opts: TrainOptions, args: ModelArgs, device, mesh: DeviceMesh | None) -> Transformer:
@@ -523,7 +536,7 @@ def training_args(o: TrainOptions, config: dict) -> ModelArgs:
     if o.model is None:
         config = {**config, "max_position_embeddings": o.window}  # the from-scratch model's "original" context
     args = ModelArgs.from_config(config)
-    return dataclasses.replace(args, rope=scaled_rope(args.rope, o.rope, o.window, o.target),
+    return dataclasses.replace(args, rope=scaled_rope(args.rope, o.rope, o.window, o.target, o.beta_fast),
                                max_position_embeddings=o.target)
 
 
@@ -781,9 +794,10 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
 
     flops = flops_per_token(model, length)
     try:
-        # A resumed run first scores the weights it starts from, unless the run it continues already did (a
-        # kill between a step's checkpoint and its evaluation; or --eval-every added on resume).
-        due = [opts.eval_every is not None and start > 0 and rank == 0 and
+        # The weights a run starts from are scored first (step 0: the checkpoint under the run's scaling, where a
+        # retrieval-vs-steps curve begins), unless the run it continues already did (a kill between a step's
+        # checkpoint and its evaluation; or --eval-every added on resume).
+        due = [opts.eval_every is not None and rank == 0 and
                not any(r.get("step") == start and "eval" in r for r in map(json.loads, rows))]
         dist.broadcast_object_list(due)
         if due[0]:

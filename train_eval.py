@@ -17,8 +17,9 @@ key's teacher-forced log-probability) goes to metrics.jsonl and to TensorBoard (
     python evaluate.py passkey --model OUT/exports/step_K --lengths L ... --trials 10
 print the very numbers of step K (on the same device type; tests/test_eval_every.py checks it). Rank 0 evaluates
 a plain gathered copy while the other ranks wait (run_eval says why). The evaluation runs after the step's
-checkpoint and off the throughput clock; a resumed run first scores the checkpoint it starts from unless
-metrics.jsonl already holds that step's row. The --eval-* flags are free to change on --resume.
+checkpoint and off the throughput clock; a run first scores the weights it starts from (step 0: the
+checkpoint under the run's scaling; a resumed run: the checkpoint it resumes) unless metrics.jsonl already holds
+that step's row. The --eval-* flags are free to change on --resume.
 
 In order: the --eval-* flags' checks (resolve() calls check_eval before anything is written); what is scored
 (Evaluation, read once by eval_setup); the evaluation of one step (run_eval) and the group the other ranks wait in.

@@ -62,12 +62,13 @@ def micro(tmp_path_factory):
     return root / "model", root / "train.jsonl", root / "eval.jsonl"
 
 
-def evaluate_export(export: Path, eval_data: Path, lengths) -> dict:
-    """What `evaluate.py ppl` and `evaluate.py passkey` print for an export (in this process: main's results)."""
+def evaluate_export(export: Path, eval_data: Path, lengths, *rope) -> dict:
+    """What `evaluate.py ppl` and `evaluate.py passkey` print for an export (in this process: main's results);
+    rope: evaluate.py's --rope flags (the base at step 0 is scored under the run's interpolation)."""
     lengths = [str(L) for L in lengths]
-    ppl = evaluate.main(["ppl", "--model", str(export), "--data", str(eval_data), "--lengths", *lengths,
+    ppl = evaluate.main(["ppl", "--model", str(export), *rope, "--data", str(eval_data), "--lengths", *lengths,
                          "--docs", "2"])
-    keys = evaluate.main(["passkey", "--model", str(export), "--lengths", *lengths, "--trials", "3"])
+    keys = evaluate.main(["passkey", "--model", str(export), *rope, "--lengths", *lengths, "--trials", "3"])
     return {"ppl": {str(r["length"]): r["ppl"] for r in ppl["results"]},
             "passkey": {str(r["length"]): r["accuracy"] for r in keys["results"]},
             "passkey_digits": {str(r["length"]): r["digit_accuracy"] for r in keys["results"]},
@@ -107,8 +108,12 @@ def test_every_eval_row_equals_evaluate_py_on_that_steps_export(micro, tmp_path,
     assert losses[0] == losses[1] and len(losses[0]) == 4
     log = capsys.readouterr().out.splitlines()
     rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
-    assert [r["step"] for r in rows] == [2, 4]  # every 2 steps, the last one included
-    assert rows[0]["eval"]["ppl"] != rows[1]["eval"]["ppl"]  # the weights moved: each step has its own numbers
+    assert [r["step"] for r in rows] == [0, 2, 4]  # the start, every 2 steps, the last one included
+    assert rows[1]["eval"]["ppl"] != rows[2]["eval"]["ppl"]  # the weights moved: each step has its own numbers
+    start = evaluate_export(model, eval_data, [256, 1024], "--rope", "linear", "--factor", "4")
+    assert rows[0]["eval"] == {k: v for k, v in start.items() if k != "answers"}  # the base, linear x4: exactly
+    assert answers[0] + answers[1] == start["answers"]
+    rows, answers = rows[1:], answers[2:]
     assert {b for b in board if b[0].startswith("eval/")} == {
         (f"eval/{task}_{L}", value, r["step"]) for r in rows for task, scores in r["eval"].items()
         for L, value in scores.items()}
@@ -131,8 +136,8 @@ def test_every_eval_row_equals_evaluate_py_on_that_steps_export(micro, tmp_path,
                                       *RUN, "--eval-every", "3", "--eval-docs", "1", "--eval-trials", "1",
                                       "--eval-lengths", "512", "--eval-data", str(eval_data), "--resume"]), device)
     rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
-    assert [(r["step"], list(r["eval"]["ppl"])) for r in rows] == [(2, ["256", "1024"]), (4, ["256", "1024"]),
-                                                                   (6, ["512"])]
+    assert [(r["step"], list(r["eval"]["ppl"])) for r in rows] == [(0, ["256", "1024"]), (2, ["256", "1024"]),
+                                                                   (4, ["256", "1024"]), (6, ["512"])]
 
 
 @pytest.mark.slow

@@ -230,7 +230,8 @@ REFUSED = [
     ("--model", "OTHER", "model"), ("--preset", "small", "tiny"), ("--data", "OTHER", "ids.npy"),
     ("--text-field", "body", "text"), ("--tokenizer", "tokenizer.model", "None"), ("--window", "8", "16"),
     ("--target", "128", "64"), ("--method", "pose", "plain"), ("--chunks", "3", "2"), ("--content", "zero", "uniform"),
-    ("--crop", "random", "start"), ("--rope", "yarn", "linear"), ("--batch-size", "8", "4"), ("--lr", "0.002", "0.001"),
+    ("--crop", "random", "start"), ("--rope", "yarn", "linear"), ("--beta-fast", "4.0", "None"),
+    ("--batch-size", "8", "4"), ("--lr", "0.002", "0.001"),
     ("--warmup", "3", "1"), ("--weight-decay", "0.1", "0.01"), ("--grad-clip", "0.5", "1.0"), ("--seed", "1", "0"),
     ("--max-documents", "99", "4")]
 

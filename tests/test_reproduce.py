@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = ("original", "pi-only", "full", "randpos", "pose", "pose-ntk", "pose-yarn")
+NAMES = ("original", "pi-only", "full", "full-tokens", "randpos", "pose", "pose-ntk", "pose-yarn", "pose-yarn-b2",
+         "full-yarn-b2")
 
 
 @pytest.mark.slow
@@ -34,13 +35,26 @@ def test_quick_reproduction_runs_every_step_and_writes_the_tables(tmp_path):
     pi = json.loads((out / "results" / "pi-only.ppl.json").read_text())["rope"]
     assert pi["rope_type"] == "linear" and pi["factor"] == 2.0
     assert json.loads((out / "results" / "pose-yarn.ppl.json").read_text())["rope"]["rope_type"] == "yarn-revised"
+    tuned = json.loads((out / "results" / "pose-yarn-b2.ppl.json").read_text())["rope"]
+    assert tuned["rope_type"] == "yarn-revised" and tuned["beta_fast"] == 2
     report = (out / "report.md").read_text()
-    for label in ("Original", "PI-only", "Full-length", "RandPos", "PoSE (linear)", "PoSE (NTK)", "PoSE (YaRN)"):
-        assert report.count(f"| {label} |") >= 2, label  # a perplexity row and a passkey row
+    for label in ("Original", "PI-only", "Full-length", "Full-length, equal tokens", "RandPos", "PoSE (linear)",
+                  "PoSE (NTK)", "PoSE (YaRN)", "PoSE (YaRN, beta_fast 2: miniature-tuned)",
+                  "Full-length (YaRN, beta_fast 2: miniature-tuned)"):
+        assert report.count(f"| {label} |") >= 3, label  # perplexity, passkey and key log-probability rows
+    # every fine-tune scored itself with --eval-every (step 0, 2 and 4; 0 and 2 for the equal-tokens run)
+    for name in ("full", "pose", "pose-yarn", "pose-yarn-b2", "full-tokens"):
+        rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in rows if "eval" in r]
+        assert steps == ([0, 2] if name == "full-tokens" else [0, 2, 4]), (name, steps)
+    assert "**Retrieval against fine-tuning steps**" in report and "**Diagnosis of the base" in report
+    diag = json.loads((out / "results" / "diag.json").read_text())
+    assert [r["scaling"] for r in diag["rows"]][:4] == ["none", "linear x2", "ntk x2", "yarn-revised x2, beta_fast 32"]
     commands = (out / "commands.sh").read_text().splitlines()
-    assert sum(c.startswith("python train.py") for c in commands) == 6
-    assert sum(c.startswith("python evaluate.py") for c in commands) == 14
+    assert sum(c.startswith("python train.py") for c in commands) == 9
+    assert sum(c.startswith("python evaluate.py") for c in commands) == 20
+    assert sum(c.startswith("python benchmarks/repro_diag.py") for c in commands) == 1
     # a second run finds every output and redoes nothing
     again = subprocess.run(["bash", "benchmarks/reproduce.sh", "--quick", str(out)], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=1800)
-    assert again.returncode == 0 and again.stdout.count("exists, skipped") == 21, again.stdout[-2000:]
+    assert again.returncode == 0 and again.stdout.count("exists, skipped") == 31, again.stdout[-2000:]
