@@ -154,7 +154,10 @@ def main(argv=None):
 
     short = [copy_document(rng, t) if a.copy_fraction and rng.random() < a.copy_fraction else t for t in short]
     pre_keys = round(len(short) * a.passkey_fraction / (1 - a.passkey_fraction))
-    pretrain = shuffled(short + keys(pre_keys, a.window))
+    try:
+        pretrain = shuffled(short + keys(pre_keys, a.window))
+    except ValueError as e:  # a --window too short for the template: one line, nothing written
+        p.error(str(e))
     rest = 1 - a.finetune_passkey_fraction - a.finetune_long_fraction  # the stdlib pieces' share
     ft_keys, ft_long = (round(len(long) * f / rest) for f in (a.finetune_passkey_fraction, a.finetune_long_fraction))
     finetune = shuffled(long + keys(ft_keys, a.window) + keys(ft_long, a.target))

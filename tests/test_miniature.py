@@ -85,7 +85,7 @@ def test_copy_document_writes_one_random_span_twice(seed, n_lines):
 @pytest.mark.slow
 def test_data_mix_counts_and_refusals(tmp_path):
     out = tmp_path / "d"
-    args = ["benchmarks/repro_data.py", "--out", str(out), "--window", "64", "--target", "256", "--max-bytes",
+    args = ["benchmarks/repro_data.py", "--out", str(out), "--window", "128", "--target", "256", "--max-bytes",
             "200000", "--passkey-fraction", "0.5", "--varied-keys", "0.5", "--copy-fraction", "0.2",
             "--finetune-passkey-fraction", "0.2", "--finetune-long-fraction", "0.2"]
     run = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -103,6 +103,11 @@ def test_data_mix_counts_and_refusals(tmp_path):
                           "--finetune-long-fraction", "0.5", "--out", str(tmp_path / "e")], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "must be < 1" in bad.stderr and not (tmp_path / "e").exists()
+    short = subprocess.run([sys.executable, args[0], "--out", str(tmp_path / "s"), "--window", "40", "--target", "256",
+                            "--max-bytes", "200000"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert short.returncode == 2 and short.stderr.strip().splitlines()[-1].endswith(
+        "window 40 is shorter than the bare passkey prompt and its answer") and not (tmp_path / "s").exists()
 
 
 def test_diag_rope_swaps(micro_model):
@@ -205,3 +210,13 @@ def test_beta_fast_reaches_the_trained_and_exported_rope(corpus, tmp_path, capsy
     default = dict(want, rope_scaling={k: v for k, v in want["rope_scaling"].items() if k != "beta_fast"})
     assert not torch.equal(model.rotary_emb.inv_freq,
                            compute_inv_freq(rope_parameters(default), model.args.head_dim)[0])  # 4 is not 32
+
+
+def test_report_wall_time_counts_side_by_side_evaluations_once():
+    """repro_report.wall: steps in turn, but a model's ppl and passkey ran at once (the longer counts); the
+    fine-tune called "pose" and the evaluations of "pose" are different steps."""
+    import repro_report
+
+    times = {"data": "5", "pose": "10", "pose.ppl": "3", "pose.passkey": "4", "full": "7", "full.ppl": "6",
+             "full.passkey": "2"}
+    assert repro_report.wall(times) == 5 + 10 + 4 + 7 + 6

@@ -59,7 +59,8 @@ def test_every_default_for_a_checkpoint_is_the_papers_recipe_or_the_documented_c
         assert dataclasses.asdict(opts) == dict(
             model=str(micro_model), preset="tiny", data=[str(tmp_path / "x.npy")], text_field="text", tokenizer=None,
             out=str(tmp_path / "o"), window=16, target=128, method="pose", chunks=2, content="uniform", crop="start",
-            rope="linear", steps=1000, batch_size=64, micro_batch_size=1, lr=2e-5, warmup=10, grad_clip=1.0,
+            rope="linear", beta_fast=None, steps=1000, batch_size=64, micro_batch_size=1, lr=2e-5, warmup=10,
+            grad_clip=1.0,
             weight_decay=0.01, seed=0, save_every=100, keep_checkpoints=2, log_every=10, resume=False,
             activation_checkpointing=False, compile=False, max_documents=64_000, tensorboard=False, export_only=False,
             checkpoint=None, eval_every=None, eval_data=None, eval_lengths=None, eval_docs=10, eval_stride=1024,
@@ -74,6 +75,7 @@ def test_every_default_of_the_from_scratch_demo(tmp_path):
         assert dataclasses.asdict(opts) == dict(
             model=None, preset="tiny", data=None, text_field="text", tokenizer=None, out=str(tmp_path / "o"),
             window=128, target=1024, method="pose", chunks=2, content="uniform", crop="start", rope="linear",
+            beta_fast=None,
             steps=100, batch_size=8, micro_batch_size=micro, lr=3e-3, warmup=10, grad_clip=1.0, weight_decay=0.01,
             seed=0, save_every=50, keep_checkpoints=2, log_every=10, resume=False, activation_checkpointing=False,
             compile=False, max_documents=800, tensorboard=False, export_only=False, checkpoint=None, eval_every=None,
