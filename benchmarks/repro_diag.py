@@ -5,10 +5,10 @@
 1. Passkey at L_c (evaluate.py's prompts, exact match, per-digit accuracy, key log-probability) under each
    scaling a fine-tune would start from: none, linear x2 / x4 / x8, NTK, the paper's revised YaRN with beta_fast
    32 / 4 / 2 — and linear x alpha applied only to the frequency pairs j >= k (pairs 0..k-1, the fastest, keep
-   theta_j), k = 0 .. d/2: the k at which retrieval comes back says which pairs the copying circuit needs.
+   theta_j), k = 1 .. d/2: the k at which retrieval comes back says which pairs the copying circuit needs.
 2. The base's previous-token and induction heads (Olsson et al. 2022) on random tokens written twice: for each
    head, the mean attention from a token to the one before it, and from a token of the second copy to the
-   token after its first occurrence; both again under linear x alpha, to show what interpolation does to them.
+   token after its first occurrence; under each scaling above, to show what interpolation does to them.
 """
 import argparse
 import json
@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data import Tokenizer  # noqa: E402
-from evaluate import passkey  # noqa: E402
+from evaluate import passkey, write_atomic  # noqa: E402
 from model import Transformer  # noqa: E402
 from rope import RotaryEmbedding, apply_rotary_emb, rope_parameters  # noqa: E402
 
@@ -96,9 +96,17 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="JSON of every row")
     a = p.parse_args(argv)
+    for name in ("window", "trials", "every"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(a, name)}")
+    if not 1 <= a.factor < math.inf:
+        p.error(f"--factor must be a finite number >= 1, got {a.factor}")
     torch.manual_seed(a.seed)
-    tokenizer = Tokenizer(a.model)
-    model = Transformer.from_pretrained(a.model, dtype=torch.float32).eval()
+    try:
+        tokenizer = Tokenizer(a.model)
+        model = Transformer.from_pretrained(a.model, dtype=torch.float32).eval()
+    except (OSError, ValueError) as e:  # a missing or broken model folder: one line
+        p.error(f"--model {a.model}: {e}")
     pairs = model.args.head_dim // 2
     rows = []
     print(f"{'scaling':<40} {'exact':>6} {'digits':>6} {'log p':>7}   previous-token / induction head (best)")
@@ -114,9 +122,10 @@ def main(argv=None):
         (pl, ph), (il, ih) = (divmod(int(s.argmax()), s.shape[1]) for s in (prev, ind))
         print(f"{label:<40} {r['accuracy']:6.2f} {r['digit_accuracy']:6.2f} {r['key_logprob']:7.2f}   "
               f"L{pl}H{ph} {float(prev.max()):.2f} / L{il}H{ih} {float(ind.max()):.2f}", flush=True)
-    if a.out:
-        a.out.write_text(json.dumps(dict(model=a.model, window=a.window, factor=a.factor, trials=a.trials,
-                                         seed=a.seed, rows=rows), indent=1))
+    if a.out:  # written once, whole, at the end (a killed run leaves no half a table)
+        text = json.dumps(dict(model=a.model, window=a.window, factor=a.factor, trials=a.trials, seed=a.seed,
+                               rows=rows), indent=1)
+        write_atomic(a.out, lambda tmp: Path(tmp).write_text(text))
 
 
 if __name__ == "__main__":

@@ -220,3 +220,17 @@ def test_report_wall_time_counts_side_by_side_evaluations_once():
     times = {"data": "5", "pose": "10", "pose.ppl": "3", "pose.passkey": "4", "full": "7", "full.ppl": "6",
              "full.passkey": "2"}
     assert repro_report.wall(times) == 5 + 10 + 4 + 7 + 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag, value, says", [("--every", "0", "--every must be >= 1, got 0"),
+                                               ("--factor", "nan", "--factor must be a finite number >= 1"),
+                                               ("--model", "missing", "--model missing: ")])
+def test_diag_refuses_bad_values_in_one_line(micro_model, tmp_path, flag, value, says):
+    args = {"--model": str(micro_model), "--window": "16", "--factor": "2", "--every": "1"}
+    args[flag] = value
+    out = tmp_path / "diag.json"
+    run = subprocess.run([sys.executable, "benchmarks/repro_diag.py", *[x for kv in args.items() for x in kv],
+                          "--trials", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2 and says in run.stderr.strip().splitlines()[-1], run.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
