@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.tensor import DTensor
 
 from data import tokenizer_files
+from hf import save_pretrained
 from model import ModelArgs, Transformer
 
 # ---------------------------------------------------------------- the run's settings (resume safety)
@@ -296,7 +297,7 @@ def export(model, args: ModelArgs, base: dict | None, opts, tokenizer_path, devi
 
 def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_path, folder: Path, dtype):
     """A Hugging Face folder at `folder`, swapped in whole: config.json is --model's own with only what training
-    changed (ModelArgs.to_config), plus the tokenizer files transformers / vLLM look for."""
+    changed (hf.config_from_args), plus the tokenizer files transformers / vLLM look for."""
     plain.set_rope(plain.args.rope)  # the meta-built tables are garbage
     if plain.args.tie_word_embeddings:
         plain.lm_head.weight = plain.model.embed_tokens.weight  # assign / to_empty replaced the shared tensor
@@ -308,7 +309,7 @@ def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_
     if model_dir and (Path(model_dir) / "generation_config.json").is_file():  # what transformers / vLLM read
         files["generation_config.json"] = Path(model_dir) / "generation_config.json"
     try:
-        plain.save_pretrained(tmp, base_config=base)  # rope scaling, max_position_embeddings = L_t, L_c recorded
+        save_pretrained(plain, tmp, base_config=base)  # rope scaling, max_position_embeddings = L_t, L_c recorded
         for name, source in files.items():
             shutil.copy(source, tmp / name)
         tokenizer_config, target = tmp / "tokenizer_config.json", plain.args.max_position_embeddings

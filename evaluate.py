@@ -79,7 +79,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from data import (Tokenizer, as_list, check_out, check_vocabulary, describe, find_files, iter_documents,
                   needs_tokenizer)
-from model import Transformer, load_config
+from hf import from_pretrained, load_config
+from model import Transformer
 from rope import ROPE_TYPES, rope_parameters
 from ruler import (NEW_TOKENS, DoesNotFit, effective_length, fit_prompt, postprocess, print_ruler_table, read_haystack,
                    ruler_averages, ruler_sample, ruler_tasks, string_match_all)
@@ -229,7 +230,7 @@ def load_model(opts: Options):
         raise ValueError(f"--device {opts.device}: torch sees no CUDA device")
     dtype = getattr(torch, opts.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     scaling = rope_override(opts, load_config(opts.model))
-    model = Transformer.from_pretrained(opts.model, device=device, dtype=dtype, rope_scaling=scaling)
+    model = from_pretrained(opts.model, device=device, dtype=dtype, rope_scaling=scaling)
     if opts.compile:
         model.compile_regions()  # passkey's decoding with the KV cache stays eager (see compile_regions)
     return model.eval(), device

@@ -105,7 +105,8 @@ from checkpoints import (DiskFull, check_resume, check_writable, checkpoint_stat
                          save_checkpoint, step_of, weights_finite, write_hf_folder, write_settings)
 from data import (Tokenizer, as_list, check_vocabulary, default_tokenizer, describe, find_files, needs_tokenizer,
                   read_documents)
-from model import PRESETS, ModelArgs, Transformer, check_checkpoint, load_config
+from hf import PRESETS, args_from_config, check_checkpoint, from_pretrained, load_config
+from model import ModelArgs, Transformer
 from train_eval import check_eval, eval_header, eval_setup, run_eval, wait_group_for
 
 
@@ -258,7 +259,7 @@ def resolve(opts: TrainOptions, world_size: int) -> tuple[TrainOptions, dict]:
     if o.data is not None:
         find_files(o.data)  # a missing file, an empty folder or glob: one line now, before anything is written
     if o.model is not None:  # names, shapes, dtypes of every weight, from the headers alone (no data read)
-        check_checkpoint(o.model, ModelArgs.from_config(config))
+        check_checkpoint(o.model, args_from_config(config))
     if o.checkpoint is not None:
         raise ValueError("--checkpoint picks what --export-only exports; training resumes from the latest (--resume)")
     check_eval(o)
@@ -467,7 +468,7 @@ def build_model(opts: TrainOptions, args: ModelArgs, device, mesh: DeviceMesh | 
         if dist.get_rank() != 0:
             return {}
         if opts.model:
-            return Transformer.from_pretrained(opts.model, dtype=torch.float32).state_dict()  # fp32 master weights
+            return from_pretrained(opts.model, dtype=torch.float32).state_dict()  # fp32 master weights
         fresh = Transformer(args)
         fresh.init_weights(seed=opts.seed)
         return fresh.state_dict()
@@ -535,7 +536,7 @@ def training_args(o: TrainOptions, config: dict) -> ModelArgs:
     """The trained model's args: the checkpoint's (or preset's) shape with alpha = L_t / L_c on its rope."""
     if o.model is None:
         config = {**config, "max_position_embeddings": o.window}  # the from-scratch model's "original" context
-    args = ModelArgs.from_config(config)
+    args = args_from_config(config)
     return dataclasses.replace(args, rope=scaled_rope(args.rope, o.rope, o.window, o.target, o.beta_fast),
                                max_position_embeddings=o.target)
 

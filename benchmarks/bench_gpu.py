@@ -54,7 +54,7 @@ import plan  # noqa: E402
 import train  # noqa: E402
 from bench_evaluate import build, cell  # noqa: E402
 from bench_train import synthetic_documents, time_steps  # noqa: E402
-from model import PRESETS, ModelArgs  # noqa: E402
+from hf import PRESETS, args_from_config  # noqa: E402
 from rope import rope_parameters  # noqa: E402
 
 GPU = dict(device="cuda", preset="1b", budget=470, reserve=20,  # seconds: all stages, kept per later stage
@@ -110,7 +110,7 @@ def train_setup(S, method: str, target: int, micro=1, compile_=False, ac=False, 
     argv += ["--compile"] * compile_ + ["--activation-checkpointing"] * ac
     opts, config = train.resolve(train.parse_args(argv), 1)
     config = dict(config, max_position_embeddings=window, num_hidden_layers=layers or config["num_hidden_layers"])
-    args = ModelArgs.from_config(config)
+    args = args_from_config(config)
     args = dataclasses.replace(args, rope=train.scaled_rope(args.rope, opts.rope, window, target),
                                max_position_embeddings=target)
     device = torch.device(S["device"])

@@ -40,7 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
-from model import ModelArgs, Transformer  # noqa: E402
+from hf import args_from_config  # noqa: E402
+from model import Transformer  # noqa: E402
 
 STEP = ["--preset", "tiny", "--window", "1024", "--target", "1024", "--method", "plain", "--batch-size", "2",
         "--micro-batch-size", "2"]
@@ -52,7 +53,7 @@ def setup(side: str, out: str):
     """(step(batch), documents, opts) for one side, built as train.py builds it (or as transformers users do)."""
     opts, config = train.resolve(train.parse_args(STEP + ["--out", out] + (["--compile"] * (side == "compiled"))), 1)
     config["max_position_embeddings"] = opts.window  # as train() does for a from-scratch preset
-    args = ModelArgs.from_config(config)
+    args = args_from_config(config)
     rng = np.random.default_rng(0)  # 256 documents of BOS + 1.1k-4k random ids: every window is a full 1,024
     documents = [np.concatenate([[1], rng.integers(3, args.vocab_size, size=n)]) for n in rng.integers(1100, 4000, 256)]
     torch.manual_seed(0)

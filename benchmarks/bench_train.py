@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
-from model import ModelArgs  # noqa: E402
+from hf import args_from_config  # noqa: E402
 
 
 def synthetic_documents(vocab_size: int, length: int, n: int = 64) -> list[np.ndarray]:
@@ -67,7 +67,7 @@ def one(method: str, window: int, target: int, preset: str, steps: int, micro_ba
         argv.append("--activation-checkpointing")
     with train.distributed() as device:
         opts, config = train.resolve(train.parse_args(argv), 1)
-        args = ModelArgs.from_config(dict(config, max_position_embeddings=window))
+        args = args_from_config(dict(config, max_position_embeddings=window))
         args.rope = train.scaled_rope(args.rope, "linear", window, target)
         args.max_position_embeddings = target
         docs = synthetic_documents(args.vocab_size, 4 * target, n=1)

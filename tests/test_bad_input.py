@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 import data
 import evaluate
 import train
-from model import ModelArgs, Transformer, check_checkpoint, load_config
+from hf import args_from_config, check_checkpoint, from_pretrained, load_config
 from conftest import MICRO
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +151,7 @@ def test_a_header_whose_bytes_disagree_with_its_shape_is_refused_without_reading
     text = json.dumps(header, separators=(",", ":")).encode().ljust(n)  # the same length: the offsets stay valid
     file.write_bytes(raw[:8] + text + raw[8 + n:])
     with pytest.raises(ValueError, match=r"tensor 'model.norm.weight' has 256 bytes, its F32 shape \[32\] needs 128"):
-        check_checkpoint(model, ModelArgs.from_config(MICRO))
+        check_checkpoint(model, args_from_config(MICRO))
 
 
 def test_a_tokenizer_with_ids_past_the_models_vocabulary_is_refused_before_anything_is_written(micro_model, spm_model,
@@ -322,7 +322,7 @@ def test_a_non_finite_weight_is_refused_when_the_checkpoint_loads_naming_the_ten
 
     model = copy_model(micro_model, tmp_path / "model", tensors=poison)
     with pytest.raises(ValueError, match=r"tensor 'model.layers.1.mlp.down_proj.weight' holds NaN or infinite"):
-        Transformer.from_pretrained(model)
+        from_pretrained(model)
     out = tmp_path / "r.json"
     code, err = exits(evaluate.main, ["ppl", "--model", str(model), "--lengths", "16", "--out", str(out)], capsys)
     one_line(code, err, "'model.layers.1.mlp.down_proj.weight' holds NaN or infinite values")
@@ -566,8 +566,8 @@ def test_a_checkpoint_save_out_of_space_removes_its_temporary_and_the_previous_o
 
 def test_an_export_out_of_space_removes_its_temporary_and_leaves_no_final(finished, tmp_path, capsys, monkeypatch):
     out, argv = run_copy(finished, tmp_path)
-    import model as model_py
-    full_disk_at(monkeypatch, model_py, "save_file", lambda: True)
+    import hf
+    full_disk_at(monkeypatch, hf, "save_file", lambda: True)
     before = snapshot(out / "checkpoints")
     code, err = exits(train.main, ["--export-only", "--out", str(out)], capsys)
     assert code == 1 and len(err.splitlines()) == 1, err

@@ -24,7 +24,8 @@ from tokenizers import Tokenizer as HFTokenizer
 import data
 import evaluate
 import train
-from model import PRESETS, ModelArgs, Transformer
+from hf import PRESETS, args_from_config, save_pretrained
+from model import Transformer
 
 # Llama 3's tokenizer.json: this Split (GPT-4's regex) then ByteLevel without its own regex; BOS by TemplateProcessing.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
@@ -61,10 +62,10 @@ def llama3(tmp_path_factory):
         processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
                                       special_tokens=[("<|begin_of_text|>", bos)])])
     path = tmp_path_factory.mktemp("llama3") / "model"
-    model = Transformer(ModelArgs.from_config(dict(MICRO, vocab_size=hf.get_vocab_size(), bos_token_id=bos,
+    model = Transformer(args_from_config(dict(MICRO, vocab_size=hf.get_vocab_size(), bos_token_id=bos,
                                                    eos_token_id=eos)))
     model.init_weights(seed=0)
-    model.save_pretrained(path)
+    save_pretrained(model, path)
     hf.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|begin_of_text|>",
                                                             "eos_token": "<|end_of_text|>"}))

@@ -20,7 +20,8 @@ import pytest
 
 import evaluate
 import train
-from model import PRESETS, ModelArgs, Transformer
+from hf import PRESETS, args_from_config, save_pretrained
+from model import Transformer
 
 ROOT = Path(__file__).resolve().parent.parent
 MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -47,9 +48,9 @@ def micro(tmp_path_factory):
     import sentencepiece as spm
 
     root = tmp_path_factory.mktemp("micro")
-    model = Transformer(ModelArgs.from_config(MICRO))
+    model = Transformer(args_from_config(MICRO))
     model.init_weights(seed=0)
-    model.save_pretrained(root / "model")
+    save_pretrained(model, root / "model")
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(SENTENCES + [evaluate.TASK, " ".join(evaluate.FILLER), evaluate.QUESTION] * 20),

@@ -23,7 +23,8 @@ import torch
 import checkpoints
 import pose
 import train
-from model import ModelArgs, Transformer
+from hf import args_from_config
+from model import Transformer
 from conftest import MICRO
 
 RUN = ["--window", "16", "--target", "64", "--batch-size", "4", "--micro-batch-size", "2", "--log-every", "1",
@@ -171,7 +172,7 @@ def test_the_seed_decides_the_first_loss_of_a_run(micro_model, corpus, tmp_path)
 
 def test_the_seed_decides_a_from_scratch_models_weights(tmp_path):
     """Transformer.init_weights(seed), and build_model's fresh weights for --seed (the demo)."""
-    args = ModelArgs.from_config(MICRO)
+    args = args_from_config(MICRO)
     made = {}
     for seed in (0, 1):
         model = Transformer(args)

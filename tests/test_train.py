@@ -19,7 +19,7 @@ import torch
 
 import rope
 import train
-from model import Transformer
+from hf import from_pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ["--window", "16", "--target", "64", "--batch-size", "4", "--micro-batch-size", "2", "--log-every", "1",
@@ -171,7 +171,7 @@ def test_single_process_run_logs_finite_losses_and_exports_the_live_models_logit
     scaling = config["rope_scaling"]  # alpha = L_t / L_c = 64 / 16, and the window L_c is recorded (issue 5)
     assert scaling["rope_type"] == scaling["type"] == "linear" and scaling["factor"] == 4.0
     assert config["original_max_position_embeddings"] == 16  # beside the rope: no HF validator warns (issue 16)
-    exported = Transformer.from_pretrained(out / "final", dtype=torch.float32)
+    exported = from_pretrained(out / "final", dtype=torch.float32)
     assert exported.args.rope["factor"] == 4.0
     with torch.no_grad():
         torch.testing.assert_close(exported(tokens, positions), want, rtol=0, atol=1e-5)
@@ -200,7 +200,7 @@ def test_a_one_process_checkpoint_resumes_identically_and_loads_into_two_process
     (tmp_path / "c" / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step_000004", tmp_path / "c" / "checkpoints" / "step_000004")
     torchrun(*common, "--out", tmp_path / "c", "--resume")
-    one, two = (Transformer.from_pretrained(tmp_path / run / "final", dtype=torch.float32).state_dict()
+    one, two = (from_pretrained(tmp_path / run / "final", dtype=torch.float32).state_dict()
                 for run in ("a", "c"))
     assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
 

@@ -28,7 +28,8 @@ from safetensors.torch import load_file
 
 import rope
 import train
-from model import ModelArgs, Transformer
+from hf import args_from_config, save_pretrained
+from model import Transformer
 from conftest import MICRO
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,9 +49,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thr
 def micro_model(tmp_path_factory):
     """A micro LLaMA whose config.json has the keys a real checkpoint carries besides the shape."""
     path = tmp_path_factory.mktemp("micro") / "model"
-    model = Transformer(ModelArgs.from_config(MICRO))
+    model = Transformer(args_from_config(MICRO))
     model.init_weights(seed=0)
-    model.save_pretrained(path)
+    save_pretrained(model, path)
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, **OWN_KEYS}, indent=2))
     (path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 16, "bos_token": "<s>"}))
