@@ -278,8 +278,7 @@ def gather_plain(model, args: ModelArgs) -> Transformer | None:
     with torch.device("meta"):
         plain = Transformer(args)
     plain.load_state_dict(full, assign=True)  # adopt the gathered tensors, no second copy
-    plain._tie()  # assign replaced the shared tensor
-    plain.set_rope(plain.args.rope)  # the meta-built tables are garbage
+    plain._tie()  # assign replaced the shared tensor (the rope tables are CPU tensors even meta-built: rope.py)
     return plain
 
 
@@ -298,7 +297,6 @@ def export(model, args: ModelArgs, base: dict | None, opts, tokenizer_path, devi
 def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_path, folder: Path, dtype):
     """A Hugging Face folder at `folder`, swapped in whole: config.json is --model's own with only what training
     changed (hf.config_from_args), plus the tokenizer files transformers / vLLM look for."""
-    plain.set_rope(plain.args.rope)  # the meta-built tables are garbage
     if plain.args.tie_word_embeddings:
         plain.lm_head.weight = plain.model.embed_tokens.weight  # assign / to_empty replaced the shared tensor
     if dtype is not None:

@@ -2,44 +2,18 @@
 
     python data.py --data pile/ --tokenizer ./Llama-2-7b-hf --out pile.npy --workers 16
     python data.py --data 'fineweb/*.parquet' --tokenizer ./Meta-Llama-3-8B --out fineweb.npy --max-documents 200000
-    python data.py --data a.jsonl.zst b.jsonl.gz --tokenizer tokenizer.json --out ab.npy --text-field content
     torchrun --nproc_per_node 8 train.py --model ./Llama-2-7b-hf --data pile.npy --target 16384  # memory-mapped
     python -m pytest tests/test_data.py -x -q
 
 The output is the 1-D id file train.py and evaluate.py memory-map: every document as BOS ... EOS, exactly what
-their text path tokenises (uint16 when the vocabulary fits, else uint32), written by --workers processes in
-file order, with progress on stderr, under a temporary name renamed into place at the end (a failure leaves
-nothing). Documents are not filtered here; train.py skips the short ones when it reads the file. --workers is
-capped at the CPUs this process may use and at the batches of work there are; SIGINT / SIGTERM end the workers
-and remove the temporary file (one line, exit 128 + the signal), as does a full disk (one line, exit 2).
+their text path tokenises (uint16 when the vocabulary fits, else uint32), written by --workers processes in file
+order under a temporary name renamed into place at the end (a failure, a signal or a full disk leaves nothing).
 
-Tokenizers. `Tokenizer(path)` takes a checkpoint folder or the file itself: tokenizer.model is read with
-sentencepiece (LLaMA 1/2, Mistral; preferred when a folder has both), tokenizer.json with Hugging Face's
-`tokenizers` (Llama 3, Qwen, ...; optional, pip install tokenizers). Both encode the text without special
-tokens and BOS / EOS are added here, so a tokenizer.json whose post-processor adds BOS itself (Llama 3's
-TemplateProcessing) never gives two. The ids are the checkpoint's, as the model was trained. BOS follows the
-tokenizer's own convention, never config.json's bos_token_id (Qwen's names one its tokenizer never adds): none when
-tokenizer_config.json's bos_token is null or add_bos_token false; a tokenizer.json adds the one its post-processor
-puts first (Llama 3's TemplateProcessing; none for Qwen's ByteLevel), or tokenizer_config.json's bos_token with
-add_bos_token true; a tokenizer.model its bos_token, else the file's own. EOS: tokenizer_config.json's eos_token,
-else config.json's eos_token_id (the first of a list), else the file's own. `eos_id` is the one id ending every
-document; a config listing several (Llama 3 Instruct) lets a token file's documents end at any of them (train.py).
-With no BOS a document starts with its first text token, which no window scores: nothing precedes it.
-
-Corpora (--data: one or more files, folders or globs): .jsonl, .jsonl.gz (gzip), .jsonl.zst (pip install zstandard)
-and .parquet (pip install pyarrow) with the text in --text-field; .txt .md .rst .tex .py files, one document each;
-pre-tokenised ids: a 1-D .npy of any integer dtype or a raw uint16 .bin (nanoGPT's), split after each EOS. A folder
-is every such file below it, sorted; a glob its sorted matches; a file reached twice (given twice, a symlink beside
-its target, a symlinked folder loop) is read once, and the log says how many paths were dropped. Reading streams:
-one file at a time, decompressed and parsed as it goes, stopped once the documents asked for are in
-(--max-documents), with progress on stderr every few seconds. Rank r of w keeps documents r, r + w, ... in file
-order; the other ranks' documents are counted, never parsed or tokenised.
-
-Short documents. train.py keeps documents of >= L_c + 1 tokens (a window plus its last label) and reports how
-many it skipped, as the paper's data had "a minimum length requirement of 2,048 tokens" (§4.1, the Pile). The
-authors' code (src/train_pose.py) filters nothing: it truncates each document to 5 L_c tokens and cuts its
-two chunks out of min(length, L_c) tokens, so a document shorter than L_c is used whole, as a shorter sequence
-(still two chunks and a skip) that the collator right-pads, with the padding's labels masked (-100).
+Read top to bottom: Tokenizer (tokenizer.model with sentencepiece, tokenizer.json with `tokenizers`; BOS / EOS
+follow the tokenizer's own convention, never config.json's ids alone), the corpus readers (.jsonl[.gz|.zst],
+.parquet, .txt / .md / .rst / .tex / .py files, pre-tokenised .npy / .bin; folders and globs; rank r of w keeps
+documents r, r + w, ...), then the pre-tokenising CLI. docs/data.md: the BOS / EOS rules in full, how reading
+streams and stops, short documents here and in the authors' code.
 """
 import argparse
 import dataclasses

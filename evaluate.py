@@ -5,60 +5,17 @@ and the command line for RULER's synthetic tasks (Hsieh et al. 2024; prompts and
     python evaluate.py passkey --model DIR --lengths 2048 4096 8192 16384 32768 --trials 50 --out passkey.json
     python evaluate.py ruler --model DIR --lengths 4096 8192 16384 --tasks all --samples 50 --seed 0 --out ruler.json
     python evaluate.py plot original.json pi-only.json pose.json passkey.json --out fig.png  # as Fig. 2b
-    python evaluate.py ppl --model out/final --lengths 128 256 512 1024 --stride 256 --docs 10  # after train.py
-    python evaluate.py passkey --model out/final --lengths 128 256 512 1024 --trials 10
-    python evaluate.py ruler --model out/final --lengths 256 512 1024 --samples 10
+    python evaluate.py ppl --model llama-7b --rope linear --factor 8 --data govreport.jsonl  # App. C's PI-only row
 
-The paper's rows on a real checkpoint. --rope replaces the checkpoint's rope scaling, so "Original" (plain RoPE)
-and "PI-only" (interpolation without training) come from the base checkpoint itself (App. C, Table 6):
-    D="--data govreport.jsonl --docs 50 --max-tokens 32767 --min-tokens 32767 --stride 1024"
-    D="$D --lengths 2048 4096 8192 16384"
-    python evaluate.py ppl --model llama-7b --rope none $D --out original.json
-    python evaluate.py ppl --model llama-7b --rope linear --factor 8 $D --out pi-only.json   # alpha = 16k / 2k
-    python evaluate.py ppl --model runs/pose16k/final $D --out pose.json                     # its own scaling
-    python evaluate.py passkey --model runs/pose16k/final --lengths 2048 4096 8192 16384 32768 --out pk.json
---rope ntk / yarn-revised --factor 8 give App. C's other PI-only rows (the paper's YaRN is the authors' revised
-YaRN: their README says so). --max-tokens 32767 --min-tokens 32767 is the authors' eval_ppl.py cut (each document's
-first 32,767 tokens, then only those that still have 32,767); §5.3 uses books of > 128k tokens, --stride 16384.
-On CUDA the default is bf16 with SDPA's flash kernel; the progress lines on stderr give an ETA (a 50-document,
-5-length run of a 7B model takes hours). The results JSON is written atomically at the end.
+--rope replaces the checkpoint's rope scaling, so "Original" (--rope none) and the training-free rows (--rope
+linear / ntk / yarn-revised --factor α) come from the base checkpoint itself (App. C, Table 6).
 
-Perplexity (Press et al. 2021; the windows of the paper's released evaluation). A window holds L tokens
-including the BOS prepended to it, i.e. W = L - 1 document tokens (W = L with --no-bos or a tokenizer that adds
-no BOS, as Qwen's: data.Tokenizer reads the tokenizer's own convention), so position ids stay
-within 0..L-1. With stride s (clamped to L - 1, so that no token is skipped) window k feeds document tokens
-x[k*s : min(k*s + W, n)]; the last window ends at the document's end and may be shorter. Each window scores
-the tokens no earlier window scored: the first all of its tokens (x_0 predicted from BOS alone), each later one
-its last s (fewer in the last). So every token is scored exactly once, with all the preceding tokens its window
-holds as context; without BOS, x_0 is never scored. A document of fewer than W tokens is scored whole in one
-window ("short" in the table); the default --min-tokens, the largest L, admits none, so that every length scores
-the same tokens. --truncate (Fig. 4) scores one window of each document's first W tokens. A document's own
-BOS/EOS are dropped (the released evaluation tokenises without them). PPL = exp(total NLL / scored tokens).
-
-Passkey (Mohtashami & Jaggi 2023; the template of Fig. 2a): the longest prompt that, followed by its answer
-(" 12345", the key's own tokens), holds at most L tokens (BOS included, if the tokenizer adds one: passkey
-and RULER prompts follow its convention), found by bisection on the number of
-filler sentences, with the key line after a fraction `depth` of them (uniform per trial, or each of --depths):
-the key is read and answered within positions 0..L-1, as RULER counts the answer in L. The authors'
-eval_passkey.py bounds the prompt alone, by its own count (32 + 26 + 11 tokens of template, filler in blocks of
-25): at L = 2,048 that is 2,044 tokens, so LLaMA's 6-token answer runs 2 positions past L. That matters little
-at 2k-32k, and decides the result for a window of 128, where a model never trained past position 127 would be
-graded on digits at positions 128-130. `--fit prompt` gives the authors' bound (at sentence, not block,
-granularity); every command here uses the default, `--fit answer`. Greedy decoding of --new-tokens tokens
-with the KV cache; a trial passes when the first integer in the answer equals the random 5-digit key. Keys and
-depths depend only on (--seed, L, depth), so every model is asked the same questions. Exact match is all or
-nothing, so each row also gives two graded signals (issue 25): the per-digit accuracy (the share of the key's
-digits the answer's first integer has right, place by place) and the key's log-probability under teacher
-forcing (nats: the sum of log p of the tokens of " 12345" after the prompt, each given those before it; the
-table's "log p(key)", 0 for a certain model, about -5 ln 10 = -11.5 for one guessing each digit). The
-log-probability costs one more forward of prompt and answer per trial, about as much as the answer's prefill.
-
-RULER: ruler.py makes the prompts (RULER's templates, fitted by the passkey's search, `fit_prompt`) and scores
-the answers; this file decodes them with the KV cache (`ruler`) and prints the task x length table.
-
-In order: options (the dataclass fields are the flags) and their checks; loading the model; perplexity
-(window_plan, window_nll, perplexity, load_documents); passkey (prompt, greedy_answer, first_integer,
-key_logprob, digit_accuracy, passkey); RULER's decoding loop; tables, the results JSON and plots; main.
+Read top to bottom: the options (the dataclass fields are the flags) and their checks; loading the model;
+perplexity (window_plan: which tokens each window feeds and scores, window_nll, perplexity, load_documents: the
+authors' document cut); passkey (the Fig. 2a prompt fitted to L tokens with its answer, greedy decoding with the
+KV cache, the first-integer rule, per-digit accuracy and the key's log-probability); RULER's decoding loop;
+tables, the results JSON and plots; main. docs/evaluation.md: the window rule, the passkey's fit against the
+authors' bound, and the paper's commands on a real checkpoint.
 """
 import argparse
 import contextlib

@@ -1,6 +1,6 @@
 """Hugging Face checkpoint folders: config.json <-> ModelArgs, the families, safetensors weights in and out.
 
-    from hf import from_pretrained, save_pretrained
+    from hf import from_pretrained, load_config, save_pretrained
     model = from_pretrained("Llama-2-7b-hf", rope_scaling={"type": "linear", "factor": 4.0})  # a model.Transformer
     save_pretrained(model, "out/llama-16k", base_config=load_config("Llama-2-7b-hf"))
     python -m pytest tests/test_model.py tests/test_families.py -q
@@ -238,7 +238,6 @@ def from_pretrained(path, device="cpu", dtype=torch.bfloat16, rope_scaling: dict
         model = Transformer(args)
     model.to(dtype).to_empty(device=device)  # uninitialised memory, every byte overwritten below
     model._tie()
-    model.set_rope(args.rope)  # recomputed outside the meta context, whatever happened above
     expected = model.state_dict()  # name -> the parameter's own storage
     with torch.no_grad():
         for file in headers:

@@ -37,6 +37,8 @@ def make_exports(out: Path) -> dict:
     """train.py runs of a micro LLaMA, one per --rope: {rope: export folder}."""
     import numpy as np
 
+    import distributed
+    import options
     import train
     from hf import PRESETS, args_from_config, save_pretrained
     from model import Transformer
@@ -56,8 +58,8 @@ def make_exports(out: Path) -> dict:
         target = "16" if kind == "none" else "64"
         argv = ["--model", str(out / "micro"), "--data", str(out / "ids.npy"), "--out", str(out / kind), "--window",
                 "16", "--target", target, "--rope", kind, "--steps", "2", "--batch-size", "2", "--lr", "1e-3"]
-        with contextlib.redirect_stdout(io.StringIO()), train.distributed() as device:
-            train.train(train.parse_args(argv), device)
+        with contextlib.redirect_stdout(io.StringIO()), distributed.distributed() as device:
+            train.train(options.parse_args(argv), device)
         folders[kind] = str(out / kind / "final")
     return folders
 

@@ -9,7 +9,7 @@ transformers builds a tiny model, every parameter is redrawn (norms around 1, no
 transformers saves it in fp32; model.py loads that folder and both compute fp32 logits at contiguous and at PoSE
 position ids, with an explicit all-ones attention_mask (without one, transformers >= 4.53 reads PoSE's jumps as
 packed-sequence boundaries). Greedy decoding: model.py's KV-cache generate() against transformers' greedy argmax
-over full forwards at the next position ids. Then model.py's save_pretrained(base_config=...) is loaded back by
+over full forwards at the next position ids. Then hf.save_pretrained(base_config=...) is loaded back by
 transformers, which must log no warning and give the same logits. Prints one line per family: the worst absolute
 logit error (and the logits' scale) and whether the decoded tokens agree.
 """

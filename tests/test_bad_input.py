@@ -344,7 +344,7 @@ def test_evaluate_never_writes_a_nan_perplexity_as_a_result(micro_model, corpus,
 @pytest.mark.slow
 def test_a_bad_record_only_rank_1_reads_is_one_line_of_ours_naming_file_and_line(spm_model, tmp_path):
     """Rank r parses records r, r + 2, ...: line 2 is rank 1's alone. Both ranks agree on the failure
-    (train.agreed), rank 0 prints rank 1's line, every rank exits 2; torchrun then adds its own report."""
+    (distributed.agreed), rank 0 prints rank 1's line, every rank exits 2; torchrun then adds its own report."""
     lines = [json.dumps({"text": t}) for t in texts(12, seed=3)]
     lines[1] = json.dumps({"body": "no text field"})
     (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")

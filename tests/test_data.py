@@ -23,6 +23,8 @@ from tokenizers import Tokenizer as HFTokenizer
 
 import data
 import evaluate
+import distributed
+import options
 import train
 from hf import PRESETS, args_from_config, save_pretrained
 from model import Transformer
@@ -375,8 +377,8 @@ def test_tokenizer_json_checkpoint_trains_on_parquet_then_ppl_on_jsonl_gz_and_pa
     train_docs = texts(30, seed=6, words=(3, 40))
     pq.write_table(pa.table({"id": range(30), "content": train_docs}), tmp_path / "train.parquet", row_group_size=8)
     out = tmp_path / "run"
-    with train.distributed() as device:
-        train.train(train.parse_args(["--model", str(llama3), "--data", str(tmp_path / "train.parquet"),
+    with distributed.distributed() as device:
+        train.train(options.parse_args(["--model", str(llama3), "--data", str(tmp_path / "train.parquet"),
                                       "--text-field", "content", "--out", str(out), "--window", "16", "--target",
                                       "64", "--steps", "2", "--batch-size", "2", "--lr", "1e-3",
                                       "--max-documents", "100"]), device)

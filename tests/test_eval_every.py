@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 
 import evaluate
+import distributed
+import metrics
+import options
 import train
 from hf import PRESETS, args_from_config, save_pretrained
 from model import Transformer
@@ -97,12 +100,12 @@ def test_every_eval_row_equals_evaluate_py_on_that_steps_export(micro, tmp_path,
         flush = close = lambda self: None
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
-    with train.distributed() as device:
-        train.train(train.parse_args(["--model", str(model), "--data", str(data), "--out", str(out), "--steps", "4",
+    with distributed.distributed() as device:
+        train.train(options.parse_args(["--model", str(model), "--data", str(data), "--out", str(out), "--steps", "4",
                                       *RUN, *EVAL, "--eval-data", str(eval_data), "--tensorboard"]), device)
     monkeypatch.undo()
-    with train.distributed() as device:  # the same run without evaluation: it changes no training number
-        train.train(train.parse_args(["--model", str(model), "--data", str(data), "--out", str(tmp_path / "plain"),
+    with distributed.distributed() as device:  # the same run without evaluation: it changes no training number
+        train.train(options.parse_args(["--model", str(model), "--data", str(data), "--out", str(tmp_path / "plain"),
                                       "--steps", "4", *RUN]), device)
     losses = [[(r["step"], r["loss"], r["grad_norm"]) for r in map(json.loads, (folder / "metrics.jsonl").read_text()
                .splitlines()) if "loss" in r] for folder in (out, tmp_path / "plain")]
@@ -126,14 +129,14 @@ def test_every_eval_row_equals_evaluate_py_on_that_steps_export(micro, tmp_path,
         line = next(x for x in log if x.startswith(f"eval step {row['step']}/4: "))
         ppl, keys = (row["eval"][k] for k in ("ppl", "passkey"))
         assert line == (f"eval step {row['step']}/4: ppl 256 {ppl['256']:.4g}, 1,024 {ppl['1024']:.4g}; passkey "
-                        f"256 {keys['256']:.2f}, 1,024 {keys['1024']:.2f} ({train.human(row['eval_s'])})")
+                        f"256 {keys['256']:.2f}, 1,024 {keys['1024']:.2f} ({metrics.human(row['eval_s'])})")
     assert re.search(r"^eval: every 2 steps and at the end, at L = 256, 1,024, by rank 0 on a gathered copy: ppl on 2 "
                      r"documents of --eval-data \(stride 1,024\), passkey 3 prompts a length \(seed 0\)$",
                      "\n".join(log), re.M)
 
     # eval flags are free to change on --resume; the resumed run does not score step 4 again (its row is there)
-    with train.distributed() as device:
-        train.train(train.parse_args(["--model", str(model), "--data", str(data), "--out", str(out), "--steps", "6",
+    with distributed.distributed() as device:
+        train.train(options.parse_args(["--model", str(model), "--data", str(data), "--out", str(out), "--steps", "6",
                                       *RUN, "--eval-every", "3", "--eval-docs", "1", "--eval-trials", "1",
                                       "--eval-lengths", "512", "--eval-data", str(eval_data), "--resume"]), device)
     rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval" in r]

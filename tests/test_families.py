@@ -19,6 +19,8 @@ import data
 import evaluate
 import rope
 import ruler
+import distributed
+import options
 import train
 from hf import args_from_config, config_from_args, from_pretrained, load_config, save_pretrained
 from model import Transformer
@@ -300,10 +302,10 @@ def test_bosless_qwen3_trains_with_pose_exports_and_scores_every_token_but_each_
     assert all(d[0] != eot and d[-1] == eot and list(d[:-1]) == hf.encode(t).ids for d, t in zip(docs, train_docs))
     out = tmp_path / "run"
     # Qwen3's max_position_embeddings (here 40, 40,960 in the release) is not its window: --window is given
-    with train.distributed() as device:
-        train.train(train.parse_args(["--model", str(path), "--data", str(tmp_path / "train.jsonl"), "--out", str(out),
-                                      "--window", "16", "--target", "64", "--steps", "2", "--batch-size", "2",
-                                      "--lr", "1e-3", "--method", "pose"]), device)
+    with distributed.distributed() as device:
+        train.train(options.parse_args(["--model", str(path), "--data", str(tmp_path / "train.jsonl"), "--out",
+                                        str(out), "--window", "16", "--target", "64", "--steps", "2",
+                                        "--batch-size", "2", "--lr", "1e-3", "--method", "pose"]), device)
     capsys.readouterr()
     final = out / "final"
     exported = load_config(final)
@@ -347,13 +349,13 @@ def test_qwen25_with_the_cards_yarn_trains_at_its_original_window_and_only_with_
                rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32})
     write_checkpoint(path, "qwen2", W)
     (path / "config.json").write_text(json.dumps(cfg))
-    assert train.checkpoint_context(cfg) == (32, "original_max_position_embeddings")
+    assert options.checkpoint_context(cfg) == (32, "original_max_position_embeddings")
     (tmp_path / "d.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
     base = dict(model=str(path), data=str(tmp_path / "d.jsonl"), out=str(tmp_path / "run"))
-    opts, _ = train.resolve(train.TrainOptions(**base, target=128, rope="yarn"), 1)
+    opts, _ = options.resolve(options.TrainOptions(**base, target=128, rope="yarn"), 1)
     assert opts.window == 32
     with pytest.raises(ValueError, match="already uses rope scaling 'yarn' x4; --rope yarn would replace it. "
                                          "Pass --rope none"):
-        train.training_args(opts, cfg)
-    none = train.training_args(train.resolve(train.TrainOptions(**base, target=128, rope="none"), 1)[0], cfg)
+        options.training_args(opts, cfg)
+    none = options.training_args(options.resolve(options.TrainOptions(**base, target=128, rope="none"), 1)[0], cfg)
     assert none.rope == args_from_config(cfg).rope and none.max_position_embeddings == 128

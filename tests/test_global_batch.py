@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import distributed
+import options
 import train
 from hf import PRESETS, args_from_config, from_pretrained, save_pretrained
 from model import Transformer
@@ -76,8 +78,8 @@ def reference_step(model_path, documents):
 
 
 def run_one_process(argv):
-    with train.distributed() as device:
-        train.train(train.parse_args([str(a) for a in argv]), device)
+    with distributed.distributed() as device:
+        train.train(options.parse_args([str(a) for a in argv]), device)
 
 
 def run_two_processes(argv):

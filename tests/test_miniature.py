@@ -183,6 +183,8 @@ def test_beta_fast_reaches_the_trained_and_exported_rope(corpus, tmp_path, capsy
     import contextlib
     import io
 
+    import distributed
+    import options
     import train
     from conftest import MICRO
     from rope import compute_inv_freq, rope_parameters
@@ -199,8 +201,8 @@ def test_beta_fast_reaches_the_trained_and_exported_rope(corpus, tmp_path, capsy
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "--beta-fast 4.0 needs --rope yarn" in err
     assert not (tmp_path / "bad").exists()
     out = tmp_path / "run"
-    with contextlib.redirect_stdout(io.StringIO()), train.distributed() as device:
-        train.train(train.parse_args([*run, "--rope", "yarn-revised", "--beta-fast", "4", "--out", str(out)]), device)
+    with contextlib.redirect_stdout(io.StringIO()), distributed.distributed() as device:
+        train.train(options.parse_args([*run, "--rope", "yarn-revised", "--beta-fast", "4", "--out", str(out)]), device)
     config = json.loads((out / "final" / "config.json").read_text())
     assert config["rope_scaling"]["beta_fast"] == 4 and config["rope_scaling"]["rope_type"] == "yarn-revised"
     model = from_pretrained(out / "final", dtype=torch.float32)

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 import hf
 import model as model_py
+from model import Transformer
 from hf import args_from_config, config_from_args, from_preset, from_pretrained, load_config, save_pretrained
 from test_rope import ref_inv_freq
 
@@ -221,6 +222,23 @@ def test_every_scaled_rope_generates_what_the_float64_reference_decodes_greedily
         seq, pos = torch.cat([seq, logits.argmax().view(1, 1)], 1), torch.cat([pos, pos[:, -1:] + 1], 1)
         call_len.append(int(pos[0, -1]) + 1)
     assert new.tolist() == seq[:, prompt.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("rope_type", [None, *SCALED])
+def test_a_model_built_on_the_meta_device_holds_real_rope_tables(rope_type):
+    """The rope tables are plain CPU float64 tensors whatever the default device (rope.RotaryEmbedding): a model
+    built under torch.device("meta") and materialised with to_empty, as hf.from_pretrained, distributed.wrap_model,
+    checkpoints.load_weights and gather_plain build theirs, computes what a CPU-built one does with no set_rope."""
+    args = args_from_config(config(rope_scaling=SCALED.get(rope_type)))
+    torch.manual_seed(0)
+    cpu = Transformer(args)
+    with torch.device("meta"):
+        meta = Transformer(args)
+    meta.to_empty(device="cpu")
+    meta.load_state_dict(cpu.state_dict())
+    assert torch.equal(meta.rotary_emb.inv_freq, cpu.rotary_emb.inv_freq)
+    tokens = tokens_for(POSE_POSITIONS)
+    assert torch.equal(meta(tokens, POSE_POSITIONS), cpu(tokens, POSE_POSITIONS))
 
 
 def test_kv_cache_decoding_equals_repeated_full_forwards(tied_ckpt):

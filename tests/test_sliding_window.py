@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 import evaluate
 import model as model_py
+import distributed
+import options
 import train
 from hf import from_pretrained
 from model import KVCache
@@ -149,12 +151,12 @@ def test_pose_training_past_the_sliding_window_scores_the_band_and_exports_mistr
     argv = ["--model", str(path), "--data", str(tmp_path / "ids.npy"), "--out", str(tmp_path / "out"),
             "--window", "16", "--target", "64", "--steps", "2", "--batch-size", "2", "--micro-batch-size", "2",
             "--log-every", "1"]
-    opts, _ = train.resolve(train.parse_args(argv), 1)  # L_c = 16 = 2 sliding windows, L_t = 64
+    opts, _ = options.resolve(options.parse_args(argv), 1)  # L_c = 16 = 2 sliding windows, L_t = 64
     documents, _ = train.read_documents(opts.data, min_len=17, max_documents=opts.max_documents)
     tokens, targets, positions = train.make_batch(documents, opts, rank=0, step=0, micro=0, accum=1)
     assert (positions[:, 1:] - positions[:, :-1] > 1).any()  # PoSE skips inside the window
-    with train.distributed() as device:
-        train.train(train.parse_args(argv), device)
+    with distributed.distributed() as device:
+        train.train(options.parse_args(argv), device)
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
 
