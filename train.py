@@ -401,3 +401,4 @@ if __name__ == "__main__":
         code = e.code if isinstance(e.code, int) else 1
     sys.stdout.flush()
     sys.stderr.flush()
+    os._exit(code)
