@@ -145,4 +145,3 @@ def attention_kernels(device):
     if device.type == "cuda":
         return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION])
     return contextlib.nullcontext()
-

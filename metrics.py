@@ -146,4 +146,3 @@ def eval_line(row: dict, steps: int) -> str:
     show = lambda scores, f: ", ".join(f"{int(L):,} {f(v)}" for L, v in scores.items())  # noqa: E731
     return (f"eval step {row['step']}/{steps}: ppl {show(row['eval']['ppl'], lambda v: f'{v:.4g}')}; "
             f"passkey {show(row['eval']['passkey'], lambda v: f'{v:.2f}')} ({human(row['eval_s'])})")
-

@@ -348,4 +348,3 @@ class Transformer(nn.Module):
             else:
                 break
         return torch.cat(new, dim=1) if new else tokens.new_empty(B, 0)
-

@@ -291,4 +291,3 @@ def training_args(o: TrainOptions, config: dict) -> ModelArgs:
     args = args_from_config(config)
     return dataclasses.replace(args, rope=scaled_rope(args.rope, o.rope, o.window, o.target, o.beta_fast),
                                max_position_embeddings=o.target)
-

@@ -261,4 +261,3 @@ def scaling_to_config(rope: dict, head_dim: int) -> dict:
             "rope_scaling": {"rope_type": rope_type, "type": rope_type, "factor": factor, **extra},
             "rope_parameters": {"rope_type": rope_type, "rope_theta": theta, "factor": factor, **extra},
             "original_max_position_embeddings": window}
-
