@@ -209,7 +209,7 @@ def test_a_one_process_checkpoint_resumes_identically_and_loads_into_two_process
 
 REUSE = """
 import resource, sys, torch
-import train
+import distributed
 kept = distributed.keep_freed_memory() if sys.argv[1] == "call" else None
 def step():  # a 64 MB and a 16 MB tensor, freed at the end, as a step frees its logits and activations
     x, y = torch.ones(2**24), torch.ones(2**22)
