@@ -7,12 +7,12 @@
     runs/pose16k/exports/step_000500/          `python train.py --export-only --out runs/pose16k --checkpoint 500`
 
 A run is its --out folder. settings.json holds the resolved options; --resume refuses, in one line, any change of
-what is trained: RESUME_FIXED (the checkpoint and corpus, L_c, L_t and with them alpha, the method and its
-sampling, the rope, the batch, the optimizer's hyper-parameters, the seed). Free to change: --steps, saving and
-logging, and --micro-batch-size and the world size (memory, hardware). A checkpoint holds the model and optimizer
-state and the step, nothing else: the data stream is a function of (seed, rank, step) and the learning rate of
-the step (train.py), so no generator or scheduler state is saved. Checkpoints are DCP's (sharded, one file per
-rank), so a run may resume at another world size, and --export-only reads one on a single process. Every file is
+what is trained: RESUME_FIXED (the checkpoint and corpus, L_c, the training window, L_t and with them alpha, the
+method and its sampling, the rope, the batch, the optimizer's hyper-parameters, the seed). Free to change: --steps,
+saving and logging, and --micro-batch-size and the world size (memory, hardware). A checkpoint holds the model and
+optimizer state and the step, nothing else: the data stream is a function of (seed, rank, step) and the learning
+rate of the step (train.py), so no generator or scheduler state is saved. Checkpoints are DCP's (sharded, one file
+per rank), so a run may resume at another world size, and --export-only reads one on a single process. Every file is
 written under a temporary name and renamed, so a kill at any moment leaves the previous checkpoint / export intact.
 
 In order: settings.json and the resume refusals; checkpoints (latest, save, load, the one --export-only picks);
@@ -43,9 +43,9 @@ from model import ModelArgs, Transformer
 
 # What is trained: a change on --resume would silently train another thing (a new target changes alpha, so the
 # weights trained so far would meet new frequencies). Everything else may change (see the docstring).
-RESUME_FIXED = ("model", "preset", "data", "text_field", "tokenizer", "window", "target", "method", "chunks",
-                "content", "crop", "rope", "beta_fast", "batch_size", "lr", "warmup", "weight_decay", "grad_clip",
-                "seed", "max_documents")
+RESUME_FIXED = ("model", "preset", "data", "text_field", "tokenizer", "context", "window", "target", "method",
+                "chunks", "content", "crop", "rope", "beta_fast", "batch_size", "lr", "warmup", "weight_decay",
+                "grad_clip", "seed", "max_documents")
 PATHS = ("model", "data", "tokenizer")
 
 
@@ -70,9 +70,11 @@ def read_settings(out: Path) -> dict | None:
     try:
         settings = json.loads(path.read_text())
         assert isinstance(settings["options"], dict)
-        return settings
     except (ValueError, KeyError, TypeError, AssertionError):
         raise ValueError(f"{path}: not a settings file written by train.py") from None
+    if "window" in settings["options"]:  # written before --context existed, when L_c was the training window
+        settings["options"].setdefault("context", settings["options"]["window"])
+    return settings
 
 
 def write_settings(out: Path, settings: dict):

@@ -118,13 +118,13 @@ def header(opts: TrainOptions, args: ModelArgs, config: dict, world: int, device
     method = {"pose": f"PoSE, {opts.chunks} chunks, content {opts.content}",
               "full": f"full-length, up to L_t = {opts.target:,} tokens a sequence",
               "randpos": "RandPos, random position ids in 0..L_t-1",
-              "plain": "plain fine-tuning at positions 0..L_c-1"}[opts.method]
+              "plain": f"plain fine-tuning at positions 0..{opts.window - 1:,}"}[opts.method]
     length = opts.target if opts.method == "full" else opts.window
     accum = opts.batch_size // (opts.micro_batch_size * world)
     size = 12 * n_params  # fp32 weights + Adam's two moments
     return [model], [
-        f"extension: L_c {opts.window:,} -> L_t {opts.target:,}, alpha {opts.target / opts.window:g} ({scaling}); "
-        f"{method}",
+        f"extension: L_c {opts.context:,} -> L_t {opts.target:,}, alpha {opts.target / opts.context:g} ({scaling}); "
+        f"{method}" + ("" if opts.method == "full" else f"; training window {opts.window:,}"),
         f"batch: {opts.batch_size} sequences of <= {length:,} tokens a step = world {world} ({device.type}) x "
         f"micro-batch {opts.micro_batch_size} x accumulation {accum}; {opts.steps:,} steps, lr {opts.lr:g} "
         f"({opts.warmup} warm-up, linear decay to 0 at step {opts.steps:,})",

@@ -41,8 +41,13 @@ class TrainOptions:
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer.model or tokenizer.json (default: "
                                   "--model's, else stdlib's)"})
     out: str = field(default="out", metadata={"help": "checkpoints/, metrics.jsonl and the export final/"})
-    window: int | None = field(default=None, metadata={"help": "training window L_c (default: config's context)"})
-    target: int | None = field(default=None, metadata={"help": "target context L_t (default: 8 x window)"})
+    context: int | None = field(default=None, metadata={"help": "L_c, the window the checkpoint was pre-trained at, "
+                                "which alpha = L_t / L_c divides by (default: config.json's: the original window of an "
+                                "already-scaled rope, else max_position_embeddings; give it where that is not the "
+                                "pre-training window, e.g. Qwen3's 40,960 for 32,768)"})
+    window: int | None = field(default=None, metadata={"help": "training window in tokens, <= L_c (default: L_c): "
+                               "PoSE's chunks hold this many tokens, its skips span L_t whatever it is"})
+    target: int | None = field(default=None, metadata={"help": "target context L_t (default: 8 x L_c)"})
     method: str = field(default="pose", metadata={"choices": ("pose", "full", "randpos", "plain"), "help":
                         "pose (§3.2) | full: train on L_t tokens | randpos (Ruoss et al.) | plain: 0..L_c-1"})
     chunks: int = field(default=2, metadata={"help": "PoSE chunks N (§3.2 uses 2)"})
@@ -157,9 +162,11 @@ def recipe_defaults(opts: TrainOptions, context: int, world_size: int, saved: di
     paper = opts.model is not None
     o = dataclasses.replace(opts)
     pick = lambda value, recipe, demo: value if value is not None else (recipe if paper else demo)  # noqa: E731
-    o.window = pick(o.window, context, 128)
+    # L_c: the checkpoint's own context; from scratch, the window the model is trained at (the demo's 128)
+    o.context = pick(o.context, context, o.window if o.window is not None else 128)
+    o.window = pick(o.window, o.context, o.context)  # shorter windows save memory; the skips still span L_t
     if o.target is None:  # Table 1's 2k -> 16k; "plain" does not extend
-        o.target = o.window if o.method == "plain" else 8 * o.window
+        o.target = o.context if o.method == "plain" else 8 * o.context
     o.steps, o.batch_size = pick(o.steps, 1000, 100), pick(o.batch_size, 64, 8)
     o.micro_batch_size = pick(o.micro_batch_size, 1, max(1, o.batch_size // world_size))
     o.lr, o.warmup = pick(o.lr, 2e-5, 3e-3), pick(o.warmup, 10, 10)  # from scratch wants a larger rate
@@ -175,11 +182,16 @@ def refuse(o: TrainOptions, config: dict, world_size: int, saved: dict | None):
     """Every value checked, in one line naming the flag, before anything is written (the order is the tests')."""
     check_numbers(o)
     context, context_key = checkpoint_context(config)
-    if o.model is not None and o.window > context:  # the export would claim a window the checkpoint never saw
-        raise ValueError(f"--window {o.window} > {o.model}'s context {context} ({context_key}): PoSE trains "
-                         f"within the checkpoint's own window, L_c <= {context}")
-    if o.target < o.window:
-        raise ValueError(f"--target {o.target} < --window {o.window}: context extension needs L_t >= L_c")
+    if o.model is not None and o.context > context:  # the export would claim a window the checkpoint never saw
+        raise ValueError(f"--context {o.context} > {o.model}'s context {context} ({context_key}): L_c is the window "
+                         f"the checkpoint was pre-trained at, at most {context}")
+    if o.window > o.context:
+        from_config = o.model is not None and o.context == context  # else L_c was given (or is the demo's window)
+        what = f"{o.model}'s context {o.context} ({context_key})" if from_config else f"L_c = --context {o.context}"
+        raise ValueError(f"--window {o.window} > {what}: PoSE trains within the checkpoint's own window, "
+                         f"L_c <= {o.context}")
+    if o.target < o.context:
+        raise ValueError(f"--target {o.target} < L_c {o.context}: context extension needs L_t >= L_c")
     if o.crop == "random" and o.method == "pose":
         raise ValueError("--crop random applies to full / plain / randpos: PoSE's chunk 0 starts at the document's "
                          "start (v_0 = 0, §3.2) and --content sets where its other chunks read")
@@ -242,7 +254,7 @@ def check_eval(o):
     for name in ("eval_docs", "eval_stride", "eval_trials"):
         if getattr(o, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(o, name)}")
-    o.eval_lengths = o.eval_lengths or sorted({o.window, o.target})
+    o.eval_lengths = o.eval_lengths or sorted({o.context, o.target})
     if min(o.eval_lengths) < 2:  # evaluate.py's own bound: a window predicts L - 1 tokens
         raise ValueError(f"--eval-lengths must be >= 2 tokens, got {min(o.eval_lengths)}")
     find_files(o.eval_data, "--eval-data")  # a missing file, an empty folder or glob: one line naming it
@@ -252,10 +264,11 @@ def check_eval(o):
 
 
 
-RANGES = {"window": (1, 2**31 - 1), "target": (1, 2**31 - 1), "chunks": (1, 2**31 - 1), "steps": (1, 2**31 - 1),
-          "batch_size": (1, 2**31 - 1), "micro_batch_size": (1, 2**31 - 1), "warmup": (0, 2**31 - 1),
-          "save_every": (1, 2**31 - 1), "keep_checkpoints": (1, 2**31 - 1), "log_every": (1, 2**31 - 1),
-          "max_documents": (1, 2**62), "seed": (0, 2**63 - 1)}
+RANGES = {"context": (1, 2**31 - 1), "window": (1, 2**31 - 1), "target": (1, 2**31 - 1),
+          "chunks": (1, 2**31 - 1), "steps": (1, 2**31 - 1), "batch_size": (1, 2**31 - 1),
+          "micro_batch_size": (1, 2**31 - 1), "warmup": (0, 2**31 - 1), "save_every": (1, 2**31 - 1),
+          "keep_checkpoints": (1, 2**31 - 1), "log_every": (1, 2**31 - 1), "max_documents": (1, 2**62),
+          "seed": (0, 2**63 - 1)}
 
 
 def check_numbers(o: TrainOptions):
@@ -271,23 +284,24 @@ def check_numbers(o: TrainOptions):
                              f", got {value}")
 
 
-def scaled_rope(base: dict, kind: str, window: int, target: int, beta_fast: float | None = None) -> dict:
-    """The checkpoint's rope with alpha = L_t / L_c interpolation (§3.1); "none" keeps it unchanged; beta_fast:
-    YaRN's ramp end (None: its default 32).
+def scaled_rope(base: dict, kind: str, context: int, target: int, beta_fast: float | None = None) -> dict:
+    """The checkpoint's rope with alpha = L_t / L_c interpolation (§3.1), L_c = `context` (the checkpoint's own, not
+    the training window: PoSE trains windows <= L_c); "none" keeps it unchanged; beta_fast: YaRN's ramp end (None:
+    its default 32).
     A checkpoint that already carries a scaling (Llama 3.1's llama3, an earlier export) is refused rather than
     silently replaced by a scaling of plain RoPE: its weights were trained on the scaled frequencies."""
-    if kind == "none" or target == window:
+    if kind == "none" or target == context:
         return base
     if base["rope_type"] != "default":
         raise ValueError(f"--model already uses rope scaling {base['rope_type']!r} x{base['factor']:g}; --rope {kind} "
                          f"would replace it. Pass --rope none to train with the checkpoint's own scaling")
-    return rope.interpolate(base, kind, target / window, window, beta_fast)
+    return rope.interpolate(base, kind, target / context, context, beta_fast)
 
 
 def training_args(o: TrainOptions, config: dict) -> ModelArgs:
     """The trained model's args: the checkpoint's (or preset's) shape with alpha = L_t / L_c on its rope."""
     if o.model is None:
-        config = {**config, "max_position_embeddings": o.window}  # the from-scratch model's "original" context
+        config = {**config, "max_position_embeddings": o.context}  # the from-scratch model's "original" context
     args = args_from_config(config)
-    return dataclasses.replace(args, rope=scaled_rope(args.rope, o.rope, o.window, o.target, o.beta_fast),
+    return dataclasses.replace(args, rope=scaled_rope(args.rope, o.rope, o.context, o.target, o.beta_fast),
                                max_position_embeddings=o.target)

@@ -124,7 +124,7 @@ def load_data(opts: TrainOptions, args: ModelArgs, length: int, say=print):
     if max_id >= args.vocab_size or min_id < 0:  # an embedding lookup would fail (or wrap) at step 1
         raise ValueError(f"--data {name}: token id {max_id if max_id >= args.vocab_size else min_id} outside the "
                          f"model's vocabulary 0 .. {args.vocab_size - 1}")
-    say(f"data: {n_docs:,} documents kept, {n_skipped:,} skipped as shorter than L_c + 1 = {length + 1} tokens, "
+    say(f"data: {n_docs:,} documents kept, {n_skipped:,} skipped as shorter than the window + 1 = {length + 1} tokens, "
         f"{n_tokens:,} tokens, read in {time.perf_counter() - t0:.1f}s")
     return documents, tokenizer_path
 
@@ -220,7 +220,7 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
     accum = opts.batch_size // (opts.micro_batch_size * world)
     before, after = header(opts, args, config, world, device)
     log.say(*before)
-    # Every method reads the same documents, those of >= L_c + 1 tokens (§4.1: "a minimum length requirement"
+    # Every method reads the same documents, those of >= window + 1 tokens (§4.1: "a minimum length requirement"
     # of L_c); full-length truncates them at L_t. A bad corpus fails here, before any weights load.
     documents, tokenizer_path = load_data(opts, args, opts.window, log.say)  # says "data: ..."
     ev = eval_setup(opts, args, tokenizer_path)  # --eval-data read and checked on rank 0 (None without it)

@@ -387,8 +387,8 @@ def test_tokenizer_json_checkpoint_trains_on_parquet_then_ppl_on_jsonl_gz_and_pa
     short, tokens = sum(n < 17 for n in lengths), sum(n for n in lengths if n >= 17)  # L_c + 1 = 17
     assert 0 < short < 30
     assert log[1].startswith("data: 1 file, ") and "train.parquet" in log[1] and "tokenizer.json" in log[1]
-    assert log[2].startswith(f"data: {30 - short:,} documents kept, {short:,} skipped as shorter than L_c + 1 = 17 "
-                             f"tokens, {tokens:,} tokens, read in"), log[2]
+    assert log[2].startswith(f"data: {30 - short:,} documents kept, {short:,} skipped as shorter than the window + 1 "
+                             f"= 17 tokens, {tokens:,} tokens, read in"), log[2]
     final = out / "final"
     assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in final.iterdir()}
     assert not (final / "tokenizer.model").exists()

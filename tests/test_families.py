@@ -301,10 +301,10 @@ def test_bosless_qwen3_trains_with_pose_exports_and_scores_every_token_but_each_
     docs, _ = data.read_documents(tmp_path / "train.jsonl", tok)
     assert all(d[0] != eot and d[-1] == eot and list(d[:-1]) == hf.encode(t).ids for d, t in zip(docs, train_docs))
     out = tmp_path / "run"
-    # Qwen3's max_position_embeddings (here 40, 40,960 in the release) is not its window: --window is given
+    # Qwen3's max_position_embeddings (here 40, 40,960 in the release) is not its window: --context gives L_c
     with distributed.distributed() as device:
         train.train(options.parse_args(["--model", str(path), "--data", str(tmp_path / "train.jsonl"), "--out",
-                                        str(out), "--window", "16", "--target", "64", "--steps", "2",
+                                        str(out), "--context", "16", "--target", "64", "--steps", "2",
                                         "--batch-size", "2", "--lr", "1e-3", "--method", "pose"]), device)
     capsys.readouterr()
     final = out / "final"

@@ -61,9 +61,9 @@ def test_every_default_for_a_checkpoint_is_the_papers_recipe_or_the_documented_c
                                                   "--out", str(tmp_path / "o")]), world)
         assert dataclasses.asdict(opts) == dict(
             model=str(micro_model), preset="tiny", data=[str(tmp_path / "x.npy")], text_field="text", tokenizer=None,
-            out=str(tmp_path / "o"), window=16, target=128, method="pose", chunks=2, content="uniform", crop="start",
-            rope="linear", beta_fast=None, steps=1000, batch_size=64, micro_batch_size=1, lr=2e-5, warmup=10,
-            grad_clip=1.0,
+            out=str(tmp_path / "o"), context=16, window=16, target=128, method="pose", chunks=2, content="uniform",
+            crop="start", rope="linear", beta_fast=None, steps=1000, batch_size=64, micro_batch_size=1, lr=2e-5,
+            warmup=10, grad_clip=1.0,
             weight_decay=0.01, seed=0, save_every=100, keep_checkpoints=2, log_every=10, resume=False,
             activation_checkpointing=False, compile=False, max_documents=64_000, tensorboard=False, export_only=False,
             checkpoint=None, eval_every=None, eval_data=None, eval_lengths=None, eval_docs=10, eval_stride=1024,
@@ -77,8 +77,8 @@ def test_every_default_of_the_from_scratch_demo(tmp_path):
         opts, config = options.resolve(options.parse_args(["--out", str(tmp_path / "o")]), world)
         assert dataclasses.asdict(opts) == dict(
             model=None, preset="tiny", data=None, text_field="text", tokenizer=None, out=str(tmp_path / "o"),
-            window=128, target=1024, method="pose", chunks=2, content="uniform", crop="start", rope="linear",
-            beta_fast=None,
+            context=128, window=128, target=1024, method="pose", chunks=2, content="uniform", crop="start",
+            rope="linear", beta_fast=None,
             steps=100, batch_size=8, micro_batch_size=micro, lr=3e-3, warmup=10, grad_clip=1.0, weight_decay=0.01,
             seed=0, save_every=50, keep_checkpoints=2, log_every=10, resume=False, activation_checkpointing=False,
             compile=False, max_documents=800, tensorboard=False, export_only=False, checkpoint=None, eval_every=None,
@@ -233,7 +233,8 @@ def test_a_run_keeps_exactly_its_newest_checkpoints_and_resumes_from_the_newest(
 # from checkpoints.RESUME_FIXED, so that a name dropped from the constant fails its case.
 REFUSED = [
     ("--model", "OTHER", "model"), ("--preset", "small", "tiny"), ("--data", "OTHER", "ids.npy"),
-    ("--text-field", "body", "text"), ("--tokenizer", "tokenizer.model", "None"), ("--window", "8", "16"),
+    ("--text-field", "body", "text"), ("--tokenizer", "tokenizer.model", "None"), ("--context", "8", "16"),
+    ("--window", "4", "8"),
     ("--target", "128", "64"), ("--method", "pose", "plain"), ("--chunks", "3", "2"), ("--content", "zero", "uniform"),
     ("--crop", "random", "start"), ("--rope", "yarn", "linear"), ("--beta-fast", "4.0", "None"),
     ("--batch-size", "8", "4"), ("--lr", "0.002", "0.001"),
@@ -249,8 +250,10 @@ def test_the_refusals_written_here_are_resume_fixed():
 def plain_run(micro_model, corpus, tmp_path_factory):
     """A finished one-step run of plain fine-tuning (so that --crop random is a valid change), checkpoint at 1."""
     out = tmp_path_factory.mktemp("plain") / "out"
+    run = list(RUN)
+    run[run.index("--window") + 1] = "8"  # below L_c = 16, so that --context may change to 8 and --window to 4
     argv = ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), "--steps", "1", "--method",
-            "plain", *RUN]
+            "plain", "--context", "16", *run]
     run_in_process(argv)
     return out, argv
 

@@ -149,9 +149,9 @@ def test_pose_training_past_the_sliding_window_scores_the_band_and_exports_mistr
     docs = [np.append(rng.integers(3, V, size=rng.integers(30, 80)), 2) for _ in range(8)]
     np.save(tmp_path / "ids.npy", np.concatenate(docs).astype(np.int32))
     argv = ["--model", str(path), "--data", str(tmp_path / "ids.npy"), "--out", str(tmp_path / "out"),
-            "--window", "16", "--target", "64", "--steps", "2", "--batch-size", "2", "--micro-batch-size", "2",
+            "--context", "16", "--target", "64", "--steps", "2", "--batch-size", "2", "--micro-batch-size", "2",
             "--log-every", "1"]
-    opts, _ = options.resolve(options.parse_args(argv), 1)  # L_c = 16 = 2 sliding windows, L_t = 64
+    opts, _ = options.resolve(options.parse_args(argv), 1)  # L_c = 16 = 2 sliding windows (the window), L_t = 64
     documents, _ = train.read_documents(opts.data, min_len=17, max_documents=opts.max_documents)
     tokens, targets, positions = train.make_batch(documents, opts, rank=0, step=0, micro=0, accum=1)
     assert (positions[:, 1:] - positions[:, :-1] > 1).any()  # PoSE skips inside the window

@@ -324,7 +324,7 @@ def bad_inputs(micro_model, corpus, tmp_path):
         "missing model dir": (["--model", str(tmp_path / "nope"), "--data", str(corpus)], "--model"),
         "model without data": (model[:2], "needs --data"),
         "window beyond the checkpoint's context": ([*model, "--window", "32"], "context 16"),
-        "target < window": ([*model, "--window", "16", "--target", "8"], "--target 8 < --window 16"),
+        "target < window": ([*model, "--window", "16", "--target", "8"], "--target 8 < L_c 16"),
         "batch not divisible": ([*model, "--batch-size", "5", "--micro-batch-size", "2"], "not divisible"),
         "missing data": ([*model[:2], "--data", str(tmp_path / "nope.jsonl")], "--data"),
         "empty data folder": ([*model[:2], "--data", str(corpus), str(tmp_path / "empty")], "no readable file"),

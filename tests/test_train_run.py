@@ -194,7 +194,7 @@ def test_the_log_opens_with_a_header_and_logs_step_1_with_an_eta(finished):
     assert lines[0].startswith("model: ") and "parameters, context 16" in lines[0]
     data = 1 + next(i for i, line in enumerate(lines[1:]) if not line.startswith("data: "))
     assert data == 3 and lines[1].startswith("data: 1 file")  # load_data's lines (files, documents), in the header
-    assert lines[2].startswith("data: 8 documents kept, 0 skipped as shorter than L_c + 1 = 17 tokens")
+    assert lines[2].startswith("data: 8 documents kept, 0 skipped as shorter than the window + 1 = 17 tokens")
     assert lines[3].startswith("extension: L_c 16 -> L_t 64, alpha 4 (linear rope x4 on L_c 16); PoSE, 2 chunks")
     assert lines[4].startswith("batch: 4 sequences of <= 16 tokens a step = world 1 (cpu) x micro-batch 2 x "
                                "accumulation 2; 2 steps, lr 0.001")
