@@ -1,7 +1,9 @@
 """Bad input, second round (issue 28): each rule is a bad value given to the real entry point (train.main,
 evaluate.main, data.main, load_config, from_pretrained), which must answer with one line naming the file / key /
 flag and value, exit 2, and leave a fresh --out absent. Grouped as the issue: validate first, config types,
-non-finite numbers, one rank's error under torchrun, files read once, resources and signals.
+non-finite numbers, one rank's error under torchrun, files read once, resources and signals. Issue 35 adds: a run
+folder runs no code (malicious checkpoint pickles), what issue 28 left open (a full disk on one rank, a damaged
+latest checkpoint).
 
     python -m pytest tests/test_bad_input.py -x -q
 
@@ -574,7 +576,8 @@ def test_an_export_out_of_space_removes_its_temporary_and_leaves_no_final(finish
     folder = out / "exports" / "step_000002"
     assert err.startswith(f"error: {folder}: no space left on device (needs about ")
     assert err.endswith(f"removed the partial export, {folder} is as it was")
-    assert sorted(p.name for p in (out / "exports").iterdir()) == [] and snapshot(out / "checkpoints") == before
+    # issue 35: not even the exports/ folder made for it is left (issue 28 asserted it empty)
+    assert not (out / "exports").exists() and snapshot(out / "checkpoints") == before
 
 
 def test_a_npy_out_of_space_removes_its_temporary_and_says_how_far_it_got(spm_model, tmp_path, capsys, monkeypatch):
@@ -611,3 +614,174 @@ def test_a_npy_out_of_space_removes_its_temporary_and_says_how_far_it_got(spm_mo
                                   str(out), "--workers", "1"], capsys)
     one_line(code, err, f"--out {out}: no space left on device after 0.0 MiB of ids", "the temporary file is removed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
+
+
+# ---------------------------------------------------------------- 7. a run folder runs no code (issue 35)
+
+import pickle  # noqa: E402
+
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save  # noqa: E402
+
+
+class Calls:
+    """Pickles as the call fn(*args): what a malicious checkpoint file holds (its unpickling would run it)."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def payloads(marker: Path) -> dict:
+    """Each would create `marker` if unpickled: a shell command, a file opened for writing, a process, eval."""
+    return {"os.system": Calls(os.system, f"touch {marker}"), "open": Calls(open, str(marker), "w"),
+            "subprocess": Calls(subprocess.check_call, ["touch", str(marker)]),  # synchronous: no race
+            "eval": Calls(eval, f"open({str(marker)!r}, 'w')")}
+
+
+METADATA_ATTACKS = ["os.system", "open", "subprocess", "eval", "inside a genuine .metadata"]
+
+
+@pytest.mark.parametrize("attack", METADATA_ATTACKS)
+def test_a_metadata_whose_pickle_would_run_code_is_refused_by_resume_and_export_and_nothing_runs(
+        finished, tmp_path, capsys, attack):
+    out, argv = run_copy(finished, tmp_path)
+    marker, checkpoint = tmp_path / "marker", out / "checkpoints" / "step_000002"
+    if attack.startswith("inside"):  # one object of a real checkpoint's metadata swapped for a call
+        metadata = pickle.loads((checkpoint / ".metadata").read_bytes())  # the test's own checkpoint: trusted
+        metadata.storage_meta.modules = [payloads(marker)["os.system"]]
+        payload = metadata
+    else:
+        payload = payloads(marker)[attack]
+    (checkpoint / ".metadata").write_bytes(pickle.dumps(payload))
+    fn = payload.fn if isinstance(payload, Calls) else os.system
+    named = f"names {fn.__module__}.{fn.__qualname__}"  # posix.system, io.open, subprocess.check_call, builtins.eval
+    before = snapshot(out)
+    for args in ([*argv, "--steps", "3", "--resume"], ["--export-only", "--out", str(out)]):
+        code, err = exits(train.main, args, capsys)
+        one_line(code, err, f"error: {checkpoint / '.metadata'}: refused, its pickle {named}",
+                 "nothing from it was run")
+        assert not marker.exists() and snapshot(out) == before
+
+
+def test_a_metadata_that_would_send_dcp_elsewhere_is_refused(finished, tmp_path, capsys):
+    """Only the admitted classes, but pointing at a file outside the checkpoint, or at a decompression: refused."""
+    out, argv = run_copy(finished, tmp_path)
+    checkpoint = out / "checkpoints" / "step_000002"
+    metadata = pickle.loads((checkpoint / ".metadata").read_bytes())
+    index, info = next(iter(metadata.storage_data.items()))
+    info.relative_path = "../../../settings.json"
+    (checkpoint / ".metadata").write_bytes(pickle.dumps(metadata))
+    code, err = exits(train.main, [*argv, "--steps", "3", "--resume"], capsys)
+    one_line(code, err, f"{checkpoint / '.metadata'}: refused, not a checkpoint of this project",
+             f"{index.fqn!r} is stored in '../../../settings.json'")
+    info.relative_path, info.transform_descriptors = "__0_0.distcp", ["zstd/1"]
+    (checkpoint / ".metadata").write_bytes(pickle.dumps(metadata))
+    code, err = exits(train.main, ["--export-only", "--out", str(out)], capsys)
+    one_line(code, err, f"{index.fqn!r} transformed by ['zstd/1']")
+
+
+def test_a_checkpoint_value_whose_pickle_would_run_code_is_refused_and_nothing_runs(finished, tmp_path, capsys):
+    """DCP keeps the step, seed and Adam's hyper-parameters as pickles inside the .distcp file, and its own planner
+    unpickles them with torch.load(weights_only=False): a checkpoint re-saved with a call as its step."""
+    out, argv = run_copy(finished, tmp_path)
+    marker, checkpoint = tmp_path / "marker", out / "checkpoints" / "step_000002"
+    dcp_to_torch_save(checkpoint, tmp_path / "whole.pt")
+    state = torch.load(tmp_path / "whole.pt", weights_only=False)  # written just now by this test
+    state["step"] = payloads(marker)["os.system"]
+    shutil.rmtree(checkpoint)
+    with pytest.warns(UserWarning, match="torch.distributed is disabled"):
+        checkpoints.dcp.save(state, checkpoint_id=checkpoint)
+    before = snapshot(out)
+    code, err = exits(train.main, [*argv, "--steps", "3", "--resume"], capsys)
+    one_line(code, err, f"error: {checkpoint / '__0_0.distcp'}: refused, the pickle of 'step' names posix.system")
+    assert not marker.exists() and snapshot(out) == before
+    train.main(["--export-only", "--out", str(out)])  # the export reads the weights alone: tensors, weights_only
+    assert not marker.exists() and (out / "exports" / "step_000002" / "model.safetensors").is_file()
+
+
+def test_a_genuine_checkpoint_passes_the_restricted_reader_and_resumes_through_it(finished, tmp_path, capsys,
+                                                                                monkeypatch):
+    """Every load goes through SafeReader and SafePlanner (the bit-identical resumes at world 1 and 2 are
+    test_train.py's, which now load through them too)."""
+    out, argv = run_copy(finished, tmp_path)
+    used = []
+    real_load = checkpoints.dcp.load
+
+    def load(state, **kwargs):
+        used.append((type(kwargs["storage_reader"]), type(kwargs["planner"])))
+        return real_load(state, **kwargs)
+
+    monkeypatch.setattr(checkpoints.dcp, "load", load)
+    train.main([*argv, "--steps", "3", "--resume"])
+    train.main(["--export-only", "--out", str(out), "--checkpoint", "2"])
+    assert used == [(checkpoints.SafeReader, checkpoints.SafePlanner)] * 2
+    assert "resumed from" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- 8. left open by issue 28 (issue 35)
+
+FULL_ON_RANK_1 = """
+import os, runpy, shutil, sys
+sys.path.insert(0, {root!r})
+if os.environ["RANK"] == "1":  # rank 1's disk alone is full while step 2 is saved; rank 0's has room
+    real_fsync = os.fsync
+
+    def fsync(fd):  # what torch.save's zip writer reports for ENOSPC: no errno, so each rank asks its disk
+        if ".tmp-step_000002" in os.readlink(f"/proc/self/fd/{{fd}}"):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4480 vs 4374")
+        real_fsync(fd)
+
+    os.fsync = fsync
+    shutil.disk_usage = lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0)
+sys.argv[0] = {train!r}
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_disk_full_on_one_rank_only_is_one_line_and_every_rank_stops_together(micro_model, corpus, tmp_path):
+    """Rank 1's save of step 2 fails with what torch.save reports for a full disk and its disk has no space;
+    rank 0 sees that failure inside DCP's CheckpointException and its own disk has room. The ranks agree
+    (checkpoints.agree_any): both exit 1, rank 0 prints the one line, the temporary goes, step 1 stays latest."""
+    (tmp_path / "full_on_rank_1.py").write_text(FULL_ON_RANK_1.format(root=str(ROOT), train=str(ROOT / "train.py")))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "full_on_rank_1.py"), "--model", str(micro_model), "--data", str(corpus), "--out", str(out),
+           *RUN, "--batch-size", "4", "--steps", "3", "--save-every", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,  # a hang guard
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1, done.stderr[-3000:]
+    assert "Connection reset" not in done.stderr and 'File "' + str(ROOT) not in done.stderr  # no rank's traceback
+    assert ours[0].startswith(f"error: {out / 'checkpoints' / '.tmp-step_000002'}: no space left on device")
+    assert ours[0].endswith(f"removed it, the latest checkpoint is still {out / 'checkpoints' / 'step_000001'}")
+    assert "exitcode  : 1" in done.stderr and "exitcode  : 2" not in done.stderr  # torchrun's report: exit 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"]
+
+
+def test_a_damaged_latest_checkpoint_names_the_exact_command_that_resumes_from_the_intact_one(finished, tmp_path,
+                                                                                               capsys):
+    """Never a silent fall-back (checkpoints.check_intact says why): the line gives the command, which works."""
+    import shlex
+    out, argv = run_copy(finished, tmp_path)
+    damaged, intact = out / "checkpoints" / "step_000002", out / "checkpoints" / "step_000001"
+    (damaged / ".metadata").unlink()
+    code, err = exits(train.main, ["--export-only", "--out", str(out)], capsys)
+    one_line(code, err, f"newest intact one: {intact}; export it with --checkpoint step_000001")
+    train.main(["--export-only", "--out", str(out), "--checkpoint", "step_000001"])
+    assert (out / "exports" / "step_000001" / "model.safetensors").is_file()
+    code, err = exits(train.main, [*argv, "--steps", "3", "--resume"], capsys)
+    one_line(code, err, f"newest intact one: {intact}; to resume from it: mv ", ", then rerun with --resume")
+    command = shlex.split(err.split("to resume from it: ")[1].split(", then rerun")[0])
+    assert command == ["mv", str(damaged), str(out / "checkpoints" / "damaged-step_000002")]
+    subprocess.run(command, check=True)
+    train.main([*argv, "--steps", "3", "--resume"])
+    assert f"resumed from {intact} at step 1" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["damaged-step_000002", "step_000002",
+                                                                       "step_000003"]
+    for step in ("step_000002", "step_000003"):  # no intact one left: a new --out
+        (out / "checkpoints" / step / ".metadata").unlink()
+    code, err = exits(train.main, [*argv, "--steps", "4", "--resume"], capsys)
+    one_line(code, err, "newest intact one: none; a new --out starts the run afresh")
