@@ -295,13 +295,39 @@ def needs_tokenizer(files) -> bool:
     return files is None or any(kind(f) not in TOKEN_SUFFIXES for f in files)
 
 
+def token_array(path: Path) -> np.ndarray:
+    """The ids of a pre-tokenised file, memory-mapped once its layout is checked, else one line naming the file
+    and its size. A .npy's header is read by numpy's header parser (a Python literal; np.load is not used, so no
+    pickle is ever unpickled, whatever allow_pickle would say): an integer dtype, one dimension, and the file long
+    enough for them (not an .npz, an object array, a truncated file). A .bin holds whole uint16 ids."""
+    size = path.stat().st_size
+    where = f"--data {path} ({size:,} bytes)"
+    if kind(path) == ".bin":
+        if size % 2:
+            raise ValueError(f"{where}: not a whole number of uint16 token ids (a .bin is nanoGPT's raw uint16)")
+        return np.memmap(path, dtype=np.uint16, mode="r") if size else np.zeros(0, np.uint16)  # mmap needs a byte
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):  # np.save writes 1.0, 2.0 for huge headers, 3.0 for text fields
+                raise ValueError(f".npy format version {version[0]}.{version[1]}, not an array of token ids")
+            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+        except ValueError as e:  # no magic string (an .npz, a pickle, text), a header that is no literal
+            raise ValueError(f"{where}: not a NumPy .npy array ({str(e).splitlines()[0]})") from None
+        offset = f.tell()
+    if len(shape) != 1 or not np.issubdtype(dtype, np.integer):  # object, float, bool, structured; 0-D, 2-D
+        raise ValueError(f"--data {path}: expected a 1-D array of integer token ids, got {dtype} {shape}")
+    needed = offset + shape[0] * dtype.itemsize
+    if size < needed:
+        raise ValueError(f"{where}: truncated, its header declares {shape[0]:,} {dtype} ids ({needed:,} bytes)")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape) if shape[0] else np.zeros(0, dtype)
+
+
 def read_token_file(path, eos_id: int | list[int]):
     """Yield the documents of a pre-tokenised 1-D .npy / uint16 .bin file as memory-mapped views; each ends with
     (and includes) its EOS. One vectorised pass finds the ends; no token is copied."""
-    path = Path(path)
-    ids = np.load(path, mmap_mode="r") if kind(path) == ".npy" else np.memmap(path, dtype=np.uint16, mode="r")
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"--data {path}: expected a 1-D array of integer token ids, got {ids.dtype} {ids.shape}")
+    ids = token_array(Path(path))
     ends = np.flatnonzero(np.isin(ids, eos_id)) + 1  # eos_id: an id, or a list (Llama 3 Instruct configs)
     for a, b in zip(np.r_[0, ends], np.r_[ends, len(ids)]):
         if b > a:

@@ -3,7 +3,7 @@ evaluate.main, data.main, load_config, from_pretrained), which must answer with 
 flag and value, exit 2, and leave a fresh --out absent. Grouped as the issue: validate first, config types,
 non-finite numbers, one rank's error under torchrun, files read once, resources and signals. Issue 35 adds: a run
 folder runs no code (malicious checkpoint pickles), what issue 28 left open (a full disk on one rank, a damaged
-latest checkpoint).
+latest checkpoint) and the last bad inputs (--device, plot files, token files).
 
     python -m pytest tests/test_bad_input.py -x -q
 
@@ -785,3 +785,109 @@ def test_a_damaged_latest_checkpoint_names_the_exact_command_that_resumes_from_t
         (out / "checkpoints" / step / ".metadata").unlink()
     code, err = exits(train.main, [*argv, "--steps", "4", "--resume"], capsys)
     one_line(code, err, "newest intact one: none; a new --out starts the run afresh")
+
+
+# ---------------------------------------------------------------- 9. the last bad inputs (issue 35)
+
+DEVICES = {  # --device -> (CUDA devices torch sees, what the line says)
+    "foo": (0, "--device foo: not a device name (cpu, cuda or cuda:N)"),
+    "cuda:x": (0, "--device cuda:x: not a device name"),
+    "mps": (0, "--device mps: evaluate.py runs on cpu or cuda"),
+    "meta": (0, "--device meta: evaluate.py runs on cpu or cuda"),
+    "cuda": (0, "--device cuda: torch sees no CUDA device"),
+    "cuda:7": (2, "--device cuda:7: torch sees 2 CUDA devices, cuda:0 .. cuda:1"),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluate_refuses_a_device_torch_cannot_use_before_anything_loads(micro_model, tmp_path, capsys, monkeypatch,
+                                                                         device):
+    count, needle = DEVICES[device]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)  # the same answer on a GPU box
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(evaluate, "load_model", None)  # checked before the weights load
+    for command in ("ppl", "passkey", "ruler"):
+        code, err = exits(evaluate.main, [command, "--model", str(micro_model), "--device", device, "--out",
+                                          str(tmp_path / "r.json")], capsys)
+        one_line(code, err, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+NOT_RESULTS = {  # the JSON of a file given to `evaluate.py plot` -> what the line says
+    "a list": ([1, 2], "a JSON list, not an object"),
+    "a string": ("results", "a JSON str, not an object"),
+    "train.py's settings.json": ({"options": {}, "world_size": 1}, "'task' is None, not ppl, passkey or ruler"),
+    "no label": ({"task": "ppl", "results": [{"length": 16, "ppl": 3.0}]}, "no text 'label'"),
+    "no rows": ({"task": "passkey", "label": "a", "results": []}, "no rows in 'results'"),
+    "a ppl row without ppl": ({"task": "ppl", "label": "a", "results": [{"length": 16, "ppl": 3.0}, {"length": 32}]},
+                              "results[1] has no number 'ppl'"),
+    "a length as text": ({"task": "passkey", "label": "a", "results": [{"length": "16", "accuracy": 1.0}]},
+                         "results[0] has no positive integer 'length'"),
+    "ruler without averages": ({"task": "ruler", "label": "a", "threshold": 85.6, "results": [{"length": 16}]},
+                               "no rows in 'averages'"),
+    "ruler without threshold": ({"task": "ruler", "label": "a", "results": [{"length": 16}],
+                                 "averages": [{"length": 16, "average": None}]}, "no number 'threshold'"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_RESULTS)
+def test_plot_of_a_json_that_is_not_a_results_file_is_one_line_naming_it(tmp_path, capsys, monkeypatch, case):
+    content, needle = NOT_RESULTS[case]
+    monkeypatch.setattr(evaluate, "_pyplot", None)  # refused before matplotlib is asked for
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"task": "ppl", "label": "g", "results": [{"length": 16, "ppl": 3.0}]}))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(content))
+    code, err = exits(evaluate.main, ["plot", str(good), str(bad), "--out", str(tmp_path / "fig.png")], capsys)
+    one_line(code, err, f"error: {bad}: not a results JSON written by evaluate.py ({needle})")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "good.json"]
+
+
+def _npz(path):
+    np.savez(path.with_suffix(".tmp"), ids=np.arange(3, 40))
+    os.replace(path.with_suffix(".tmp.npz"), path)
+
+
+def _truncated(path):
+    np.save(path, np.arange(3, 1003, dtype=np.int32))
+    path.write_bytes(path.read_bytes()[:300])
+
+
+TOKEN_FILES = {  # a pre-tokenised --data file -> what the one line says after the file's name
+    "a .bin of 5 bytes": ("ids.bin", lambda p: p.write_bytes(b"\x03\x00\x04\x00\x02"),
+                          "(5 bytes): not a whole number of uint16 token ids"),
+    "an empty .npy file": ("ids.npy", lambda p: p.write_bytes(b""), "(0 bytes): not a NumPy .npy array (EOF"),
+    "a pickle named .npy": ("ids.npy", lambda p: p.write_bytes(pickle.dumps(list(range(3, 40)))),
+                            "not a NumPy .npy array (the magic string is not correct"),
+    "an .npz named .npy": ("ids.npy", _npz, "not a NumPy .npy array (the magic string is not correct"),
+    "an object array": ("ids.npy", lambda p: np.save(p, np.array([3, "x", None], dtype=object), allow_pickle=True),
+                        "expected a 1-D array of integer token ids, got object (3,)"),
+    "floats": ("ids.npy", lambda p: np.save(p, np.arange(3.0, 40.0)), "got float64 (37,)"),
+    "two dimensions": ("ids.npy", lambda p: np.save(p, np.ones((4, 20), dtype=np.int32)), "got int32 (4, 20)"),
+    "truncated": ("ids.npy", _truncated, "(300 bytes): truncated, its header declares 1,000 int32 ids (4,128 bytes)"),
+}
+
+
+@pytest.mark.parametrize("case", TOKEN_FILES)
+def test_a_token_file_of_the_wrong_shape_is_one_line_naming_it_and_nothing_is_unpickled(micro_model, tmp_path, capsys,
+                                                                                        case):
+    name, write, needle = TOKEN_FILES[case]
+    write(tmp_path / name)
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(micro_model), "--data", str(tmp_path / name), "--out", str(out),
+                                   *RUN], capsys)
+    one_line(code, err, f"error: --data {tmp_path / name}", needle)
+    code, err = exits(evaluate.main, ["ppl", "--model", str(micro_model), "--data", str(tmp_path / name),
+                                      "--lengths", "16", "--out", str(out)], capsys)
+    one_line(code, err, f"error: --data {tmp_path / name}", needle)
+    assert not out.exists()
+
+
+def test_a_token_file_is_never_unpickled(tmp_path):
+    """A .npy whose header says object dtype and whose data is a pickle that would create a file: refused from the
+    header, the data never read (np.load with allow_pickle=True would run it)."""
+    marker = tmp_path / "marker"
+    np.save(tmp_path / "ids.npy", np.array([Calls(os.system, f"touch {marker}")], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="got object"):
+        list(data.read_token_file(tmp_path / "ids.npy", 2))
+    assert not marker.exists()
