@@ -473,12 +473,13 @@ def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_
         plain.to(dtype)
     tmp, old = folder.with_name(f".tmp-{folder.name}"), folder.with_name(f".old-{folder.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    files = tokenizer_files(tokenizer_path)  # tokenizer.model and/or tokenizer.json, and their configs
+    files = tokenizer_files(tokenizer_path)  # every tokenizer file of its folder, chat templates included
     if model_dir and (Path(model_dir) / "generation_config.json").is_file():  # what transformers / vLLM read
         files["generation_config.json"] = Path(model_dir) / "generation_config.json"
     try:
         plain.save_pretrained(tmp, base_config=base)  # rope scaling, max_position_embeddings = L_t, L_c recorded
         for name, source in files.items():
+            (tmp / name).parent.mkdir(exist_ok=True)  # additional_chat_templates/
             shutil.copy(source, tmp / name)
         tokenizer_config, target = tmp / "tokenizer_config.json", plain.args.max_position_embeddings
         if tokenizer_config.is_file():  # a real model_max_length below L_t would cap vLLM and warn in transformers

@@ -69,6 +69,14 @@ TEXT_SUFFIXES = (".txt", ".md", ".rst", ".tex", ".py")  # one document per file
 TOKEN_SUFFIXES = (".npy", ".bin")
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet") + TEXT_SUFFIXES + TOKEN_SUFFIXES
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# The rest of what transformers reads for a tokenizer from its folder (5.25's source: tokenization_utils_base's
+# added_tokens.json and chat_template.jinja, hub.py's legacy chat_template.json and additional_chat_templates/*.jinja,
+# the last two since 4.5x; the vocabulary files of the families model.py reads: vocab.json + merges.txt for Qwen's
+# and OLMo 2's byte-level BPE, tekken.json for Mistral's newer ones). generation_config.json is the model's
+# (write_hf_folder copies --model's). An export copies every one the tokenizer's folder has (tokenizer_files).
+VOCABULARIES = ("vocab.json", "merges.txt", "tekken.json")
+TOKENIZER_SIDE = ("added_tokens.json", "chat_template.jinja", "chat_template.json")
+CHAT_TEMPLATES = "additional_chat_templates"  # a folder of named templates, each NAME.jinja
 
 
 def optional(module: str, package: str, user: str):
@@ -198,15 +206,19 @@ def check_vocabulary(tokenizer: Tokenizer, vocab_size: int):
 
 
 def tokenizer_files(path) -> dict[str, Path]:
-    """{name in an exported checkpoint: source file} for the tokenizer at path (a folder or a file): tokenizer.model
-    and/or tokenizer.json, and the tokenizer_config.json / special_tokens_map.json beside them."""
+    """{name in an exported checkpoint: source file} for the tokenizer at path. A folder: every tokenizer file it
+    has (TOKENIZER_FILES, VOCABULARIES, TOKENIZER_SIDE, additional_chat_templates/*.jinja: an Instruct model's chat
+    template included). A file (--tokenizer X/tokenizer.json): that file, under its usual name, and the configs and
+    chat templates beside it, not the other vocabulary files there (the one given is the one trained with)."""
     if path is None:
         return {}
     path = Path(path)
     folder, files = (path, {}) if path.is_dir() else (path.parent, {
         "tokenizer.json" if path.suffix == ".json" else "tokenizer.model": path})
-    names = TOKENIZER_FILES if path.is_dir() else TOKENIZER_FILES[2:]
-    return files | {name: folder / name for name in names if (folder / name).is_file()}
+    names = TOKENIZER_FILES + VOCABULARIES if path.is_dir() else TOKENIZER_FILES[2:]
+    files |= {name: folder / name for name in names + TOKENIZER_SIDE if (folder / name).is_file()}
+    templates = sorted(t for t in (folder / CHAT_TEMPLATES).glob("*.jinja") if t.is_file())
+    return files | {f"{CHAT_TEMPLATES}/{t.name}": t for t in templates}
 
 
 def default_texts(split="train", max_bytes=3_000_000) -> list[str]:

@@ -3,13 +3,14 @@ evaluate.main, data.main, load_config, from_pretrained), which must answer with 
 flag and value, exit 2, and leave a fresh --out absent. Grouped as the issue: validate first, config types,
 non-finite numbers, one rank's error under torchrun, files read once, resources and signals. Issue 35 adds: a run
 folder runs no code (malicious checkpoint pickles), what issue 28 left open (a full disk on one rank, a damaged
-latest checkpoint) and the last bad inputs (--device, plot files, token files).
+latest checkpoint), the last bad inputs (--device, plot files, token files) and the export's tokenizer files.
 
     python -m pytest tests/test_bad_input.py -x -q
 
 Everything is made in the test: a micro LLaMA written with save_pretrained, a small sentencepiece model, token
 files. In-process calls (SystemExit and capsys) wherever possible; the torchrun case starts a subprocess (slow).
 """
+import contextlib
 import io
 import json
 import math
@@ -891,3 +892,49 @@ def test_a_token_file_is_never_unpickled(tmp_path):
     with pytest.raises(ValueError, match="got object"):
         list(data.read_token_file(tmp_path / "ids.npy", 2))
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- 10. the export keeps the tokenizer's files (issue 35)
+
+INSTRUCT_FILES = {  # what an Instruct checkpoint ships beside its weights (Qwen2.5-Instruct's layout, plus extras)
+    "tokenizer_config.json": json.dumps({"bos_token": None, "eos_token": "<|im_end|>", "model_max_length": 131072}),
+    "special_tokens_map.json": json.dumps({"eos_token": "<|im_end|>"}),
+    "added_tokens.json": json.dumps({"<|im_start|>": 4094, "<|im_end|>": 4095}),
+    "chat_template.jinja": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+    "chat_template.json": json.dumps({"chat_template": "{{ messages }}"}),
+    "additional_chat_templates/tool_use.jinja": "{{ tools }}{% for m in messages %}{{ m.content }}{% endfor %}",
+    "vocab.json": json.dumps({"a": 0, "b": 1}),
+    "merges.txt": "#version: 0.2\na b\n",
+    "tekken.json": json.dumps({"config": {}}),
+    "tokenizer.json": json.dumps({"version": "1.0", "model": {"type": "BPE"}}),
+    "generation_config.json": json.dumps({"eos_token_id": [4095, 2], "temperature": 0.7}),
+}
+
+
+def test_the_export_copies_every_tokenizer_file_of_an_instruct_folder_chat_template_included(micro_model, corpus,
+                                                                                              tmp_path):
+    """Trained on a token file, so the tokenizer files are never parsed here, only carried: byte for byte into
+    final/ and into an --export-only folder (model_max_length, above L_t, stays)."""
+    model = copy_model(micro_model, tmp_path / "instruct")
+    for name, text in INSTRUCT_FILES.items():
+        (model / name).parent.mkdir(exist_ok=True)
+        (model / name).write_text(text)
+    out = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        train.main(["--model", str(model), "--data", str(corpus), "--out", str(out), *RUN])
+        train.main(["--export-only", "--out", str(out)])
+    for folder in (out / "final", out / "exports" / "step_000002"):
+        got = {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()
+               and p.name not in ("config.json", "model.safetensors")}
+        assert got == INSTRUCT_FILES
+
+
+def test_a_tokenizer_file_given_exports_with_the_configs_and_templates_beside_it_not_the_other_vocabularies(tmp_path):
+    for name, text in INSTRUCT_FILES.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    files = data.tokenizer_files(tmp_path / "tokenizer.json")
+    assert sorted(files) == ["added_tokens.json", "additional_chat_templates/tool_use.jinja", "chat_template.jinja",
+                             "chat_template.json", "special_tokens_map.json", "tokenizer.json",
+                             "tokenizer_config.json"]
+    assert all(source == tmp_path / name for name, source in files.items())
