@@ -42,6 +42,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 from torch.distributed.tensor import DTensor
+from torch.futures import Future
 
 from data import tokenizer_files
 from model import ModelArgs, Transformer
@@ -220,6 +221,23 @@ class Untrusted(ValueError):
     """A checkpoint file whose pickle names something no checkpoint of this project holds: refused unread."""
 
 
+class Unreadable(ValueError):
+    """A checkpoint file whose bytes are not what its .metadata says (corrupt, sizes intact): damage() cannot
+    see it, DCP finds it while reading, maybe on one rank only."""
+
+
+def _weights_only_error(e: pickle.UnpicklingError, file: Path, what: str) -> ValueError:
+    """torch.load(weights_only=True)'s refusal as our line, never its advice (to retry with weights_only=False):
+    a pickle naming a global it does not admit is Untrusted, anything else a record that is no tensor / value."""
+    text = str(e)
+    if name := re.search(r"GLOBAL (\S+)", text):
+        return Untrusted(f"{file}: refused, the pickle of {what} names {name[1]}, which no checkpoint of this "
+                         f"project holds (nothing from it was run)")
+    reason = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
+    return Unreadable(f"{file}: unreadable, {what} is no pickle torch.load(weights_only=True) reads"
+                      f"{f' ({reason[1]})' if reason else ''}")
+
+
 def _admitted() -> dict:
     """{(module, name): object} for every global a DCP .metadata of this project names, found by listing the
     pickles of real checkpoints (world 1 and 2) with pickletools: DCP's metadata dataclasses, the checkpoint's path,
@@ -302,6 +320,27 @@ class SafeReader(FileSystemReader):
         metadata.storage_meta.load_id = self.load_id  # as DCP's read_metadata does
         return metadata
 
+    def read_data(self, plan, planner):
+        """DCP's read, one file at a time, so that a record it cannot read is a line naming its file: the tensors'
+        torch.load(weights_only=True) refusing a pickle, a record that is no zip archive."""
+        by_file = {}
+        for item in plan.items:
+            by_file.setdefault(self.storage_data[item.storage_index].relative_path, []).append(item)
+        for name, items in by_file.items():
+            file = Path(self.path) / name
+            try:
+                super().read_data(dataclasses.replace(plan, items=items), planner).wait()
+            except (Untrusted, Unreadable):
+                raise
+            except pickle.UnpicklingError as e:
+                raise _weights_only_error(e, file, "a tensor") from None
+            except (RuntimeError, ValueError, OSError, EOFError) as e:  # e.g. "PytorchStreamReader failed ..."
+                raise Unreadable(f"{file}: unreadable ({type(e).__name__}: "
+                                 f"{(str(e).strip().splitlines() or [''])[0]})") from None
+        done = Future()
+        done.set_result(None)
+        return done
+
 
 class SafePlanner(DefaultLoadPlanner):
     """DCP's default load planner, except that the plain values of a checkpoint (the step, the seed, Adam's
@@ -317,22 +356,19 @@ class SafePlanner(DefaultLoadPlanner):
             obj = torch.load(value, weights_only=True)
         except pickle.UnpicklingError as e:
             file = self.checkpoint / self.metadata.storage_data[read_item.storage_index].relative_path
-            name = re.search(r"GLOBAL (\S+)", str(e))
-            raise Untrusted(f"{file}: refused, the pickle of {read_item.dest_index.fqn!r} names "
-                            f"{name[1] if name else 'what torch.load(weights_only=True) does not admit'}, which no "
-                            f"checkpoint of this project holds (nothing from it was run)") from None
+            raise _weights_only_error(e, file, repr(read_item.dest_index.fqn)) from None
         mine = io.BytesIO()
         torch.save(obj, mine)  # DCP places the value; it unpickles these bytes, written here from a plain value
         mine.seek(0)
         super().load_bytes(read_item, mine)
 
 
-def _refusal(e: BaseException) -> Untrusted | None:
-    """Our Untrusted inside DCP's CheckpointException (a rank's read_data failed, maybe another rank's)."""
+def _ours(e: BaseException) -> ValueError | None:
+    """Our Untrusted / Unreadable inside DCP's CheckpointException (a rank's read failed, maybe another rank's)."""
     seen = [e]
     while seen:
         e = seen.pop()
-        if isinstance(e, Untrusted):
+        if isinstance(e, (Untrusted, Unreadable)):
             return e
         failures = [f[0] if isinstance(f, tuple) else f for f in getattr(e, "failures", {}).values()]
         seen += [x for x in (e.__cause__, e.__context__, *failures) if isinstance(x, BaseException)]
@@ -340,12 +376,20 @@ def _refusal(e: BaseException) -> Untrusted | None:
 
 
 def dcp_load(state: dict, checkpoint: Path, no_dist: bool = False):
-    """dcp.load through SafeReader and SafePlanner: a refused file is our one line (Untrusted), on every rank."""
+    """dcp.load through SafeReader and SafePlanner. DCP gathers every rank's error into the CheckpointException
+    each rank raises, so every rank turns it into the same one line: ours (a refused file, a file whose records
+    are unreadable, which damage() cannot see from the sizes alone), else the lowest failing rank's error (e.g.
+    another model's shapes). A signal (KeyboardInterrupt) inside DCP stays what it is."""
     try:
         dcp.load(state, storage_reader=SafeReader(checkpoint), planner=SafePlanner(checkpoint), no_dist=no_dist)
-    except (Exception, CheckpointException) as e:  # DCP gathers each rank's error into a CheckpointException
-        if (refused := _refusal(e)) is not None:
-            raise Untrusted(str(refused)) from None
+    except (Exception, CheckpointException) as e:
+        if (mine := _ours(e)) is not None:
+            raise type(mine)(str(mine)) from None
+        failures = sorted((rank, f[0] if isinstance(f, tuple) else f) for rank, f in getattr(e, "failures", {}).items())
+        if failures and all(isinstance(error, Exception) for _, error in failures):
+            rank, error = failures[0]
+            raise Unreadable(f"{checkpoint}: unreadable checkpoint (rank {rank}: {type(error).__name__}: "
+                             f"{(str(error).strip().splitlines() or [''])[0]})") from None
         raise
 
 

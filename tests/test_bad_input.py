@@ -938,3 +938,56 @@ def test_a_tokenizer_file_given_exports_with_the_configs_and_templates_beside_it
                              "chat_template.json", "special_tokens_map.json", "tokenizer.json",
                              "tokenizer_config.json"]
     assert all(source == tmp_path / name for name, source in files.items())
+
+
+def replace_one_tensor(checkpoint: Path, file: str, payload: bytes = b"") -> str:
+    """Overwrite the bytes of one weight stored in `file` with `payload` and zeros, sizes unchanged (damage() sees
+    nothing): the name of the weight."""
+    metadata = pickle.loads((checkpoint / ".metadata").read_bytes())  # the test's own checkpoint: trusted
+    index, info = next((i, s) for i, s in metadata.storage_data.items()
+                       if s.relative_path == file and i.fqn.startswith("model."))
+    raw = bytearray((checkpoint / file).read_bytes())
+    raw[info.offset:info.offset + info.length] = payload.ljust(info.length, b"\0")
+    (checkpoint / file).write_bytes(bytes(raw))
+    return index.fqn
+
+
+def test_a_tensor_record_that_is_no_tensor_or_would_run_code_is_one_line_naming_its_file(finished, tmp_path, capsys):
+    """DCP unpickles each tensor with torch.load(weights_only=True): a record of zeros is unreadable, a record
+    whose pickle calls os.system is refused, both naming the .distcp, never torch's advice to retry unsafely."""
+    for payload, needle in ((b"", "unreadable, a tensor is no pickle torch.load(weights_only=True) reads "
+                                  "(Unsupported operand 0)"),
+                            (None, "refused, the pickle of a tensor names posix.system")):
+        out, argv = run_copy(finished, tmp_path / str(payload is None))
+        marker, checkpoint = tmp_path / "marker", out / "checkpoints" / "step_000002"
+        replace_one_tensor(checkpoint, "__0_0.distcp",
+                           pickle.dumps(payloads(marker)["os.system"], protocol=2) if payload is None else payload)
+        before = snapshot(out)
+        for args in ([*argv, "--steps", "3", "--resume"], ["--export-only", "--out", str(out)]):
+            code, err = exits(train.main, args, capsys)
+            one_line(code, err, f"error: {checkpoint / '__0_0.distcp'}: {needle}")
+            assert "weights_only` set to `False`" not in err and not marker.exists() and snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_a_checkpoint_only_rank_1_cannot_read_is_one_line_of_ours_and_every_rank_exits_2(micro_model, corpus,
+                                                                                         tmp_path):
+    """A world-2 checkpoint whose rank-1 file holds zeros where a weight's bytes were: only rank 1 reads that
+    file on a world-2 resume. DCP gathers its error to both ranks (checkpoints.dcp_load), so both exit 2 and
+    rank 0 prints rank 1's reason; nothing of the run folder changes."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "train.py"), "--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN,
+           "--batch-size", "4", "--steps", "2", "--save-every", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env, check=True)
+    checkpoint = out / "checkpoints" / "step_000002"
+    replace_one_tensor(checkpoint, "__1_0.distcp")
+    before = snapshot(out)
+    done = subprocess.run([*cmd[:-4], "--steps", "3", "--resume"], capture_output=True, text=True, timeout=900,
+                          cwd=ROOT, env=env)
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert ours == [f"error: {checkpoint / '__1_0.distcp'}: unreadable, a tensor is no pickle "
+                    "torch.load(weights_only=True) reads (Unsupported operand 0)"], done.stderr[-3000:]
+    assert 'File "' + str(ROOT) not in done.stderr and "exitcode  : 2" in done.stderr
+    assert snapshot(out) == before
