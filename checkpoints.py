@@ -496,14 +496,27 @@ def gather_plain(model, args: ModelArgs) -> Transformer | None:
 
 
 def export(model, args: ModelArgs, base: dict | None, opts, tokenizer_path, device) -> Path:
-    """Gather the full state dict on rank 0 and write it to --out/final (write_hf_folder)."""
+    """Gather the full state dict on rank 0 and write it to --out/final (write_hf_folder). Rank 0 alone writes,
+    so the kind of its failure (a full disk: DiskFull; bad input: ValueError; anything else) goes to every rank,
+    which raises the same kind: all stop together, with rank 0's one line, instead of waiting at a barrier for a
+    rank that has left."""
     plain = gather_plain(model, args)
     final = Path(opts.out) / "final"
+    failed, kinds = None, (DiskFull, ValueError, Exception)  # codes 1, 2, 3; 0: written
     if dist.get_rank() == 0:
-        # bf16 is what LLaMA checkpoints ship; the fp32 masters stay in checkpoints/
-        write_hf_folder(plain, base, opts.model, tokenizer_path, final,
-                        torch.bfloat16 if device.type == "cuda" else None)
-    dist.barrier()
+        try:  # bf16 is what LLaMA checkpoints ship; the fp32 masters stay in checkpoints/
+            write_hf_folder(plain, base, opts.model, tokenizer_path, final,
+                            torch.bfloat16 if device.type == "cuda" else None)
+        except Exception as e:
+            failed = e
+    code = torch.tensor([0 if failed is None else 1 + next(i for i, k in enumerate(kinds) if isinstance(failed, k))],
+                        device=device)
+    dist.all_reduce(code, op=dist.ReduceOp.MAX)  # rank 0's code: the others hold 0
+    if failed is not None:
+        raise failed
+    if code.item():
+        kind = kinds[int(code.item()) - 1]
+        raise (RuntimeError if kind is Exception else kind)(f"the export to {final} failed on rank 0")
     return final
 
 

@@ -762,6 +762,44 @@ def test_a_disk_full_on_one_rank_only_is_one_line_and_every_rank_stops_together(
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"]
 
 
+FULL_AT_RANK_0S_EXPORT = """
+import errno, os, runpy, sys
+sys.path.insert(0, {root!r})
+import model
+if os.environ["RANK"] == "0":  # rank 0 alone writes final/: safetensors' write finds the disk full
+    real = model.save_file
+
+    def save_file(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    model.save_file = save_file
+sys.argv[0] = {train!r}
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_rank_0s_export_stops_every_rank_with_its_one_line(micro_model, corpus, tmp_path):
+    """The other ranks wait for rank 0's export; told its failure (checkpoints.export), they stop with it: exit 1
+    everywhere, rank 0's line, no final/ (the checkpoints are all there)."""
+    (tmp_path / "full.py").write_text(FULL_AT_RANK_0S_EXPORT.format(root=str(ROOT), train=str(ROOT / "train.py")))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "full.py"), "--model", str(micro_model), "--data", str(corpus), "--out", str(out),
+           *RUN, "--batch-size", "4", "--steps", "2", "--save-every", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,  # a hang guard
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and ours[0].startswith(f"error: {out / 'final'}: no space left on device"), \
+        done.stderr[-3000:]
+    assert ours[0].endswith(f"removed the partial export, {out / 'final'} is as it was")
+    assert "Connection" not in done.stderr and 'File "' + str(ROOT) not in done.stderr  # no rank's traceback
+    assert "exitcode  : 1" in done.stderr and "exitcode  : 2" not in done.stderr
+    assert not (out / "final").exists() and sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_000001", "step_000002"]
+
+
 def test_a_damaged_latest_checkpoint_names_the_exact_command_that_resumes_from_the_intact_one(finished, tmp_path,
                                                                                                capsys):
     """Never a silent fall-back (checkpoints.check_intact says why): the line gives the command, which works."""
