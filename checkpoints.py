@@ -15,8 +15,13 @@ the step (train.py), so no generator or scheduler state is saved. Checkpoints ar
 rank), so a run may resume at another world size, and --export-only reads one on a single process. Every file is
 written under a temporary name and renamed, so a kill at any moment leaves the previous checkpoint / export intact.
 
-In order: settings.json and the resume refusals; checkpoints (latest, save, load, the one --export-only picks);
-the Hugging Face folder (export gathers the shards, write_hf_folder writes config, weights and tokenizer files).
+A run folder may come from elsewhere: every checkpoint is read through SafeReader and SafePlanner, which admit
+only what this project's checkpoints hold and run nothing from the folder (DCP's own reader unpickles .metadata
+and the plain values with no restriction).
+
+In order: settings.json and the resume refusals; checkpoints (latest, save); reading one runs nothing from it
+(the restricted unpickler, SafeReader, SafePlanner, dcp_load); damage, load, the one --export-only picks; the
+Hugging Face folder (export gathers the shards, write_hf_folder writes config, weights and tokenizer files).
 """
 import contextlib
 import dataclasses
