@@ -764,16 +764,16 @@ def test_a_disk_full_on_one_rank_only_is_one_line_and_every_rank_stops_together(
 
 FULL_AT_RANK_0S_EXPORT = """
 import errno, os, runpy, sys
+import safetensors.torch
 sys.path.insert(0, {root!r})
-import model
 if os.environ["RANK"] == "0":  # rank 0 alone writes final/: safetensors' write finds the disk full
-    real = model.save_file
+    real = safetensors.torch.save_file
 
     def save_file(*args, **kwargs):
         real(*args, **kwargs)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    model.save_file = save_file
+    safetensors.torch.save_file = save_file  # before the project's modules import it
 sys.argv[0] = {train!r}
 runpy.run_path({train!r}, run_name="__main__")
 """
