@@ -128,9 +128,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_device(name: str | None):
+    """--device: cpu, or a CUDA device torch sees (evaluate.py's kernels are chosen for these two)."""
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {name}: not a device name (cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: evaluate.py runs on cpu or cuda")
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    if device.type == "cuda" and count == 0:
+        raise ValueError(f"--device {name}: torch sees no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise ValueError(f"--device {name}: torch sees {count} CUDA device{'s' * (count > 1)}, "
+                         f"cuda:0 .. cuda:{count - 1}")
+
+
 def check(opts: Options):
     """Refuse bad values before any weights load."""
     load_config(opts.model)  # a missing or broken checkpoint folder: one line naming it
+    check_device(opts.device)
     if opts.lengths is not None and min(opts.lengths) < 2:
         raise ValueError(f"--lengths must be >= 2 tokens, got {min(opts.lengths)}")
     if opts.rope is None and (opts.factor is not None or opts.original_window is not None):
@@ -565,15 +584,44 @@ def _pyplot():
 
 
 def plot(files, out):
-    """`evaluate.py plot`: overlay results JSON files."""
+    """`evaluate.py plot`: overlay results JSON files, each checked for what plot_results reads first."""
     results = []
     for file in files:
         try:
-            results.append(json.loads(Path(file).read_text()))
-            assert results[-1]["task"] in ("ppl", "passkey", "ruler") and results[-1]["results"]
-        except (OSError, ValueError, AssertionError, KeyError, TypeError) as e:
+            result = json.loads(Path(file).read_text())
+        except (OSError, ValueError) as e:  # missing, a folder, not UTF-8, not JSON
             raise ValueError(f"{file}: not a results JSON written by evaluate.py ({type(e).__name__})") from None
+        problem = results_problem(result)
+        if problem:
+            raise ValueError(f"{file}: not a results JSON written by evaluate.py ({problem})")
+        results.append(result)
     plot_results(results, out)
+
+
+def results_problem(result) -> str | None:
+    """What plot_results would trip on in a results JSON (None: nothing): the task, the label, and per row the
+    length and the value it draws (ruler: the averages per length and the threshold)."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    if not isinstance(result, dict):
+        return f"a JSON {type(result).__name__}, not an object"
+    if result.get("task") not in ("ppl", "passkey", "ruler"):
+        return f"'task' is {result.get('task')!r}, not ppl, passkey or ruler"
+    if not isinstance(result.get("label"), str):
+        return "no text 'label'"
+    value = {"ppl": "ppl", "passkey": "accuracy", "ruler": None}[result["task"]]
+    tables = [("results", value)] + ([("averages", "average")] if result["task"] == "ruler" else [])
+    for table, key in tables:
+        rows = result.get(table)
+        if not isinstance(rows, list) or not rows:
+            return f"no rows in {table!r}"
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or type(row.get("length")) is not int or row["length"] < 1:
+                return f"{table}[{i}] has no positive integer 'length'"
+            if key is not None and not (number(row.get(key)) or (key == "average" and row.get(key) is None)):
+                return f"{table}[{i}] has no number {key!r}"
+    if result["task"] == "ruler" and not number(result.get("threshold")):
+        return "no number 'threshold'"
+    return None
 
 
 def plot_results(results, out):
