@@ -433,6 +433,7 @@ import errno  # noqa: E402
 import shutil  # noqa: E402
 
 import checkpoints  # noqa: E402
+import safe_dcp  # noqa: E402
 
 
 def snapshot(folder: Path) -> dict:
@@ -708,16 +709,16 @@ def test_a_genuine_checkpoint_passes_the_restricted_reader_and_resumes_through_i
     test_train.py's, which now load through them too)."""
     out, argv = run_copy(finished, tmp_path)
     used = []
-    real_load = checkpoints.dcp.load
+    real_load = safe_dcp.dcp.load
 
     def load(state, **kwargs):
         used.append((type(kwargs["storage_reader"]), type(kwargs["planner"])))
         return real_load(state, **kwargs)
 
-    monkeypatch.setattr(checkpoints.dcp, "load", load)
+    monkeypatch.setattr(safe_dcp.dcp, "load", load)
     train.main([*argv, "--steps", "3", "--resume"])
     train.main(["--export-only", "--out", str(out), "--checkpoint", "2"])
-    assert used == [(checkpoints.SafeReader, checkpoints.SafePlanner)] * 2
+    assert used == [(safe_dcp.SafeReader, safe_dcp.SafePlanner)] * 2
     assert "resumed from" in capsys.readouterr().out
 
 
@@ -1011,7 +1012,7 @@ def test_a_tensor_record_that_is_no_tensor_or_would_run_code_is_one_line_naming_
 def test_a_checkpoint_only_rank_1_cannot_read_is_one_line_of_ours_and_every_rank_exits_2(micro_model, corpus,
                                                                                          tmp_path):
     """A world-2 checkpoint whose rank-1 file holds zeros where a weight's bytes were: only rank 1 reads that
-    file on a world-2 resume. DCP gathers its error to both ranks (checkpoints.dcp_load), so both exit 2 and
+    file on a world-2 resume. DCP gathers its error to both ranks (safe_dcp.dcp_load), so both exit 2 and
     rank 0 prints rank 1's reason; nothing of the run folder changes."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
