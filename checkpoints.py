@@ -346,17 +346,20 @@ def export(model, args: ModelArgs, base: dict | None, opts, tokenizer_path, devi
 
 def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_path, folder: Path, dtype):
     """A Hugging Face folder at `folder`, swapped in whole: config.json is --model's own with only what training
-    changed (hf.config_from_args), plus the tokenizer files transformers / vLLM look for."""
+    changed (hf.config_from_args), plus the tokenizer files transformers / vLLM look for. A failure leaves nothing
+    of it: its temporary is removed, and so is the parent this call made (exports/ of a first --export-only)."""
     if plain.args.tie_word_embeddings:
         plain.lm_head.weight = plain.model.embed_tokens.weight  # assign / to_empty replaced the shared tensor
     if dtype is not None:
         plain.to(dtype)
     tmp, old = folder.with_name(f".tmp-{folder.name}"), folder.with_name(f".old-{folder.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
     files = tokenizer_files(tokenizer_path)  # every tokenizer file of its folder, chat templates included
     if model_dir and (Path(model_dir) / "generation_config.json").is_file():  # what transformers / vLLM read
         files["generation_config.json"] = Path(model_dir) / "generation_config.json"
+    made = not folder.parent.exists()
     try:
+        folder.parent.mkdir(exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed export
         save_pretrained(plain, tmp, base_config=base)  # rope scaling, max_position_embeddings = L_t, L_c recorded
         for name, source in files.items():
             (tmp / name).parent.mkdir(exist_ok=True)  # additional_chat_templates/
@@ -368,11 +371,13 @@ def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_
                 tokenizer_config.write_text(json.dumps({**config, "model_max_length": target}, indent=2) + "\n")
     except Exception as e:  # ENOSPC arrives as OSError, or inside safetensors' SafetensorError (os error 28)
         needed = nbytes(plain.state_dict().values()) + sum(f.stat().st_size for f in files.values())
-        if not (disk_full(e) or shutil.disk_usage(folder.parent).free < needed):
-            raise
+        full = disk_full(e) or folder.parent.exists() and shutil.disk_usage(folder.parent).free < needed
         shutil.rmtree(tmp, ignore_errors=True)
-        with contextlib.suppress(OSError):  # exports/ made for this export (final/'s parent, --out, is never empty)
-            folder.parent.rmdir()  # removes an empty folder only
+        if made:
+            with contextlib.suppress(OSError):  # empty now, unless another export writes into it meanwhile
+                folder.parent.rmdir()
+        if not full:
+            raise
         raise DiskFull(f"{full_disk_line(folder, needed)}; removed the partial export, {folder} is as it was") \
             from None
     if folder.exists():

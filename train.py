@@ -332,7 +332,6 @@ def export_only(opts: TrainOptions) -> Path:
     folder = out / "exports" / checkpoint.name
     if dist.get_rank() == 0:
         plain = load_weights(training_args(run, config), checkpoint)
-        folder.parent.mkdir(exist_ok=True)
         write_hf_folder(plain, config if run.model else None, run.model, settings["tokenizer_file"], folder,
                         torch.bfloat16 if settings["device"] == "cuda" else None)
     dist.barrier()

@@ -582,6 +582,28 @@ def test_an_export_out_of_space_removes_its_temporary_and_leaves_no_final(finish
     assert not (out / "exports").exists() and snapshot(out / "checkpoints") == before
 
 
+def test_an_export_that_fails_for_another_reason_leaves_no_temporary_and_no_exports_folder(finished, tmp_path,
+                                                                                          monkeypatch):
+    """write_hf_folder makes exports/ and removes what it made whatever the failure (here a write refused after the
+    weights were written); the failure stays its own (a bug's traceback, not a disk-full line)."""
+    out, _ = run_copy(finished, tmp_path)
+    import hf
+    real = hf.save_file
+
+    def refused(*args, **kwargs):
+        real(*args, **kwargs)
+        raise PermissionError(13, "Permission denied", str(args[1]))
+
+    monkeypatch.setattr(hf, "save_file", refused)
+    before = snapshot(out)
+    with pytest.raises(PermissionError):
+        train.main(["--export-only", "--out", str(out)])
+    assert not (out / "exports").exists() and snapshot(out) == before
+    monkeypatch.undo()
+    train.main(["--export-only", "--out", str(out)])
+    assert sorted(p.name for p in (out / "exports").iterdir()) == ["step_000002"]
+
+
 def test_a_npy_out_of_space_removes_its_temporary_and_says_how_far_it_got(spm_model, tmp_path, capsys, monkeypatch):
     real_open = open
 
