@@ -6,8 +6,9 @@
     python -m pytest tests/test_model.py tests/test_families.py -q
 
 model.py is the network and reads no file; this file is everything between it and a folder on disk. config.json is
-read into ModelArgs (args_from_config) with every key checked for type and range as it is read, and written back
-(config_from_args) so that transformers 4 / 5 and vLLM compute what the model computes. Weights are checked from
+read into ModelArgs (args_from_config) with every key checked for type and range as it is read (a null read as
+transformers 5 reads it, or refused where it fails: NULL_IS_DEFAULT), and written back (config_from_args) so that
+transformers 4 / 5 and vLLM compute what the model computes. Weights are checked from
 the safetensors headers alone before gigabytes are allocated (check_checkpoint), loaded one tensor at a time into a
 meta-built model, and saved sharded under a temporary name. Modules carry Hugging Face's names
 (model.layers.{i}.self_attn.q_proj, ...), so state_dict() keys are the checkpoint keys: no key map.
@@ -79,20 +80,34 @@ REFUSED = {
 REFUSED["gemma3_text"] = REFUSED["gemma3"]
 
 
+# A null config.json key: what transformers 5.25 reads it as, checked for every family in its side environment
+# (benchmarks/hf_nulls.py). Ids and the window: none; rope_scaling / rope_parameters / partial_rotary_factor and a
+# top-level original_max_position_embeddings: absent (rope.py); these keys: their default (absent), for the families
+# listed only, the others failing on it (MistralConfig's num_key_value_heads, Qwen3Config's head_dim) or, where the
+# family does not read the key, treating it as false. Any other null this file reads is refused, never a default.
+NULL_IS_DEFAULT = {"num_key_value_heads": ("llama", "qwen2", "qwen3", "olmo2"),  # = num_attention_heads
+                   "head_dim": ("llama", "mistral"),  # = hidden_size / num_attention_heads
+                   "attention_bias": ("mistral", "qwen2"), "mlp_bias": ("mistral", "qwen2", "qwen3", "olmo2"),
+                   "use_sliding_window": ("llama", "mistral", "olmo2")}
+
+
 def args_from_config(config: dict) -> ModelArgs:
-    """From a config.json dict; omitted keys take HF LlamaConfig's defaults."""
-    family = family_fields(config)
-    config = {**FAMILY_DEFAULTS.get(config.get("model_type"), {}), **config}
-    if config.get("hidden_act", "silu") != "silu":
+    """From a config.json dict; omitted keys take HF LlamaConfig's defaults, null ones as NULL_IS_DEFAULT says."""
+    family, model_type = family_fields(config), config.get("model_type", "llama")
+    config = {**FAMILY_DEFAULTS.get(model_type, {}), **config}
+    if config_value(config, "hidden_act", "silu", str) != "silu":
         raise ValueError(f"hidden_act {config['hidden_act']!r} is not supported (LLaMA's SwiGLU needs 'silu')")
 
+    def read(key, default, kind, **limits):
+        return config_value(config, key, default, kind, null=model_type in NULL_IS_DEFAULT.get(key, ()), **limits)
+
     def positive(key, default):
-        return config_value(config, key, default, int, low=1)
+        return read(key, default, int, low=1)
 
     def flag(key, default=False):
-        return config_value(config, key, default, bool)
+        return read(key, default, bool)
 
-    def token_ids(key, default):  # an id, a list of them (Llama 3 Instruct's EOS) or null
+    def token_ids(key, default):  # an id, a list of them (Llama 3 Instruct's EOS) or null (none)
         value = config.get(key, default)
         for i in value if isinstance(value, list) else [] if value is None else [value]:
             if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < 2**31:
@@ -104,13 +119,14 @@ def args_from_config(config: dict) -> ModelArgs:
     n_kv_heads = positive("num_key_value_heads", n_heads)
     if n_heads % n_kv_heads:
         raise ValueError(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}")
-    if config.get("head_dim") is None and dim % n_heads:
+    head_dim = positive("head_dim", None)
+    if head_dim is None and dim % n_heads:
         raise ValueError(f"hidden_size {dim} is not divisible by num_attention_heads {n_heads} (set head_dim)")
     window = config.get("sliding_window") if flag("use_sliding_window", True) else None  # Qwen's: refused
     return ModelArgs(dim=dim, n_layers=positive("num_hidden_layers", 32), n_heads=n_heads, n_kv_heads=n_kv_heads,
-                     head_dim=positive("head_dim", dim // n_heads), hidden_dim=positive("intermediate_size", 11008),
+                     head_dim=head_dim or dim // n_heads, hidden_dim=positive("intermediate_size", 11008),
                      vocab_size=positive("vocab_size", 32000),
-                     norm_eps=config_value(config, "rms_norm_eps", 1e-6, above=0),  # 0: rsqrt(0) of a zero row
+                     norm_eps=read("rms_norm_eps", 1e-6, float, above=0),  # 0: rsqrt(0) of a zero row
                      max_position_embeddings=positive("max_position_embeddings", 2048), rope=rope_parameters(config),
                      tie_word_embeddings=flag("tie_word_embeddings"), mlp_bias=flag("mlp_bias"),
                      sliding_window=None if window is None else positive("sliding_window", None),

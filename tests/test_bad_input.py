@@ -252,6 +252,19 @@ CONFIGS = {  # config.json keys -> the key the one line names
     "eos_token_id a list with null": ({"eos_token_id": [2, None]}, "'eos_token_id'"),
     "sliding_window 0": ({"model_type": "mistral", "sliding_window": 0}, "'sliding_window'"),
     "use_sliding_window a string": ({"use_sliding_window": "true"}, "'use_sliding_window'"),
+    # issue 35: a null transformers fails on is no default (section 11 has every family); a 0 is no absent key
+    "rms_norm_eps null": ({"rms_norm_eps": None}, "'rms_norm_eps' must be a finite number > 0, got null"),
+    "rope_theta null, no rope block": ({"rope_theta": None, "rope_parameters": None},
+                                       "'rope_theta' must be a finite number > 1, got null"),
+    "rope_theta 0": ({"rope_theta": 0, "rope_parameters": None}, "'rope_theta' must be a finite number > 1, got 0"),
+    "rope_parameters' rope_theta 0": ({"rope_parameters": {"rope_type": "default", "rope_theta": 0}},
+                                      "'rope_theta' must be a finite number > 1, got 0"),
+    "original window 0": ({"rope_scaling": {"type": "linear", "factor": 2, "original_max_position_embeddings": 0}},
+                          "'original_max_position_embeddings' must be an integer in 1 .. 2147483647, got 0"),
+    "rope_theta disagreeing with rope_parameters'": (
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}},
+        "config keys disagree on the rope base: rope_theta 10000 and rope_parameters' rope_theta 500000 "
+        "(transformers 4 reads 10000, transformers 5 500000): make them equal"),
 }
 
 
@@ -1052,3 +1065,134 @@ def test_a_checkpoint_only_rank_1_cannot_read_is_one_line_of_ours_and_every_rank
                     "torch.load(weights_only=True) reads (Unsupported operand 0)"], done.stderr[-3000:]
     assert 'File "' + str(ROOT) not in done.stderr and "exitcode  : 2" in done.stderr
     assert snapshot(out) == before
+
+
+# ---------------------------------------------------------------- 11. nulls in config.json (issue 35)
+
+# What transformers 5.25 does with a null key, every family (benchmarks/hf_nulls.py, by hand in its side venv): the
+# keys it fails on for every family, those it fails on for some, and what the nulls it reads mean (an equivalent
+# config.json change). The null truncate it reads as false, not as its default true: refused too.
+FAMILY_TYPES = ("llama", "mistral", "qwen2", "qwen3", "olmo2")
+NULL_FAILS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+              "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings", "hidden_act")
+NULL_FAILS_FOR = {"num_key_value_heads": ("mistral",), "head_dim": ("qwen2", "qwen3", "olmo2"),
+                  "attention_bias": ("llama", "qwen3", "olmo2"), "mlp_bias": ("llama",),
+                  "use_sliding_window": ("qwen2", "qwen3")}
+NULL_MEANS = {"num_key_value_heads": {"num_key_value_heads": 4}, "head_dim": {"head_dim": 16},  # 4 heads, 64 / 4
+              "attention_bias": {"attention_bias": False}, "mlp_bias": {"mlp_bias": False},
+              "use_sliding_window": {}, "sliding_window": {}, "bos_token_id": {"bos_token_id": "NONE"},
+              "eos_token_id": {"eos_token_id": "NONE"}, "rope_scaling": {}, "rope_parameters": {},
+              "partial_rotary_factor": {}, "original_max_position_embeddings": {}}
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 16}
+ROPE_NULLS_REFUSED = {  # config.json change -> the key the one line names (transformers 5 fails on all but truncate)
+    "rope_parameters' rope_theta": ({"rope_theta": None, "rope_parameters": {"rope_type": "default",
+                                                                             "rope_theta": None}}, "'rope_theta'"),
+    "rope_parameters' rope_theta, a top-level one given": ({"rope_parameters": {"rope_type": "default",
+                                                                                "rope_theta": None}}, "'rope_theta'"),
+    "rope_type (type linear)": ({"rope_scaling": {"rope_type": None, "type": "linear", "factor": 2.0}},
+                                "'rope_type' must be a string"),
+    "yarn's original window": ({"rope_scaling": dict(YARN, original_max_position_embeddings=None)},
+                               "'original_max_position_embeddings' must be an integer"),
+    "yarn's truncate": ({"rope_scaling": dict(YARN, truncate=None)}, "'truncate' must be true or false"),
+    "llama3's low_freq_factor": ({"rope_scaling": dict(LLAMA3, low_freq_factor=None)}, "'low_freq_factor'"),
+}
+ROPE_NULLS_READ = {  # config.json change with a null -> the same config without it (transformers 5 reads these)
+    "top-level rope_theta, rope_parameters has one": ({"rope_theta": None}, {"rope_theta": 1e4}),
+    "yarn's factor (max_position_embeddings / the original window)": (  # MICRO's 16 / 4
+        {"rope_scaling": dict(YARN, factor=None, original_max_position_embeddings=4)},
+        {"rope_scaling": dict(YARN, factor=4.0, original_max_position_embeddings=4)}),
+    **{f"yarn's {key}": ({"rope_scaling": dict(YARN, **{key: None})}, {"rope_scaling": YARN})
+       for key in ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim")},
+    "linear's original window (linear does not read it)": (
+        {"rope_scaling": {"rope_type": "linear", "factor": 2.0, "original_max_position_embeddings": None}},
+        {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    "type (rope_type linear)": ({"rope_scaling": {"rope_type": "linear", "type": None, "factor": 2.0}},
+                                {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    "rope_parameters' partial_rotary_factor": (
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": None}}, {}),
+}
+
+
+def family_config(family: str, **change) -> dict:
+    """MICRO's shape as `family`, its keys all given (as released configs give them), then changed."""
+    config = dict(MICRO, model_type=family, head_dim=16, rms_norm_eps=1e-5, rope_theta=1e4, tie_word_embeddings=False,
+                  attention_bias=False, mlp_bias=False, hidden_act="silu", bos_token_id=1, eos_token_id=2,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1e4}, **(
+                      {"sliding_window": 4096} if family == "mistral" else {"use_sliding_window": False}
+                      if family in ("qwen2", "qwen3") else {}))
+    config.update(change)
+    return {k: (None if v == "NONE" else v) for k, v in config.items() if v != "ABSENT"}
+
+
+NULLS_REFUSED = [(f, k) for f in FAMILY_TYPES for k in NULL_FAILS] + [
+    (f, k) for k, families in NULL_FAILS_FOR.items() for f in families]
+
+
+@pytest.mark.parametrize("family,key", NULLS_REFUSED, ids=[f"{f} {k}" for f, k in NULLS_REFUSED])
+def test_a_null_transformers_fails_on_is_refused_in_one_line_naming_file_key_and_null(micro_model, tmp_path, capsys,
+                                                                                     family, key):
+    """Never the silent default it used to be (rms_norm_eps null was 1e-6); from every entry point for LLaMA."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(family_config(family, **{key: None})))
+    with pytest.raises(ValueError) as e:
+        load_config(model)
+    assert str(e.value).startswith(f"{model / 'config.json'}: config key {key!r} must be ") and \
+        str(e.value).endswith("got null (transformers does not read this null as a default either)"), e.value
+    if family == "llama":
+        (model / "model.safetensors").write_bytes((micro_model / "model.safetensors").read_bytes())
+        code, err = exits(evaluate.main, ["ppl", "--model", str(model), "--out", str(tmp_path / "r.json")], capsys)
+        one_line(code, err, f"{model / 'config.json'}: config key {key!r}", "got null")
+        code, err = exits(train.main, ["--model", str(model), "--data", str(tmp_path), "--out", str(tmp_path / "o")],
+                          capsys)
+        one_line(code, err, f"config key {key!r}", "got null")
+        assert not (tmp_path / "r.json").exists() and not (tmp_path / "o").exists()
+
+
+NULLS_READ = [(f, k) for f in FAMILY_TYPES for k in NULL_MEANS if f not in NULL_FAILS_FOR.get(k, ())]
+
+
+@pytest.mark.parametrize("family,key", NULLS_READ, ids=[f"{f} {k}" for f, k in NULLS_READ])
+def test_a_null_transformers_reads_means_what_it_means_there(family, key):
+    """Ids none, windows none, the rope blocks absent, the head count and head size their defaults."""
+    null = args_from_config(family_config(family, **{key: None}))
+    assert null == args_from_config(family_config(family, **{key: "ABSENT", **NULL_MEANS[key]}))
+    if key in ("bos_token_id", "eos_token_id"):
+        assert getattr(null, key) is None
+
+
+@pytest.mark.parametrize("case", ROPE_NULLS_REFUSED)
+def test_a_null_in_the_rope_blocks_that_transformers_fails_on_is_refused_naming_the_key(tmp_path, case):
+    change, needle = ROPE_NULLS_REFUSED[case]
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(family_config("llama", **change)))
+    with pytest.raises(ValueError) as e:
+        load_config(model)
+    assert str(e.value).startswith(f"{model / 'config.json'}: config key {needle}") and "got null" in str(e.value)
+
+
+@pytest.mark.parametrize("case", ROPE_NULLS_READ)
+def test_a_null_in_the_rope_blocks_that_transformers_reads_is_read_as_it_does(case):
+    null, plain = ROPE_NULLS_READ[case]
+    assert args_from_config(family_config("llama", **null)) == args_from_config(family_config("llama", **plain))
+
+
+@pytest.mark.parametrize("kind", ["default", "linear", "ntk", "yarn", "yarn-revised", "dynamic", "llama3"])
+def test_every_export_writes_one_rope_theta_in_both_conventions(kind):
+    """The refusal of a disagreeing rope_theta never meets our own exports: config_from_args writes the top-level
+    rope_theta (transformers 4) and rope_parameters' (5) equal, and what it writes reads back."""
+    import dataclasses
+    from hf import config_from_args
+    from rope import interpolate, rope_parameters
+    base = args_from_config(family_config("llama"))
+    rope = {"rope_type": "llama3", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 16,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0} if kind == "llama3" else \
+        base.rope if kind == "default" else interpolate(base.rope, kind, 4.0, 16)
+    config = config_from_args(dataclasses.replace(base, rope=rope, max_position_embeddings=64))
+    thetas = [config["rope_theta"], config["rope_parameters"]["rope_theta"]]
+    assert thetas[0] == thetas[1] and "rope_theta" not in config.get("rope_scaling", {})
+    read = rope_parameters(config)  # nothing to refuse
+    assert read["rope_theta"] == thetas[0] and read["rope_type"] == ("default" if kind == "ntk" else kind)
