@@ -70,7 +70,17 @@ def run_settings(o, world: int, device, tokenizer_path) -> dict:
             "tokenizer_file": None if tokenizer_path is None else str(Path(tokenizer_path).resolve())}
 
 
+# What --resume and --export-only read back from settings.json: check_resume's options, --steps (the schedule's
+# length, train.resume), and export_only's tokenizer and device. Every train.py has written them since settings.json
+# exists (issue 16), but --beta-fast and --context, added since (read_settings gives a settings.json from before them
+# what their absence meant then). The other options (logging, --compile, --eval-*, --plan's) are never read back.
+SETTINGS_READ = ("device", "tokenizer_file")
+OPTIONS_READ = (*RESUME_FIXED, "steps")
+
+
 def read_settings(out: Path) -> dict | None:
+    """--out's settings.json (None when there is none) holding every key that is read back; one missing is refused
+    in one line naming the file and the key: a default in its place would resume or export another run."""
     path = out / "settings.json"
     if not path.is_file():
         return None
@@ -79,8 +89,15 @@ def read_settings(out: Path) -> dict | None:
         assert isinstance(settings["options"], dict)
     except (ValueError, KeyError, TypeError, AssertionError):
         raise ValueError(f"{path}: not a settings file written by train.py") from None
-    if "window" in settings["options"]:  # written before --context existed, when L_c was the training window
-        settings["options"].setdefault("context", settings["options"]["window"])
+    options = settings["options"]
+    options.setdefault("beta_fast", None)  # before issue 25: YaRN's own ramp end, 32, the only one
+    if "window" in options:  # before issue 33 (--context), L_c was the training window
+        options.setdefault("context", options["window"])
+    missing = [f"key {k!r}" for k in SETTINGS_READ if k not in settings] + \
+        [f"options key {k!r}" for k in OPTIONS_READ if k not in options]
+    if missing:
+        raise ValueError(f"{path}: {missing[0]} missing, which every settings.json of train.py holds (hand-edited?): "
+                         f"--resume and --export-only read it back to continue or export the same run")
     return settings
 
 
@@ -94,7 +111,7 @@ def check_resume(o, saved: dict, out: Path):
     """Refuse, in one line, a --resume that changes what is trained (RESUME_FIXED)."""
     now = run_settings(o, 1, torch.device("cpu"), None)["options"]
     for name in RESUME_FIXED:
-        if name in saved["options"] and now[name] != saved["options"][name]:
+        if now[name] != saved["options"][name]:  # read_settings: every one is there
             show = lambda v: " ".join(map(str, v)) if isinstance(v, list) else v  # noqa: E731
             raise ValueError(f"--resume: --{name.replace('_', '-')} {show(now[name])} differs from this run's "
                              f"{show(saved['options'][name])} ({out / 'settings.json'}); a new --out starts a new run")

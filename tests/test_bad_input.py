@@ -1196,3 +1196,48 @@ def test_every_export_writes_one_rope_theta_in_both_conventions(kind):
     assert thetas[0] == thetas[1] and "rope_theta" not in config.get("rope_scaling", {})
     read = rope_parameters(config)  # nothing to refuse
     assert read["rope_theta"] == thetas[0] and read["rope_type"] == ("default" if kind == "ntk" else kind)
+
+
+# ---------------------------------------------------------------- 12. settings.json lacking keys (issue 35)
+
+# What --resume and --export-only read back, which every settings.json has held since issue 16 wrote the first.
+READ_BACK = [*[("options", k) for k in ("model", "preset", "data", "text_field", "tokenizer", "window", "target",
+                                        "method", "chunks", "content", "crop", "rope", "batch_size", "lr", "warmup",
+                                        "weight_decay", "grad_clip", "seed", "max_documents", "steps")],
+             (None, "device"), (None, "tokenizer_file")]
+
+
+@pytest.mark.parametrize("where,key", READ_BACK, ids=[k for _, k in READ_BACK])
+def test_a_settings_json_lacking_a_key_that_is_read_back_is_one_line_naming_it_and_nothing_is_written(
+        finished, tmp_path, capsys, where, key):
+    """Before: a KeyError on every rank (--resume: max_documents, steps), a silently skipped comparison (the other
+    resume-fixed options), or an export at the default (a missing target exported at 8 x L_c)."""
+    out, argv = run_copy(finished, tmp_path)
+    settings = json.loads((out / "settings.json").read_text())
+    del (settings["options"] if where else settings)[key]
+    (out / "settings.json").write_text(json.dumps(settings))
+    before = snapshot(out)
+    for args in ([*argv, "--steps", "3", "--resume"], ["--export-only", "--out", str(out)]):
+        code, err = exits(train.main, args, capsys)
+        one_line(code, err, f"error: {out / 'settings.json'}: {'options key' if where else 'key'} {key!r} missing")
+        assert snapshot(out) == before and not (out / "exports").exists()
+
+
+def test_a_settings_json_from_before_the_later_options_resumes_and_exports_as_it_did_then(finished, tmp_path,
+                                                                                          capsys):
+    """--context (L_c was the window), --beta-fast (YaRN's own 32), --compile, --eval-* and --plan's flags came after
+    settings.json: a run folder without them exports what one with them exports, and resumes."""
+    out, argv = run_copy(finished, tmp_path)
+    intact = tmp_path / "intact"
+    shutil.copytree(out, intact)
+    settings = json.loads((out / "settings.json").read_text())
+    later = ("context", "beta_fast", "compile", "eval_every", "eval_data", "eval_lengths", "eval_docs", "eval_stride",
+             "eval_trials", "plan", "world_size", "gpu_memory", "plan_json")
+    assert set(later) <= set(settings["options"])
+    settings["options"] = {k: v for k, v in settings["options"].items() if k not in later}
+    (out / "settings.json").write_text(json.dumps(settings))
+    for run in (out, intact):
+        train.main(["--export-only", "--out", str(run)])
+    assert snapshot(out / "exports") == snapshot(intact / "exports")
+    train.main([*argv, "--steps", "3", "--resume"])
+    assert f"resumed from {out / 'checkpoints' / 'step_000002'} at step 2" in capsys.readouterr().out
