@@ -138,14 +138,16 @@ def config_from_args(args: ModelArgs, dtype: torch.dtype = torch.float32, base: 
     """A Hugging Face config.json dict that makes other LLaMA tools compute what this model computes.
 
     base: the config.json this model was loaded from. Its keys are all kept (pad_token_id, use_cache,
-    initializer_range, ...) but those training changes: the rope keys, max_position_embeddings and the
-    dtype. Without it the config is built from these args alone (a model trained from scratch).
+    initializer_range, ...) but those training changes: the rope keys and max_position_embeddings, rewritten when
+    they changed (in both conventions: scaling_to_config), kept as they were when not, and the dtype. Without it
+    the config is built from these args alone (a model trained from scratch).
     """
+    unchanged = False
     if base is not None:
-        same = dataclasses.replace(args_from_config(base), rope=args.rope,
-                                   max_position_embeddings=args.max_position_embeddings)
-        if same != args:
+        read = args_from_config(base)
+        if dataclasses.replace(read, rope=args.rope, max_position_embeddings=args.max_position_embeddings) != args:
             raise ValueError("the base config.json describes another model than the one being saved")
+        unchanged = (read.rope, read.max_position_embeddings) == (args.rope, args.max_position_embeddings)
     rope = scaling_to_config(args.rope, args.head_dim)  # ntk -> raised rope_theta; yarn-revised -> refused type
     # HF's dynamic NTK takes its original window from max_position_embeddings (see rope.scaling_to_config).
     dynamic = args.rope["rope_type"] == "dynamic"
@@ -166,16 +168,19 @@ def config_from_args(args: ModelArgs, dtype: torch.dtype = torch.float32, base: 
             "bos_token_id": args.bos_token_id, "eos_token_id": args.eos_token_id}
         if args.sliding_window:
             config["sliding_window"] = args.sliding_window
-    else:  # every rope key is rewritten below: a stale one of the other convention would contradict it
-        config = {k: v for k, v in base.items() if k not in
-                  ("rope_theta", "rope_scaling", "rope_parameters", "original_max_position_embeddings")}
+    else:  # a changed rope's keys are all rewritten below: a stale one of the other convention would contradict it
+        config = dict(base) if unchanged else {k: v for k, v in base.items() if k not in
+                                               ("rope_theta", "rope_scaling", "rope_parameters",
+                                                "original_max_position_embeddings")}
         # A bare config may lack what picks the class (vLLM reads architectures, transformers model_type).
         config.setdefault("model_type", "mistral" if args.sliding_window else "llama")
         config.setdefault("architectures", [ARCHITECTURES[config["model_type"]]])
-    config["max_position_embeddings"] = context
     # transformers 4 reads "torch_dtype", 5 writes "dtype" (and reads both): update the checkpoint's own.
     for key in [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]:
         config[key] = str(dtype).removeprefix("torch.")
+    if unchanged:  # its own rope keys and window, which its readers read as the model computes
+        return config
+    config["max_position_embeddings"] = context
     if config["model_type"] == "olmo2" and rope.get("rope_scaling", {}).get("type") in ("linear", "dynamic"):
         # transformers 4's Olmo2Config refuses a rope_scaling of other than exactly {type, factor}
         rope["rope_scaling"] = {k: rope["rope_scaling"][k] for k in ("type", "factor")}
@@ -236,9 +241,10 @@ def from_pretrained(path, device="cpu", dtype=torch.bfloat16, rope_scaling: dict
     The model is built on the meta device, materialised once on `device` in `dtype`, and filled one
     tensor at a time, so host memory holds the weights once plus the largest single tensor. The headers
     are checked against the config first (check_checkpoint); a NaN or infinite weight is refused by name.
+    model.source_config is config.json as read (before the override): save_pretrained writes it back.
     """
     path = Path(path)
-    config = load_config(path)
+    config = source = load_config(path)
     try:
         if rope_scaling is not None:
             config = {**config, "rope_scaling": dict(rope_scaling)}
@@ -269,12 +275,14 @@ def from_pretrained(path, device="cpu", dtype=torch.bfloat16, rope_scaling: dict
                         expected[name].copy_(tensor)  # casts to dtype and moves to device in place
             except (SafetensorError, OSError) as e:
                 raise ValueError(f"{file}: unreadable safetensors ({str(e).splitlines()[0]})") from None
+    model.source_config = source
     return model
 
 
 def save_pretrained(model: Transformer, path, max_shard_size: int = 5 * 2**30, base_config: dict | None = None):
     """Write config.json + model.safetensors (or model-0000i-of-0000n.safetensors + index) in HF's layout.
-    base_config: the config.json the weights came from, kept but for what training changed (config_from_args).
+    base_config: the config.json the weights came from, kept but for what training changed (config_from_args);
+    by default the one from_pretrained read (model.source_config), so that every family saves as it loads.
 
     Everything is written into a sibling temp folder first; a failure leaves `path` as it was. Into an
     existing folder, our files replace the old weights and config and leave others (tokenizer) alone.
@@ -298,7 +306,8 @@ def save_pretrained(model: Transformer, path, max_shard_size: int = 5 * 2**30, b
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        config = config_from_args(model.args, model.model.embed_tokens.weight.dtype, base_config)
+        config = config_from_args(model.args, model.model.embed_tokens.weight.dtype,
+                                  model.source_config if base_config is None else base_config)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         names = ["model.safetensors"] if len(shards) == 1 else \
             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
