@@ -102,9 +102,17 @@ def read_settings(out: Path) -> dict | None:
 
 
 def write_settings(out: Path, settings: dict):
-    tmp = out / f".tmp{os.getpid()}-settings.json"
-    tmp.write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(tmp, out / "settings.json")  # atomic: a reader sees the old file or the new one
+    """settings.json, atomically: a reader sees the old file or the new one; out of space, DiskFull and no temporary."""
+    tmp, text = out / f".tmp{os.getpid()}-settings.json", json.dumps(settings, indent=1) + "\n"
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, out / "settings.json")
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if not disk_full(e):
+            raise
+        raise DiskFull(f"{full_disk_line(out / 'settings.json', len(text))}; {out / 'settings.json'} is as it "
+                       f"was") from None
 
 
 def check_resume(o, saved: dict, out: Path):
@@ -170,6 +178,29 @@ def full_disk_line(what: Path, needed: int) -> str:
     free = shutil.disk_usage(next(p for p in (what, *what.parents) if p.exists())).free
     size = lambda n: f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"  # noqa: E731
     return f"{what}: no space left on device (needs about {size(needed)}, {size(free)} free)"
+
+
+def on_rank_0(work, *args, device, what: str, group=None):
+    """work(*args) on rank 0 alone (the export, settings.json, an evaluation) while the others wait, and its failure
+    on every rank: rank 0 raises its own exception, the others one of its kind (DiskFull, ValueError,
+    FileNotFoundError, else RuntimeError), so that all stop together with the exit code and the one line of rank
+    0 (train.run prints rank 0's), instead of waiting at a barrier for a rank that has left. Returns rank 0's
+    result (None on the others). group: a gloo group with a long timeout (an evaluation may outlast NCCL's)."""
+    result, failed, kinds = None, None, (DiskFull, ValueError, FileNotFoundError, Exception)
+    if dist.get_rank() == 0:
+        try:
+            result = work(*args)
+        except Exception as e:
+            failed = e
+    code = torch.tensor([0 if failed is None else 1 + next(i for i, k in enumerate(kinds) if isinstance(failed, k))],
+                        device="cpu" if group is not None else device)
+    dist.all_reduce(code, op=dist.ReduceOp.MAX, group=group)  # rank 0's code: the others hold 0
+    if failed is not None:
+        raise failed
+    if code.item():
+        kind = kinds[int(code.item()) - 1]
+        raise (RuntimeError if kind is Exception else kind)(f"{what} failed on rank 0")
+    return result
 
 
 def agree_any(flag: bool, device) -> bool:
@@ -337,27 +368,13 @@ def gather_plain(model, args: ModelArgs) -> Transformer | None:
 
 
 def export(model, args: ModelArgs, base: dict | None, opts, tokenizer_path, device) -> Path:
-    """Gather the full state dict on rank 0 and write it to --out/final (write_hf_folder). Rank 0 alone writes,
-    so the kind of its failure (a full disk: DiskFull; bad input: ValueError; anything else) goes to every rank,
-    which raises the same kind: all stop together, with rank 0's one line, instead of waiting at a barrier for a
-    rank that has left."""
+    """Gather the full state dict on rank 0 and write it to --out/final (write_hf_folder). Rank 0 alone writes;
+    its failure stops every rank (on_rank_0)."""
     plain = gather_plain(model, args)
     final = Path(opts.out) / "final"
-    failed, kinds = None, (DiskFull, ValueError, Exception)  # codes 1, 2, 3; 0: written
-    if dist.get_rank() == 0:
-        try:  # bf16 is what LLaMA checkpoints ship; the fp32 masters stay in checkpoints/
-            write_hf_folder(plain, base, opts.model, tokenizer_path, final,
-                            torch.bfloat16 if device.type == "cuda" else None)
-        except Exception as e:
-            failed = e
-    code = torch.tensor([0 if failed is None else 1 + next(i for i, k in enumerate(kinds) if isinstance(failed, k))],
-                        device=device)
-    dist.all_reduce(code, op=dist.ReduceOp.MAX)  # rank 0's code: the others hold 0
-    if failed is not None:
-        raise failed
-    if code.item():
-        kind = kinds[int(code.item()) - 1]
-        raise (RuntimeError if kind is Exception else kind)(f"the export to {final} failed on rank 0")
+    # bf16 is what LLaMA checkpoints ship; the fp32 masters stay in checkpoints/
+    on_rank_0(write_hf_folder, plain, base, opts.model, tokenizer_path, final,
+              torch.bfloat16 if device.type == "cuda" else None, device=device, what=f"the export to {final}")
     return final
 
 

@@ -1241,3 +1241,91 @@ def test_a_settings_json_from_before_the_later_options_resumes_and_exports_as_it
     assert snapshot(out / "exports") == snapshot(intact / "exports")
     train.main([*argv, "--steps", "3", "--resume"])
     assert f"resumed from {out / 'checkpoints' / 'step_000002'} at step 2" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- 13. rank 0's writes, agreed (issue 35)
+
+def test_a_metrics_jsonl_that_is_not_train_pys_is_one_line_naming_its_line_and_resume_writes_nothing(finished,
+                                                                                                   tmp_path, capsys):
+    out, argv = run_copy(finished, tmp_path)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"loss": 1.0}\n')
+    lines = len((out / "metrics.jsonl").read_text().splitlines())
+    before = snapshot(out)
+    code, err = exits(train.main, [*argv, "--steps", "3", "--resume"], capsys)
+    one_line(code, err, f"error: {out / 'metrics.jsonl'}:{lines}: not a row of train.py's metrics.jsonl")
+    assert snapshot(out) == before
+
+
+def test_settings_json_out_of_space_is_one_line_and_leaves_a_fresh_out_absent(micro_model, corpus, tmp_path, capsys,
+                                                                             monkeypatch):
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "settings.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN],
+                      capsys)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {out / 'settings.json'}: no space left on device (needs about ")
+    assert err.endswith(f"{out / 'settings.json'} is as it was") and not out.exists()
+
+
+RANK_0_FAILS = """
+import errno, os, runpy, sys
+sys.path.insert(0, {root!r})
+if os.environ["RANK"] == "0":
+{patch}
+sys.argv[0] = {train!r}
+runpy.run_path({train!r}, run_name="__main__")
+"""
+SETTINGS_FULL = """
+    real = os.replace
+
+    def replace(src, dst):  # rank 0 alone writes settings.json: its disk is full
+        if os.path.basename(dst) == "settings.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    os.replace = replace
+"""
+def torchrun(tmp_path, patch: str | None, args: list[str]) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """train.py on 2 CPU ranks (rank 0 patched by `patch`); its stderr's lines of ours."""
+    script = ROOT / "train.py"
+    if patch is not None:
+        script = tmp_path / "rank_0_fails.py"
+        script.write_text(RANK_0_FAILS.format(root=str(ROOT), train=str(ROOT / "train.py"), patch=patch))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), *args], capture_output=True, text=True, timeout=900, cwd=ROOT,  # a hang guard
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    return done, [line for line in done.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_rank_0s_settings_json_out_of_space_stops_every_rank_with_its_line(micro_model, corpus, tmp_path):
+    """Rank 0 alone writes settings.json (train.open_run); its failure reaches rank 1 (checkpoints.on_rank_0): both
+    exit 1, one line, no rank's traceback, a fresh --out absent."""
+    out = tmp_path / "out"
+    done, ours = torchrun(tmp_path, SETTINGS_FULL, ["--model", str(micro_model), "--data", str(corpus), "--out",
+                                                    str(out), *RUN, "--batch-size", "4"])
+    assert len(ours) == 1 and ours[0].startswith(f"error: {out / 'settings.json'}: no space left on device"), \
+        done.stderr[-3000:]
+    assert "Connection" not in done.stderr and 'File "' + str(ROOT) not in done.stderr
+    assert "exitcode  : 1" in done.stderr and "exitcode  : 2" not in done.stderr and not out.exists()
+
+
+@pytest.mark.slow
+def test_rank_0s_failed_export_only_stops_every_rank_with_its_line(finished, tmp_path):
+    """--export-only under torchrun: rank 0 alone loads and writes; a damaged checkpoint it finds stops rank 1 too."""
+    out, _ = run_copy(finished, tmp_path)
+    (out / "checkpoints" / "step_000002" / ".metadata").unlink()
+    before = snapshot(out)
+    done, ours = torchrun(tmp_path, None, ["--export-only", "--out", str(out)])
+    assert len(ours) == 1 and ours[0].startswith(f"error: {out / 'checkpoints' / 'step_000002'}: damaged checkpoint"), \
+        done.stderr[-3000:]
+    assert "Connection" not in done.stderr and 'File "' + str(ROOT) not in done.stderr
+    assert "exitcode  : 2" in done.stderr and "exitcode  : 1" not in done.stderr and snapshot(out) == before

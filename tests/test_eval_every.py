@@ -213,3 +213,37 @@ def test_bad_eval_values_are_one_line_exit_2_and_nothing_written(case, micro, tm
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(want), err
     assert not out.exists()
+
+
+EVALUATION_FAILS = """
+import os, runpy, sys
+sys.path.insert(0, {root!r})
+if os.environ["RANK"] == "0":  # rank 0 alone evaluates, the other ranks wait for it: its evaluation fails
+    import evaluate
+
+    def perplexity(*args, **kwargs):
+        raise ValueError("perplexity is NaN at L = 256 (injected)")
+
+    evaluate.perplexity = perplexity
+sys.argv[0] = {train!r}
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_failure_of_rank_0s_evaluation_stops_every_rank_with_its_line(micro, tmp_path):
+    """Issue 35: rank 1 waits for rank 0's evaluation in a gloo group with a 7-day timeout (run_eval); rank 0's
+    failure reaches it (checkpoints.on_rank_0): both exit 2 at step 0's evaluation, rank 0's one line, no rank's
+    traceback. Before, rank 0 left alone and rank 1 died in its barrier ("Connection closed by peer")."""
+    model, data, eval_data = micro
+    (tmp_path / "fails.py").write_text(EVALUATION_FAILS.format(root=str(ROOT), train=str(ROOT / "train.py")))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "fails.py"), "--model", str(model), "--data", str(data), "--out",
+                           str(tmp_path / "out"), *RUN, "--steps", "2", *EVAL, "--eval-data", str(eval_data)],
+                          capture_output=True, text=True, timeout=WAIT, env=ENV, cwd=ROOT)
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert ours == ["error: perplexity is NaN at L = 256 (injected)"], done.stderr[-3000:]
+    assert "Connection" not in done.stderr and 'File "' + str(ROOT) not in done.stderr
+    assert "exitcode  : 2" in done.stderr and "exitcode  : 1" not in done.stderr
+    assert not list((tmp_path / "out").glob("checkpoints/step_*"))  # stopped before step 1
+
