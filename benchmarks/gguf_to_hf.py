@@ -326,13 +326,19 @@ def convert(gguf_path: Path, out: Path, source: dict, command: str):
         listed = sorted(p.name for p in tmp.iterdir())
         (tmp / "SHA256SUMS").write_text("".join(f"{sha256(tmp / n)}  {n}\n" for n in listed))
         if out.exists():
-            os.rename(out, old)
-        os.rename(tmp, out)
+            os.rename(out, old)  # the previous folder steps aside, and comes back if the new one cannot move in
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if old.exists():
+                os.rename(old, out)
+            raise
     except OSError as e:
         raise BadInput(f"--out {out}: {e.strerror or e} while writing; --out is left as it was") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
     return config, tensors
 
 

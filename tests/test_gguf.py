@@ -441,3 +441,23 @@ def test_a_missing_gguf_package_is_one_line_naming_pip(tmp_path, capsys, monkeyp
         convert(path, tmp_path / "hf")
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "(pip install gguf)" in err
+
+
+def test_a_failure_moving_the_new_folder_in_puts_the_old_one_back(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "hf"
+    convert(write_gguf(tmp_path / "first.gguf"), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rename = gguf_to_hf.os.rename
+
+    def failing(src, dst):  # the old folder steps aside, then the new one cannot take its place
+        if Path(src).name.startswith(".tmp-"):
+            raise OSError(28, "No space left on device")
+        rename(src, dst)
+
+    monkeypatch.setattr(gguf_to_hf.os, "rename", failing)
+    with pytest.raises(SystemExit) as e:
+        convert(write_gguf(tmp_path / "second.gguf", seed=1), out)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "No space left on device" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
