@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data import Tokenizer  # noqa: E402
-from model import Transformer  # noqa: E402
+from hf import from_pretrained  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "In 1969, Neil Armstrong",
@@ -49,7 +49,7 @@ def main():
                                               attn_implementation="eager").eval()
     hf_tok = AutoTokenizer.from_pretrained(a.gguf.parent, gguf_file=a.gguf.name)
     folder_tok = AutoTokenizer.from_pretrained(a.ours)
-    ours = Transformer.from_pretrained(a.ours, dtype=torch.float32).eval()
+    ours = from_pretrained(a.ours, dtype=torch.float32).eval()
     tok = Tokenizer(a.ours)
 
     saved, state = load_file(a.ours / "model.safetensors"), hf.state_dict()

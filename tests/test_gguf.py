@@ -20,7 +20,8 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from data import Tokenizer
-from model import ModelArgs, Transformer
+from hf import args_from_config, from_pretrained
+from model import Transformer
 from test_model import D, DIM, FFN, H, HKV, LAYERS, POSE_POSITIONS, reference_logits, rel_err
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -39,7 +40,7 @@ TYPES = {"token_embd": Q.Q8_0, "output": Q.F16,
 
 def load(folder, dtype=torch.float32):
     """The project's loader of a Hugging Face folder (the one line to change if it moves)."""
-    return Transformer.from_pretrained(folder, dtype=dtype)
+    return from_pretrained(folder, dtype=dtype)
 
 
 # ---------------------------------------------------------------- a tiny GGUF, written here
@@ -260,7 +261,7 @@ def test_the_loaded_model_is_the_float64_llama_on_the_files_weights_and_a_model_
             got = model(tokens, positions)
             assert rel_err(got, reference_logits(meta_layout(G), tokens, positions, base=THETA, eps=EPS)) < 1e-4
         # the same weights put into a model built here from the config: the loader drops or moves nothing
-        direct = Transformer(ModelArgs.from_config(json.loads((out / "config.json").read_text())))
+        direct = Transformer(args_from_config(json.loads((out / "config.json").read_text())))
         state = {k: torch.from_numpy(v) for k, v in expected_hf(G).items()}
         missing, unexpected = direct.load_state_dict(state, strict=False)  # a tied head is the embedding itself
         assert not unexpected and missing == (["lm_head.weight"] if tied else [])
