@@ -88,6 +88,9 @@ class TrainOptions:
                            ">= max(--eval-lengths) tokens (evaluate.py ppl --docs)"})
     eval_stride: int = field(default=evaluate.PplOptions.stride, metadata={"help": "--eval-every's sliding-window "
                              "step (evaluate.py ppl --stride)"})
+    eval_max_tokens: int | None = field(default=None, metadata={"help": "--eval-every's perplexity: each document "
+                                        "cut to its first N tokens, N >= max(--eval-lengths) (evaluate.py ppl "
+                                        "--max-tokens; default: whole documents)"})
     eval_trials: int = field(default=10, metadata={"help": "--eval-every's passkey prompts per length, seed "
                              f"{evaluate.PasskeyOptions.seed} (evaluate.py passkey --trials)"})
     export_only: bool = field(default=False, metadata={"help": "write a checkpoint of --out as a Hugging Face folder "
@@ -257,6 +260,9 @@ def check_eval(o):
     o.eval_lengths = o.eval_lengths or sorted({o.context, o.target})
     if min(o.eval_lengths) < 2:  # evaluate.py's own bound: a window predicts L - 1 tokens
         raise ValueError(f"--eval-lengths must be >= 2 tokens, got {min(o.eval_lengths)}")
+    if o.eval_max_tokens is not None and o.eval_max_tokens < max(o.eval_lengths):  # it keeps documents of >= max(L)
+        raise ValueError(f"--eval-max-tokens {o.eval_max_tokens} < the longest --eval-lengths {max(o.eval_lengths)}: "
+                         "no document would be long enough to score")
     find_files(o.eval_data, "--eval-data")  # a missing file, an empty folder or glob: one line naming it
     if o.model is None and o.tokenizer is None and o.data is not None and not needs_tokenizer(find_files(o.data)):
         raise ValueError("--eval-every's passkey prompts are text, and a run on token files without --tokenizer "

@@ -61,7 +61,8 @@ def eval_setup(opts, args: ModelArgs, tokenizer_path) -> Evaluation | None:
         return None
     lengths = list(opts.eval_lengths)
     ppl = evaluate.PplOptions(lengths=lengths, data=opts.eval_data, text_field=opts.text_field,
-                              stride=opts.eval_stride, docs=opts.eval_docs)
+                              stride=opts.eval_stride, docs=opts.eval_docs,
+                              max_tokens=opts.eval_max_tokens)
     keys = evaluate.PasskeyOptions(lengths=lengths, trials=opts.eval_trials)
     setup, message = None, [None]
     if dist.get_rank() == 0:

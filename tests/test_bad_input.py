@@ -1232,7 +1232,7 @@ def test_a_settings_json_from_before_the_later_options_resumes_and_exports_as_it
     shutil.copytree(out, intact)
     settings = json.loads((out / "settings.json").read_text())
     later = ("context", "beta_fast", "compile", "eval_every", "eval_data", "eval_lengths", "eval_docs", "eval_stride",
-             "eval_trials", "plan", "world_size", "gpu_memory", "plan_json")
+             "eval_trials", "eval_max_tokens", "plan", "world_size", "gpu_memory", "plan_json")
     assert set(later) <= set(settings["options"])
     settings["options"] = {k: v for k, v in settings["options"].items() if k not in later}
     (out / "settings.json").write_text(json.dumps(settings))

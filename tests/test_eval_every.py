@@ -23,6 +23,7 @@ import distributed
 import metrics
 import options
 import train
+import train_eval
 from hf import PRESETS, args_from_config, save_pretrained
 from model import Transformer
 
@@ -187,6 +188,10 @@ def refusals(micro, tmp_path) -> dict:
                             "error: --eval-stride must be > 0, got 0"),
         "--eval-lengths 1": ([*with_eval, "--eval-every", "2", "--eval-lengths", "1", "256"],
                              "error: --eval-lengths must be >= 2 tokens, got 1"),
+        "--eval-max-tokens below the longest length": ([*with_eval, "--eval-every", "2", "--eval-lengths", "64", "256",
+                                                        "--eval-max-tokens", "255"],
+                                                       "error: --eval-max-tokens 255 < the longest --eval-lengths 256: "
+                                                       "no document would be long enough to score"),
         "missing --eval-data": ([*run, "--eval-every", "2", "--eval-data", str(tmp_path / "nope.jsonl")],
                                 f"error: --eval-data {tmp_path / 'nope.jsonl'}: not found"),
         "token files without a tokenizer": (["--data", str(ids), "--window", "16", "--eval-every", "2", "--eval-data",
@@ -203,6 +208,7 @@ def refusals(micro, tmp_path) -> dict:
 
 @pytest.mark.parametrize("case", ["no --eval-data", "--eval-data without --eval-every", "--eval-every 0",
                                   "--eval-docs 0", "--eval-trials -1", "--eval-stride 0", "--eval-lengths 1",
+                                  "--eval-max-tokens below the longest length",
                                   "missing --eval-data", "token files without a tokenizer",
                                   "no document of max(--eval-lengths)", "a length below the passkey template"])
 def test_bad_eval_values_are_one_line_exit_2_and_nothing_written(case, micro, tmp_path, capsys):
@@ -213,6 +219,25 @@ def test_bad_eval_values_are_one_line_exit_2_and_nothing_written(case, micro, tm
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(want), err
     assert not out.exists()
+
+
+def test_eval_max_tokens_cuts_the_documents_as_evaluate_py_ppl_max_tokens_does(micro, tmp_path):
+    """--eval-max-tokens N: --eval-every's perplexity reads the documents `evaluate.py ppl --max-tokens N` reads
+    (each cut to its first N tokens, then kept if it still has max(--eval-lengths)), so long held-out books cost
+    one window at the longest length instead of many."""
+    model, data, eval_data = micro
+    argv = ["--model", str(model), "--data", str(data), "--out", str(tmp_path / "o"), *RUN, "--eval-every", "2",
+            "--eval-data", str(eval_data), "--eval-docs", "3", "--eval-lengths", "256", "--eval-max-tokens", "300"]
+    with distributed.distributed():
+        opts, config = options.resolve(options.parse_args(argv), 1)
+        args = options.training_args(opts, config)
+        ev = train_eval.eval_setup(opts, args, model)
+    want, bos = evaluate.load_documents(evaluate.PplOptions(data=[str(eval_data)], docs=3, max_tokens=300), args, 256,
+                                       model)
+    assert [len(d) for d in ev.documents] == [300] * 3 and ev.bos_id == bos
+    assert all(np.array_equal(a, b) for a, b in zip(ev.documents, want))
+    whole = evaluate.load_documents(evaluate.PplOptions(data=[str(eval_data)], docs=3), args, 256, model)[0]
+    assert all(np.array_equal(a, b[:300]) and len(b) > 300 for a, b in zip(ev.documents, whole))
 
 
 EVALUATION_FAILS = """
@@ -246,4 +271,3 @@ def test_under_torchrun_a_failure_of_rank_0s_evaluation_stops_every_rank_with_it
     assert "Connection" not in done.stderr and 'File "' + str(ROOT) not in done.stderr
     assert "exitcode  : 2" in done.stderr and "exitcode  : 1" not in done.stderr
     assert not list((tmp_path / "out").glob("checkpoints/step_*"))  # stopped before step 1
-

@@ -67,7 +67,8 @@ def test_every_default_for_a_checkpoint_is_the_papers_recipe_or_the_documented_c
             weight_decay=0.01, seed=0, save_every=100, keep_checkpoints=2, log_every=10, resume=False,
             activation_checkpointing=False, compile=False, max_documents=64_000, tensorboard=False, export_only=False,
             checkpoint=None, eval_every=None, eval_data=None, eval_lengths=None, eval_docs=10, eval_stride=1024,
-            eval_trials=10, plan=False, plan_json=None, world_size=None, gpu_memory=None), world  # no eval, no plan
+            eval_max_tokens=None, eval_trials=10, plan=False, plan_json=None, world_size=None,
+            gpu_memory=None), world  # no eval, no plan
 
 
 def test_every_default_of_the_from_scratch_demo(tmp_path):
@@ -82,7 +83,8 @@ def test_every_default_of_the_from_scratch_demo(tmp_path):
             steps=100, batch_size=8, micro_batch_size=micro, lr=3e-3, warmup=10, grad_clip=1.0, weight_decay=0.01,
             seed=0, save_every=50, keep_checkpoints=2, log_every=10, resume=False, activation_checkpointing=False,
             compile=False, max_documents=800, tensorboard=False, export_only=False, checkpoint=None, eval_every=None,
-            eval_data=None, eval_lengths=None, eval_docs=10, eval_stride=1024, eval_trials=10, plan=False,
+            eval_data=None, eval_lengths=None, eval_docs=10, eval_stride=1024, eval_max_tokens=None, eval_trials=10,
+            plan=False,
             plan_json=None, world_size=None, gpu_memory=None), world
         assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (256, 4, 4096)
     plain, _ = options.resolve(options.parse_args(["--out", str(tmp_path / "o"), "--method", "plain"]), 1)
