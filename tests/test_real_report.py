@@ -64,8 +64,10 @@ def test_the_report_renders_a_run_folder(tmp_path):
     options = {"docs": 3, "max_tokens": LT - 1, "stride": 2048, "lengths": [2048, 8192, 16384], "trials": 20}
     for name in ppl:
         (out / "results" / f"{name}.ppl.json").write_text(json.dumps({**ppl[name], "options": options}))
-        (out / "results" / f"{name}.passkey.json").write_text(json.dumps(
-            {**keys[name], "options": {**options, "lengths": [4096, 8192, 16384]}}))
+        for part, lengths in (("short", [4096, 8192]), ("top", [16384])):  # real.sh runs them side by side
+            rows = [r for r in keys[name]["results"] if r["length"] in lengths]
+            (out / "results" / f"{name}.passkey-{part}.json").write_text(json.dumps(
+                {"results": rows, "options": {**options, "lengths": lengths}}))
     (out / "pose-linear").mkdir()
     (out / "pose-linear" / "settings.json").write_text(json.dumps({"options": {
         "context": LC, "target": LT, "window": 1024, "steps": 100, "batch_size": 2, "lr": 1e-4, "warmup": 10,
@@ -74,11 +76,13 @@ def test_the_report_renders_a_run_folder(tmp_path):
         {"step": 0, "eval": {"ppl": {"16384": 11.0}, "passkey": {"16384": 0.2}}},
         {"step": 5, "loss": 2.5, "s_per_step": 8.0, "peak_mem_gib": 3.1},
         {"step": 10, "eval": {"ppl": {"16384": 10.4}, "passkey": {"16384": 0.8}}})))
-    (out / "times.tsv").write_text("pose-linear\t800\noriginal.ppl\t300\noriginal.passkey\t900\n")
+    (out / "times.tsv").write_text("pose-linear\t800\noriginal.passkey-short\t300\noriginal.ppl\t500\n"
+                                   "original.passkey-top\t900\n")
     (out / "commands.sh").write_text("python train.py ...\n")
     md = real_report.report(out, None)
     assert "| Original | 12.00 | 9.50 | 30.00 |" in md
     assert "| PoSE (YaRN) | 1.00 (1.00) | 0.95 (0.95) | 0.90 (0.90) |" in md
     assert "| PoSE (linear) | 0.20 / 11.00 | 0.80 / 10.40 |" in md  # passkey / ppl at L_t against the step
-    assert "| PoSE (linear) | 1024 | 5 | 8.0 | 3.10 | 800 | - | - |" in md
-    assert "Wall time of the whole pipeline: 28.3 min" in md  # 800 s + the longer of 300 / 900 s side by side
+    assert "| PoSE (linear) | 1024 | 5 | 8.0 | 3.10 | 800 | - | - | - |" in md
+    assert "Wall time of the whole pipeline: 28.3 min" in md  # 800 s + the longer of 900 s | 300 + 500 s
+    assert "| Original | - | - | - | - | - | 900 | 300 | 500 |" in md  # no training; its evaluations' parts
