@@ -56,6 +56,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data import CACHE, Tokenizer  # noqa: E402
+from gguf_to_hf import sha256  # noqa: E402  (the pipeline's other cached stage: its file checksum)
 
 
 @dataclass(frozen=True)
@@ -178,14 +179,6 @@ def fetch(package: Package, downloads: Path) -> Path:
             raise RuntimeError(f"{package.filename}: sha256 {sha256(got)} is not the pinned {package.sha256}")
         os.replace(got, path)
     return path
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- R's serialisation format (XDR), as R writes data

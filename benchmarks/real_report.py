@@ -7,9 +7,7 @@ L_t = 16,384 by training-free interpolation and by fine-tuning (PoSE, plain PI, 
 --into replaces the text between the "<!-- real:begin -->" and "<!-- real:end -->" lines of the file. The goals of
 issue 33 are checked from the numbers (`goals`), each line saying met or not met and by how much.
 """
-import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import evaluate  # noqa: E402
-from repro_report import eval_rows, load, machine  # noqa: E402
+from repro_report import cli, eval_rows, load, machine  # noqa: E402
 
 ROWS = [  # (name in the run, row label, what it is)
     ("original", "Original", "the checkpoint, plain RoPE (its own theta 1e5), no training"),
@@ -31,7 +29,6 @@ ROWS = [  # (name in the run, row label, what it is)
     ("full", "Full-length", "fine-tuned on L_t-token windows, linear PI, for the steps the budget allowed"),
 ]
 TRAINING_FREE, POSE = ("pi", "ntk", "yarn"), ("pose-linear", "pose-yarn")
-BEGIN, END = "<!-- real:begin -->", "<!-- real:end -->"
 
 
 def load_passkey(out: Path, name: str) -> dict | None:
@@ -228,28 +225,7 @@ def plot(out: Path, path: str):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path, help="the real.sh output folder")
-    p.add_argument("--into", type=Path, help="markdown file whose real:begin/end block is replaced")
-    p.add_argument("--plot", help="also draw the results into this PNG (needs matplotlib)")
-    a = p.parse_args(argv)
-    if not (a.out / "times.tsv").exists():
-        sys.exit(f"error: {a.out}/times.tsv not found: not a real.sh output folder")
-    if a.into and (BEGIN not in a.into.read_text() or END not in a.into.read_text()):
-        sys.exit(f"error: {a.into} has no {BEGIN} ... {END} block")
-    plot_link = None
-    if a.plot:
-        try:
-            plot(a.out, a.plot)
-            plot_link = os.path.relpath(Path(a.plot).resolve(), (a.into or a.out / "report.md").resolve().parent)
-        except ValueError as e:  # no matplotlib: the tables are still written
-            print(f"no plot: {e}", file=sys.stderr)
-    md = report(a.out, plot_link)
-    (a.out / "report.md").write_text(md)
-    if a.into:
-        head, rest = a.into.read_text().split(BEGIN, 1)
-        a.into.write_text(head + BEGIN + "\n" + md + END + rest.split(END, 1)[1])
-    print(md)
+    cli(argv, __doc__, "real.sh", "real", plot, report)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ ROWS = [  # (name in the run, row label, what it is)
     ("pose-yarn", "PoSE (YaRN)", "same, the revised YaRN the paper used (yarn-revised)"),
     ("pose-yarn-b2", "PoSE (YaRN, beta_fast 2: miniature-tuned)", "same, YaRN's ramp ending at 2 turns, not 32"),
 ]
-BEGIN, END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"
 
 
 def load(out: Path, name: str, task: str) -> dict | None:
@@ -222,34 +221,44 @@ def _options(run: Path) -> dict:
     return json.loads(path.read_text())["options"] if path.exists() else {}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path, help="the reproduce.sh output folder")
-    p.add_argument("--into", type=Path, help="markdown file whose reproduce:begin/end block is replaced")
-    p.add_argument("--plot", help="also draw perplexity and passkey accuracy vs length into this PNG")
+def cli(argv, doc: str, pipeline: str, block: str, draw, report):
+    """The command line of the pipelines' report scripts: OUT [--into FILE] [--plot PNG]. draw(out, png) draws the
+    plot (a ValueError, e.g. no matplotlib: tables only), report(out, link) returns the markdown, written to
+    OUT/report.md, to stdout and between FILE's "<!-- BLOCK:begin -->" and "<!-- BLOCK:end -->" lines."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path, help=f"the {pipeline} output folder")
+    p.add_argument("--into", type=Path, help=f"markdown file whose {block}:begin/end block is replaced")
+    p.add_argument("--plot", help="also draw the results into this PNG (needs matplotlib)")
     a = p.parse_args(argv)
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     if not (a.out / "times.tsv").exists():
-        sys.exit(f"error: {a.out}/times.tsv not found: not a reproduce.sh output folder")
+        sys.exit(f"error: {a.out}/times.tsv not found: not a {pipeline} output folder")
+    if a.into and (begin not in a.into.read_text() or end not in a.into.read_text()):
+        sys.exit(f"error: {a.into} has no {begin} ... {end} block")
     plot_link = None  # the image's path as the markdown file links it
     if a.plot:
-        results = [r for name, *_ in ROWS for task in ("ppl", "passkey") if (r := load(a.out, name, task))]
         try:
-            evaluate.plot_results(results, a.plot)
-            if any(eval_rows(a.out, name) for name, *_ in ROWS):
-                plot_steps(a.out, steps_name(a.plot))
-            where = (a.into or a.out / "report.md").resolve().parent
-            plot_link = os.path.relpath(Path(a.plot).resolve(), where)
+            draw(a.out, a.plot)
+            plot_link = os.path.relpath(Path(a.plot).resolve(), (a.into or a.out / "report.md").resolve().parent)
         except ValueError as e:  # no matplotlib: the tables still get written
             print(f"no plot: {e}", file=sys.stderr)
     md = report(a.out, plot_link)
     (a.out / "report.md").write_text(md)
     if a.into:
-        text = a.into.read_text()
-        if BEGIN not in text or END not in text:
-            sys.exit(f"error: {a.into} has no {BEGIN} ... {END} block")
-        head, rest = text.split(BEGIN, 1)
-        a.into.write_text(head + BEGIN + "\n" + md + END + rest.split(END, 1)[1])
+        head, rest = a.into.read_text().split(begin, 1)
+        a.into.write_text(head + begin + "\n" + md + end + rest.split(end, 1)[1])
     print(md)
+
+
+def draw(out: Path, path: str):
+    """Perplexity and passkey accuracy against length, and (with --eval-every rows) retrieval against steps."""
+    evaluate.plot_results([r for name, *_ in ROWS for task in ("ppl", "passkey") if (r := load(out, name, task))], path)
+    if any(eval_rows(out, name) for name, *_ in ROWS):
+        plot_steps(out, steps_name(path))
+
+
+def main(argv=None):
+    cli(argv, __doc__, "reproduce.sh", "reproduce", draw, report)
 
 
 if __name__ == "__main__":

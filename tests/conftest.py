@@ -1,6 +1,7 @@
 """Shared test set-up: a derandomised hypothesis profile so CI never flakes; one torch thread on request; the micro
 checkpoint and the token corpus the training tests run on."""
 import os
+import re
 import sys
 
 import numpy as np
@@ -16,6 +17,16 @@ from model import Transformer  # noqa: E402  (the repository is on sys.path now)
 # A two-layer checkpoint small enough for a training step in milliseconds (head_dim 16, 2 KV heads: GQA).
 MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              head_dim=16, intermediate_size=128, max_position_embeddings=16)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tracebacks_of_ours(stderr: str) -> list[str]:
+    """The traceback frames in a process's stderr that are the project's own files: a rank's traceback, not
+    torchrun's report (whose frames are torch's, under site-packages, inside the checkout when its venv is)."""
+    frames = re.findall(r'File "([^"]+)"', stderr)
+    return [f for f in frames if f.startswith(ROOT + os.sep) and "site-packages" not in f]
+
 
 settings.register_profile(
     "ci", derandomize=True, deadline=None, max_examples=50, print_blob=True,
