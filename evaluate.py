@@ -50,15 +50,17 @@ depths depend only on (--seed, L, depth), so every model is asked the same quest
 nothing, so each row also gives two graded signals (issue 25): the per-digit accuracy (the share of the key's
 digits the answer's first integer has right, place by place) and the key's log-probability under teacher
 forcing (nats: the sum of log p of the tokens of " 12345" after the prompt, each given those before it; the
-table's "log p(key)", 0 for a certain model, about -5 ln 10 = -11.5 for one guessing each digit). The
-log-probability costs one more forward of prompt and answer per trial, about as much as the answer's prefill.
+table's "log p(key)", 0 for a certain model, about -5 ln 10 = -11.5 for one guessing each digit). Both come
+from one prefill of the prompt: the key's tokens are decoded one at a time from its KV cache, which is then
+rewound for the greedy answer (model.generate's score), so the log-probability costs a few decoded tokens, not
+a second forward of the prompt.
 
 RULER: ruler.py makes the prompts (RULER's templates, fitted by the passkey's search, `fit_prompt`) and scores
 the answers; this file decodes them with the KV cache (`ruler`) and prints the task x length table.
 
 In order: options (the dataclass fields are the flags) and their checks; loading the model; perplexity
 (window_plan, window_nll, perplexity, load_documents); passkey (prompt, greedy_answer, first_integer,
-key_logprob, digit_accuracy, passkey); RULER's decoding loop; tables, the results JSON and plots; main.
+digit_accuracy, passkey); RULER's decoding loop; tables, the results JSON and plots; main.
 """
 import argparse
 import contextlib
@@ -416,18 +418,6 @@ def passkey_ids(tokenizer, length: int, key: int, depth: float, fit: str = "answ
     return prompt, answered[len(prompt):] if answered[:len(prompt)] == prompt else None
 
 
-@torch.inference_mode()
-def key_logprob(model, prompt: list[int], answer: list[int], device) -> float:
-    """log p(answer | prompt) in nats under teacher forcing: the sum of log-probabilities of the key's tokens, each
-    given the prompt and the key's tokens before it (one forward of prompt + answer, no [T, V] logits)."""
-    tokens = torch.tensor(prompt + answer, device=device)  # [T]
-    targets = torch.full_like(tokens, -100)
-    targets[len(prompt) - 1:-1] = tokens[len(prompt):]  # the row before each answer token predicts it
-    with attention(model, device):
-        nll, _ = model.loss(tokens[None], targets[None])
-    return -float(nll)
-
-
 def digit_accuracy(answer: str, key: int) -> float:
     """The fraction of the key's digits the answer's first integer has right, place by place; a digit short or
     too many counts as wrong (so 1.0 exactly when the integer is the key): 12355 for 12345 scores 0.8."""
@@ -436,14 +426,21 @@ def digit_accuracy(answer: str, key: int) -> float:
     return sum(a == b for a, b in zip(got, want)) / max(len(got), len(want))
 
 
-def greedy_answer(model, tokenizer, ids: list[int], new_tokens: int, device) -> str:
+def greedy_answer(model, tokenizer, ids: list[int], new_tokens: int, device, score: list[int] | None = None):
     """Greedy decoding of new_tokens tokens after the prompt with the KV cache, as text: cut at EOS (where
-    generation would stop) and without ids beyond the tokenizer's pieces (a padded embedding's)."""
+    generation would stop) and without ids beyond the tokenizer's pieces (a padded embedding's). score: ids whose
+    teacher-forced log-probability after the prompt to return too, (text, nats), from the same prefill."""
     with attention(model, device):
         stop = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
-        out = model.generate(torch.tensor([ids], device=device), new_tokens, stop_ids=stop)[0].tolist()
+        prompt = torch.tensor([ids], device=device)
+        if score is None:
+            out = model.generate(prompt, new_tokens, stop_ids=stop)
+        else:
+            out, logprob = model.generate(prompt, new_tokens, stop_ids=stop, score=torch.tensor([score], device=device))
+    out = out[0].tolist()
     out = out[:out.index(tokenizer.eos_id)] if tokenizer.eos_id in out else out
-    return tokenizer.decode([i for i in out if 0 <= i < tokenizer.vocab_size])
+    text = tokenizer.decode([i for i in out if 0 <= i < tokenizer.vocab_size])
+    return text if score is None else (text, float(logprob[0]))
 
 
 def first_integer(text: str) -> int | None:
@@ -464,10 +461,11 @@ def passkey(model, tokenizer, lengths, trials, depths=None, seed=0, new_tokens=1
         for _ in range(trials):
             key, d = int(rng.integers(10_000, 100_000)), float(rng.random()) if depth is None else depth
             ids, right = passkey_ids(tokenizer, L, key, d, fit)
-            answer = greedy_answer(model, tokenizer, ids, new_tokens, device)
+            # One prefill of the prompt for both: the greedy answer and the key's teacher-forced log-probability.
+            answer, logprob = greedy_answer(model, tokenizer, ids, new_tokens, device, score=right) \
+                if right is not None else (greedy_answer(model, tokenizer, ids, new_tokens, device), None)
             cases.append(dict(key=key, depth=d, tokens=len(ids), answer=answer, passed=first_integer(answer) == key,
-                              digits=digit_accuracy(answer, key),
-                              key_logprob=None if right is None else key_logprob(model, ids, right, device)))
+                              digits=digit_accuracy(answer, key), key_logprob=logprob))
             progress(L, f"passkey L={L}" + ("" if depth is None else f" depth={depth}"))
         rows.append(dict(length=L, depth=depth, accuracy=sum(c["passed"] for c in cases) / trials, trials=trials,
                          digit_accuracy=float(np.mean([c["digits"] for c in cases])),

@@ -265,6 +265,18 @@ class KVCache:
         self.len += T
         return self.k[:, :, :min(self.len, size)], self.v[:, :, :min(self.len, size)]
 
+    def save(self, n: int):
+        """What storing the next n tokens changes, for restore(): the length, and copies of the slots they will
+        overwrite. In a rolling buffer those hold tokens still in the window of the tokens after them."""
+        slots = torch.arange(self.len, self.len + n, device=self.k.device) % self.k.shape[2]
+        return self.len, slots, self.k[:, :, slots].clone(), self.v[:, :, slots].clone()
+
+    def restore(self, saved):
+        """Back to the state save() recorded: the tokens stored since are forgotten, their slots as they were."""
+        self.len, slots, k, v = saved
+        self.k.index_copy_(2, slots, k)  # a slot listed twice (n > W) holds its saved value in both copies
+        self.v.index_copy_(2, slots, v)
+
 
 # Where sliding-window attention runs as FlexAttention (fused, block-sparse: memory O(T·W)) rather than SDPA with a
 # materialised [T, T] band mask. torch 2.13 also compiles it for CPU, but forward only (training needs backward)
@@ -491,18 +503,34 @@ class Transformer(nn.Module):
         return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
 
     @torch.no_grad()
-    def generate(self, tokens, max_new_tokens: int, positions=None, stop_ids=()):
+    def generate(self, tokens, max_new_tokens: int, positions=None, stop_ids=(), score=None):
         """Greedy decoding with a KV cache: prefill the prompt, then one token at a time at the next position
         id (last prompt position + 1, + 2, ...). Returns the new ids [B, n], n = max_new_tokens, or fewer when
         every row has produced one of stop_ids (e.g. EOS) by then. Under a sliding window W each layer's cache
-        keeps the last W tokens only (KVCache), however long the prompt."""
+        keeps the last W tokens only (KVCache), however long the prompt.
+
+        score: ids [B, m] to teacher-force after the same prompt; then returns (new ids, log p(score | prompt)
+        [B] in float32 or wider: the sum over its m tokens, each given the prompt and those before it). They are
+        decoded one at a time from the prompt's prefill, and the caches rewound to it before the greedy decoding
+        (KVCache.save / restore), so the prompt is read once for both (evaluate.py's passkey)."""
         B, T = tokens.shape
         if positions is None:
             positions = torch.arange(T, device=tokens.device)
         positions = positions.expand(B, T)
-        cache = [KVCache(T + max_new_tokens) for _ in self.model.layers]
-        logits = self.lm_head(self.hidden(tokens, positions, cache)[:, -1:])  # [B, 1, V]: no [T, V] prefill logits
-        new, pos = [], positions[:, -1:]
+        forced = 0 if score is None else score.shape[1]
+        cache = [KVCache(T + max(max_new_tokens, forced)) for _ in self.model.layers]
+        prefill = self.lm_head(self.hidden(tokens, positions, cache)[:, -1:])  # [B, 1, V]: no [T, V] prefill logits
+        if score is not None:
+            saved = [c.save(forced) for c in cache]
+            logits, logprob = prefill, 0.0
+            for i in range(forced):
+                logp = torch.log_softmax(logits[:, 0].to(torch.promote_types(logits.dtype, torch.float32)), -1)
+                logprob = logprob + logp.gather(1, score[:, i:i + 1])[:, 0]  # [B]
+                if i + 1 < forced:
+                    logits = self.lm_head(self.hidden(score[:, i:i + 1], positions[:, -1:] + 1 + i, cache))
+            for c, s in zip(cache, saved):
+                c.restore(s)
+        logits, new, pos = prefill, [], positions[:, -1:]
         stop = torch.as_tensor(list(stop_ids), dtype=torch.long, device=tokens.device)
         stopped = torch.zeros(B, 1, dtype=torch.bool, device=tokens.device)
         for step in range(max_new_tokens):
@@ -513,7 +541,8 @@ class Transformer(nn.Module):
                 logits = self.lm_head(self.hidden(new[-1], pos, cache))
             else:
                 break
-        return torch.cat(new, dim=1) if new else tokens.new_empty(B, 0)
+        new = torch.cat(new, dim=1) if new else tokens.new_empty(B, 0)
+        return new if score is None else (new, logprob)
 
     # ------------------------------------------------------------ loading / saving
 

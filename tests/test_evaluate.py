@@ -180,13 +180,10 @@ class Oracle:
     def __init__(self, tokenizer, wrong=False):
         self.tokenizer, self.wrong = tokenizer, wrong
 
-    def generate(self, tokens, max_new_tokens, stop_ids=()):
+    def generate(self, tokens, max_new_tokens, stop_ids=(), score=None):
         key = int(re.search(r"The pass key is (\d+)", self.tokenizer.decode(tokens[0].tolist())).group(1))
-        ids = self.tokenizer.encode(f" {key + self.wrong}. Remember it.", bos=False)[:max_new_tokens]
-        return torch.tensor([ids])
-
-    def loss(self, tokens, targets):  # certain of every token it is asked about: log p(key) = 0
-        return torch.zeros(()), (targets != -100).sum()
+        ids = torch.tensor([self.tokenizer.encode(f" {key + self.wrong}. Remember it.", bos=False)[:max_new_tokens]])
+        return ids if score is None else (ids, torch.zeros(1))  # certain of every token it is asked: log p(key) = 0
 
 
 @pytest.mark.parametrize("wrong,accuracy", [(False, 1.0), (True, 0.0)])
@@ -211,14 +208,12 @@ class Answers:
     def __init__(self, tokenizer, template="{key}"):
         self.tokenizer, self.template, self.prompts = tokenizer, template, []
 
-    def generate(self, tokens, max_new_tokens, stop_ids=()):
+    def generate(self, tokens, max_new_tokens, stop_ids=(), score=None):
         self.prompts.append(self.tokenizer.decode(tokens[0].tolist()))
         key = int(re.search(r"The pass key is (\d+)", self.prompts[-1]).group(1))
         answer = self.template.format(key=key, other=key - 4321, head=str(key)[:3], tail=str(key)[3:])
-        return torch.tensor([self.tokenizer.encode(answer, bos=False)[:max_new_tokens]])
-
-    def loss(self, tokens, targets):  # key_logprob's teacher forcing: log p(key) = 0, as Oracle
-        return torch.zeros(()), (targets != -100).sum()
+        ids = torch.tensor([self.tokenizer.encode(answer, bos=False)[:max_new_tokens]])
+        return ids if score is None else (ids, torch.zeros(1))  # log p(key) = 0, as Oracle
 
 
 @pytest.mark.parametrize("template,passed", [
@@ -273,6 +268,29 @@ def test_key_logprob_is_the_teacher_forced_log_probability_of_the_keys_tokens(mi
         want = sum(logp[i - 1, full[i]].item() for i in range(len(ids), len(full)))
         assert case["key_logprob"] == pytest.approx(want, rel=1e-10) and want < -1
     assert row["key_logprob"] == pytest.approx(sum(c["key_logprob"] for c in row["cases"]) / 3, rel=1e-12)
+
+
+def test_passkey_reads_each_prompt_once_and_equals_the_two_forward_answer_and_key_logprob_in_float32(micro):
+    """One prefill per prompt (the key's tokens decoded from its KV cache, then rewound for the greedy answer)
+    against what passkey computed before, written out here: generate() alone for the answer, and a second full
+    forward of prompt + key for log p(key). Same answers and digits; log p(key) within 1e-4 nats in float32."""
+    tokenizer = Tokenizer(micro)
+    model = Transformer.from_pretrained(micro, dtype=torch.float32)
+    prefills = []
+    hook = model.model.layers[0].register_forward_hook(lambda m, args, out: prefills.append(args[0].shape[1]))
+    rows = evaluate.passkey(model, tokenizer, [200, 300], trials=4, seed=7, new_tokens=6)
+    hook.remove()
+    assert sum(n > 1 for n in prefills) == 8  # one forward of more than one token per prompt: its prefill
+    for row in rows:
+        for case in row["cases"]:
+            ids, right = evaluate.passkey_ids(tokenizer, row["length"], case["key"], case["depth"])
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ids]), 6, stop_ids=[tokenizer.eos_id])[0].tolist()
+                logp = torch.log_softmax(model(torch.tensor([ids + right]))[0], dim=-1)  # [T, V]
+            out = out[:out.index(tokenizer.eos_id)] if tokenizer.eos_id in out else out
+            assert case["answer"] == tokenizer.decode(out) and case["tokens"] == len(ids)
+            want = sum(logp[i - 1, t].item() for i, t in enumerate(right, start=len(ids)))
+            assert abs(case["key_logprob"] - want) < 1e-4 and want < -1
 
 
 def test_every_issue_flag_exists_and_the_defaults_are_the_papers():
