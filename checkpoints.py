@@ -7,21 +7,32 @@
     runs/pose16k/exports/step_000500/          `python train.py --export-only --out runs/pose16k --checkpoint 500`
 
 A run is its --out folder. settings.json holds the resolved options; --resume refuses, in one line, any change of
-what is trained: RESUME_FIXED (the checkpoint and corpus, L_c, L_t and with them alpha, the method and its
-sampling, the rope, the batch, the optimizer's hyper-parameters, the seed). Free to change: --steps, saving and
-logging, and --micro-batch-size and the world size (memory, hardware). A checkpoint holds the model and optimizer
-state and the step, nothing else: the data stream is a function of (seed, rank, step) and the learning rate of
-the step (train.py), so no generator or scheduler state is saved. Checkpoints are DCP's (sharded, one file per
-rank), so a run may resume at another world size, and --export-only reads one on a single process. Every file is
+what is trained: RESUME_FIXED (the checkpoint and corpus, L_c, the training window, L_t and with them alpha, the
+method and its sampling, the rope, the batch, the optimizer's hyper-parameters, the seed). Free to change: --steps,
+saving and logging, and --micro-batch-size and the world size (memory, hardware). A checkpoint holds the model and
+optimizer state and the step, nothing else: the data stream is a function of (seed, rank, step) and the learning
+rate of the step (train.py), so no generator or scheduler state is saved. Checkpoints are DCP's (sharded, one file
+per rank), so a run may resume at another world size, and --export-only reads one on a single process. Every file is
 written under a temporary name and renamed, so a kill at any moment leaves the previous checkpoint / export intact.
 
-In order: settings.json and the resume refusals; checkpoints (latest, save, load, the one --export-only picks);
-the Hugging Face folder (export gathers the shards, write_hf_folder writes config, weights and tokenizer files).
+A run folder may come from elsewhere: every checkpoint is read through SafeReader and SafePlanner, which admit
+only what this project's checkpoints hold and run nothing from the folder (DCP's own reader unpickles .metadata
+and the plain values with no restriction).
+
+In order: settings.json and the resume refusals; checkpoints (latest, save); reading one runs nothing from it
+(the restricted unpickler, SafeReader, SafePlanner, dcp_load); damage, load, the one --export-only picks; the
+Hugging Face folder (export gathers the shards, write_hf_folder writes config, weights and tokenizer files).
 """
+import contextlib
 import dataclasses
 import errno
+import io
 import json
 import os
+import pathlib
+import pickle
+import re
+import shlex
 import shutil
 import warnings
 from pathlib import Path
@@ -29,22 +40,26 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint import filesystem as dcp_filesystem
+from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 from torch.distributed.tensor import DTensor
+from torch.futures import Future
 
 from data import tokenizer_files
+from hf import save_pretrained
 from model import ModelArgs, Transformer
 
 # ---------------------------------------------------------------- the run's settings (resume safety)
 
 # What is trained: a change on --resume would silently train another thing (a new target changes alpha, so the
 # weights trained so far would meet new frequencies). Everything else may change (see the docstring).
-RESUME_FIXED = ("model", "preset", "data", "text_field", "tokenizer", "window", "target", "method", "chunks",
-                "content", "crop", "rope", "beta_fast", "batch_size", "lr", "warmup", "weight_decay", "grad_clip",
-                "seed", "max_documents")
+RESUME_FIXED = ("model", "preset", "data", "text_field", "tokenizer", "context", "window", "target", "method",
+                "chunks", "content", "crop", "rope", "beta_fast", "batch_size", "lr", "warmup", "weight_decay",
+                "grad_clip", "seed", "max_documents")
 PATHS = ("model", "data", "tokenizer")
 
 
@@ -69,9 +84,11 @@ def read_settings(out: Path) -> dict | None:
     try:
         settings = json.loads(path.read_text())
         assert isinstance(settings["options"], dict)
-        return settings
     except (ValueError, KeyError, TypeError, AssertionError):
         raise ValueError(f"{path}: not a settings file written by train.py") from None
+    if "window" in settings["options"]:  # written before --context existed, when L_c was the training window
+        settings["options"].setdefault("context", settings["options"]["window"])
+    return settings
 
 
 def write_settings(out: Path, settings: dict):
@@ -145,6 +162,13 @@ def full_disk_line(what: Path, needed: int) -> str:
     return f"{what}: no space left on device (needs about {size(needed)}, {size(free)} free)"
 
 
+def agree_any(flag: bool, device) -> bool:
+    """Whether `flag` holds on any rank (one MAX all-reduce; every rank calls it)."""
+    vote = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return bool(vote.item())
+
+
 def weights_finite(model) -> bool:
     """Whether every weight is finite on every rank (each checks its own shards; one MIN all-reduce)."""
     ok = all(bool(torch.isfinite(p.to_local() if isinstance(p, DTensor) else p).all()) for p in model.parameters())
@@ -168,8 +192,11 @@ def save_checkpoint(out: Path, state: dict, keep: int):
     except (Exception, CheckpointException) as e:  # every rank gets DCP's (a BaseException) together
         local = nbytes(t.to_local() if isinstance(t, DTensor) else t for part in ("model", "optim")
                        for t in _leaves(state[part]))
-        # torch.save's zip writer turns ENOSPC into "RuntimeError: ... unexpected pos": ask the disk too.
-        if not (disk_full(e) or shutil.disk_usage(tmp.parent).free < local * dist.get_world_size()):
+        # torch.save's zip writer turns ENOSPC into "RuntimeError: ... unexpected pos": ask the disk too. Each
+        # rank asks its own (another node's may be the full one), so the ranks agree on the answer (MAX):
+        # one rank raising DiskFull while another re-raised would leave the first waiting at a barrier.
+        full = disk_full(e) or shutil.disk_usage(tmp.parent).free < local * dist.get_world_size()
+        if not agree_any(full, next(t for t in _leaves(state["model"]) if isinstance(t, torch.Tensor)).device):
             raise
         dist.barrier()
         if dist.get_rank() == 0:
@@ -196,12 +223,192 @@ def _leaves(tree):
         yield tree
 
 
+# ---------------------------------------------------------------- reading a checkpoint runs nothing from it
+
+class Untrusted(ValueError):
+    """A checkpoint file whose pickle names something no checkpoint of this project holds: refused unread."""
+
+
+class Unreadable(ValueError):
+    """A checkpoint file whose bytes are not what its .metadata says (corrupt, sizes intact): damage() cannot
+    see it, DCP finds it while reading, maybe on one rank only."""
+
+
+def _weights_only_error(e: pickle.UnpicklingError, file: Path, what: str) -> ValueError:
+    """torch.load(weights_only=True)'s refusal as our line, never its advice (to retry with weights_only=False):
+    a pickle naming a global it does not admit is Untrusted, anything else a record that is no tensor / value."""
+    text = str(e)
+    if name := re.search(r"GLOBAL (\S+)", text):
+        return Untrusted(f"{file}: refused, the pickle of {what} names {name[1]}, which no checkpoint of this "
+                         f"project holds (nothing from it was run)")
+    reason = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
+    return Unreadable(f"{file}: unreadable, {what} is no pickle torch.load(weights_only=True) reads"
+                      f"{f' ({reason[1]})' if reason else ''}")
+
+
+def _admitted() -> dict:
+    """{(module, name): object} for every global a DCP .metadata of this project names, found by listing the
+    pickles of real checkpoints (world 1 and 2) with pickletools: DCP's metadata dataclasses, the checkpoint's path,
+    torch.Size, dtypes, layouts by name, the memory-format enum. None of them runs anything when the unpickler
+    builds it: a dataclass stores its fields, torch.Size takes ints, _get_layout and an Enum look a name / value
+    up, PosixPath joins strings (no I/O), and a dtype is a constant. The objects are resolved here, so the
+    unpickler imports nothing either."""
+    md = dcp_metadata
+    admitted = {("torch.distributed.checkpoint.metadata", c.__name__): c for c in (
+        md.Metadata, md.MetadataIndex, md.StorageMeta, md.TensorStorageMetadata, md.BytesStorageMetadata,
+        md.ChunkStorageMetadata, md.TensorProperties, md._MEM_FORMAT_ENCODING)}
+    admitted |= {("torch.distributed.checkpoint.filesystem", "_StorageInfo"): dcp_filesystem._StorageInfo,
+                 ("torch", "Size"): torch.Size, ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
+                 ("pathlib", "PosixPath"): pathlib.PosixPath,  # StorageMeta.checkpoint_id
+                 ("pathlib._local", "PosixPath"): pathlib.PosixPath}  # its module from Python 3.13 on
+    return admitted | {("torch", name): v for name, v in vars(torch).items() if isinstance(v, torch.dtype)}
+
+
+_ADMITTED = _admitted()
+_DISTCP = re.compile(r"__\d+_\d+\.distcp")  # what FileSystemWriter names a rank's file: never a path elsewhere
+
+
+class _Unpickler(pickle.Unpickler):
+    """pickle's unpickler, with find_class admitting _ADMITTED only: every global a pickle may call or build
+    (REDUCE, NEWOBJ, BUILD, INST, OBJ, EXT* all go through find_class) is one of those, so nothing else runs."""
+
+    def __init__(self, file, path: Path):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module, name):
+        if (module, name) not in _ADMITTED:
+            raise Untrusted(f"{self.path}: refused, its pickle names {module}.{name}, which no checkpoint of this "
+                            f"project holds (nothing from it was run; share exports, not run folders: README)")
+        return _ADMITTED[module, name]
+
+    def persistent_load(self, pid):
+        raise Untrusted(f"{self.path}: refused, its pickle asks for a persistent object, which no checkpoint of this "
+                        f"project holds")
+
+
+def _check_metadata(metadata, path: Path):
+    """What DCP will follow in a .metadata, checked against what this project writes: tensors under model. and
+    optim.state., the few plain values elsewhere, every entry's bytes in a rank file of this folder, untransformed."""
+    def refuse(what):
+        return Untrusted(f"{path}: refused, not a checkpoint of this project ({what})")
+    md = dcp_metadata
+    if not isinstance(metadata, md.Metadata):
+        raise refuse(f"a pickled {type(metadata).__name__}, not DCP's Metadata")
+    entries, storage = metadata.state_dict_metadata, metadata.storage_data
+    if not isinstance(entries, dict) or not isinstance(storage, dict):
+        raise refuse("state_dict_metadata / storage_data are not dicts")
+    for key, entry in entries.items():
+        tensor = isinstance(key, str) and key.startswith(("model.", "optim.state."))
+        if not isinstance(entry, md.TensorStorageMetadata if tensor else md.BytesStorageMetadata):
+            raise refuse(f"entry {key!r} is a {type(entry).__name__}")
+    for index, info in storage.items():
+        if not (isinstance(index, md.MetadataIndex) and isinstance(info, dcp_filesystem._StorageInfo)):
+            raise refuse(f"a storage entry {type(index).__name__}: {type(info).__name__}")
+        if not (isinstance(info.relative_path, str) and _DISTCP.fullmatch(info.relative_path)):
+            raise refuse(f"{index.fqn!r} is stored in {info.relative_path!r}, not a rank file __R_N.distcp beside it")
+        if not all(type(n) is int and n >= 0 for n in (info.offset, info.length)):
+            raise refuse(f"{index.fqn!r} at offset {info.offset!r}, length {info.length!r}")
+        if info.transform_descriptors:  # DCP would decompress it (ZStandard); this project writes raw bytes
+            raise refuse(f"{index.fqn!r} transformed by {info.transform_descriptors!r}")
+
+
+class SafeReader(FileSystemReader):
+    """DCP's FileSystemReader whose .metadata goes through _Unpickler and _check_metadata (DCP's own is a plain
+    pickle.load: a run folder from elsewhere could run any code). read_metadata takes no rank argument, so DCP
+    never falls back to the rank-local __R.metadata files this project does not write."""
+
+    def read_metadata(self) -> dcp_metadata.Metadata:
+        path = Path(self.path) / ".metadata"
+        with open(path, "rb") as f:
+            metadata = _Unpickler(f, path).load()
+        _check_metadata(metadata, path)
+        if metadata.storage_meta is None:
+            metadata.storage_meta = dcp_metadata.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id  # as DCP's read_metadata does
+        return metadata
+
+    def read_data(self, plan, planner):
+        """DCP's read, one file at a time, so that a record it cannot read is a line naming its file: the tensors'
+        torch.load(weights_only=True) refusing a pickle, a record that is no zip archive."""
+        by_file = {}
+        for item in plan.items:
+            by_file.setdefault(self.storage_data[item.storage_index].relative_path, []).append(item)
+        for name, items in by_file.items():
+            file = Path(self.path) / name
+            try:
+                super().read_data(dataclasses.replace(plan, items=items), planner).wait()
+            except (Untrusted, Unreadable):
+                raise
+            except pickle.UnpicklingError as e:
+                raise _weights_only_error(e, file, "a tensor") from None
+            except (RuntimeError, ValueError, OSError, EOFError) as e:  # e.g. "PytorchStreamReader failed ..."
+                raise Unreadable(f"{file}: unreadable ({type(e).__name__}: "
+                                 f"{(str(e).strip().splitlines() or [''])[0]})") from None
+        done = Future()
+        done.set_result(None)
+        return done
+
+
+class SafePlanner(DefaultLoadPlanner):
+    """DCP's default load planner, except that the plain values of a checkpoint (the step, the seed, Adam's
+    hyper-parameters) are unpickled by torch.load(weights_only=True), as its tensors are: DCP's own load_bytes
+    uses weights_only=False on the .distcp bytes."""
+
+    def __init__(self, checkpoint: Path):
+        super().__init__()
+        self.checkpoint = checkpoint
+
+    def load_bytes(self, read_item, value):
+        try:
+            obj = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:
+            file = self.checkpoint / self.metadata.storage_data[read_item.storage_index].relative_path
+            raise _weights_only_error(e, file, repr(read_item.dest_index.fqn)) from None
+        mine = io.BytesIO()
+        torch.save(obj, mine)  # DCP places the value; it unpickles these bytes, written here from a plain value
+        mine.seek(0)
+        super().load_bytes(read_item, mine)
+
+
+def _ours(e: BaseException) -> ValueError | None:
+    """Our Untrusted / Unreadable inside DCP's CheckpointException (a rank's read failed, maybe another rank's)."""
+    seen = [e]
+    while seen:
+        e = seen.pop()
+        if isinstance(e, (Untrusted, Unreadable)):
+            return e
+        failures = [f[0] if isinstance(f, tuple) else f for f in getattr(e, "failures", {}).values()]
+        seen += [x for x in (e.__cause__, e.__context__, *failures) if isinstance(x, BaseException)]
+    return None
+
+
+def dcp_load(state: dict, checkpoint: Path, no_dist: bool = False):
+    """dcp.load through SafeReader and SafePlanner. DCP gathers every rank's error into the CheckpointException
+    each rank raises, so every rank turns it into the same one line: ours (a refused file, a file whose records
+    are unreadable, which damage() cannot see from the sizes alone), else the lowest failing rank's error (e.g.
+    another model's shapes). A signal (KeyboardInterrupt) inside DCP stays what it is."""
+    try:
+        dcp.load(state, storage_reader=SafeReader(checkpoint), planner=SafePlanner(checkpoint), no_dist=no_dist)
+    except (Exception, CheckpointException) as e:
+        if (mine := _ours(e)) is not None:
+            raise type(mine)(str(mine)) from None
+        failures = sorted((rank, f[0] if isinstance(f, tuple) else f) for rank, f in getattr(e, "failures", {}).items())
+        if failures and all(isinstance(error, Exception) for _, error in failures):
+            rank, error = failures[0]
+            raise Unreadable(f"{checkpoint}: unreadable checkpoint (rank {rank}: {type(error).__name__}: "
+                             f"{(str(error).strip().splitlines() or [''])[0]})") from None
+        raise
+
+
 def damage(checkpoint: Path) -> str | None:
     """What is wrong with a DCP checkpoint folder, from its .metadata and its files' sizes (no data read): a
     missing or unreadable .metadata, a .distcp file it lists missing or shorter than its entries. None: intact."""
     try:
-        metadata = FileSystemReader(checkpoint).read_metadata()
+        metadata = SafeReader(checkpoint).read_metadata()  # a pickle naming anything else: Untrusted, raised
         storage = list(metadata.storage_data.values())
+    except Untrusted:
+        raise
     except Exception as e:  # a missing file, a truncated pickle: whatever the unpickler raises
         return f".metadata missing or unreadable ({type(e).__name__})"
     for info in storage:
@@ -213,21 +420,35 @@ def damage(checkpoint: Path) -> str | None:
     return None
 
 
-def check_intact(checkpoint: Path):
-    """One line naming a damaged checkpoint and the newest intact one, before DCP's traceback would."""
+def check_intact(checkpoint: Path, resume: bool):
+    """One line naming a damaged checkpoint, the newest intact one and the exact way to use it, before DCP's
+    traceback would. Never a silent fall-back to the intact one: the user asked for the newest state, its steps
+    would be trained again, and the damaged folder (a disk fault?) is theirs to look at; left in place it would
+    also stay the latest (a save of the same step is skipped), so --resume is told to move it aside."""
     what = damage(checkpoint)
-    if what is not None:
-        intact = [c for c in sorted(checkpoint.parent.glob("step_*"), reverse=True) if c != checkpoint
-                  and damage(c) is None]
-        raise ValueError(f"{checkpoint}: damaged checkpoint ({what}); newest intact one: "
-                         f"{intact[0] if intact else 'none'}")
+    if what is None:
+        return
+    intact = next((c for c in sorted(checkpoint.parent.glob("step_*"), reverse=True) if c != checkpoint
+                   and damage(c) is None), None)
+    line = f"{checkpoint}: damaged checkpoint ({what}); newest intact one: {intact or 'none'}"
+    if resume and intact is not None:  # "damaged-step_N" is no checkpoint name: the intact one becomes the latest
+        aside = checkpoint.with_name(f"damaged-{checkpoint.name}")
+        line += f"; to resume from it: {shlex.join(['mv', str(checkpoint), str(aside)])}, then rerun with --resume"
+    elif intact is not None:
+        line += f"; export it with --checkpoint {intact.name}"
+    elif resume:
+        line += "; a new --out starts the run afresh"
+    raise ValueError(line)
 
 
 def load_checkpoint(model, optim, path: Path, opts) -> dict:
     """Load `path` in place into the (sharded) model and optimizer; returns the saved state (step, seed, world)."""
-    check_intact(path)
+    check_intact(path, resume=True)
     state = checkpoint_state(model, optim, 0, opts)
-    dcp.load(state, checkpoint_id=path)
+    dcp_load(state, path)
+    if not all(type(state[key]) is int and state[key] >= 0 for key in ("step", "seed", "world_size")):
+        raise Untrusted(f"{path}: refused, not a checkpoint of this project (step {state['step']!r}, seed "
+                        f"{state['seed']!r}, world_size {state['world_size']!r}: non-negative integers expected)")
     set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return state
 
@@ -254,11 +475,11 @@ def load_weights(args: ModelArgs, checkpoint: Path) -> Transformer:
         plain = Transformer(args)
     plain.to_empty(device="cpu")
     plain._tie()
-    check_intact(checkpoint)
+    check_intact(checkpoint, resume=False)
     state = {"model": plain.state_dict()}  # the parameters' own storage: DCP loads in place
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", "torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=checkpoint, no_dist=True)
+        dcp_load(state, checkpoint, no_dist=True)
     bad = next((name for name, t in state["model"].items() if not torch.isfinite(t).all()), None)
     if bad is not None:  # an export of NaN weights would evaluate as a model
         raise ValueError(f"{checkpoint}: tensor {bad!r} holds NaN or infinite values; not exported")
@@ -277,39 +498,51 @@ def gather_plain(model, args: ModelArgs) -> Transformer | None:
     with torch.device("meta"):
         plain = Transformer(args)
     plain.load_state_dict(full, assign=True)  # adopt the gathered tensors, no second copy
-    plain._tie()  # assign replaced the shared tensor
-    plain.set_rope(plain.args.rope)  # the meta-built tables are garbage
+    plain._tie()  # assign replaced the shared tensor (the rope tables are CPU tensors even meta-built: rope.py)
     return plain
 
 
 def export(model, args: ModelArgs, base: dict | None, opts, tokenizer_path, device) -> Path:
-    """Gather the full state dict on rank 0 and write it to --out/final (write_hf_folder)."""
+    """Gather the full state dict on rank 0 and write it to --out/final (write_hf_folder). Rank 0 alone writes,
+    so the kind of its failure (a full disk: DiskFull; bad input: ValueError; anything else) goes to every rank,
+    which raises the same kind: all stop together, with rank 0's one line, instead of waiting at a barrier for a
+    rank that has left."""
     plain = gather_plain(model, args)
     final = Path(opts.out) / "final"
+    failed, kinds = None, (DiskFull, ValueError, Exception)  # codes 1, 2, 3; 0: written
     if dist.get_rank() == 0:
-        # bf16 is what LLaMA checkpoints ship; the fp32 masters stay in checkpoints/
-        write_hf_folder(plain, base, opts.model, tokenizer_path, final,
-                        torch.bfloat16 if device.type == "cuda" else None)
-    dist.barrier()
+        try:  # bf16 is what LLaMA checkpoints ship; the fp32 masters stay in checkpoints/
+            write_hf_folder(plain, base, opts.model, tokenizer_path, final,
+                            torch.bfloat16 if device.type == "cuda" else None)
+        except Exception as e:
+            failed = e
+    code = torch.tensor([0 if failed is None else 1 + next(i for i, k in enumerate(kinds) if isinstance(failed, k))],
+                        device=device)
+    dist.all_reduce(code, op=dist.ReduceOp.MAX)  # rank 0's code: the others hold 0
+    if failed is not None:
+        raise failed
+    if code.item():
+        kind = kinds[int(code.item()) - 1]
+        raise (RuntimeError if kind is Exception else kind)(f"the export to {final} failed on rank 0")
     return final
 
 
 def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_path, folder: Path, dtype):
     """A Hugging Face folder at `folder`, swapped in whole: config.json is --model's own with only what training
-    changed (ModelArgs.to_config), plus the tokenizer files transformers / vLLM look for."""
-    plain.set_rope(plain.args.rope)  # the meta-built tables are garbage
+    changed (hf.config_from_args), plus the tokenizer files transformers / vLLM look for."""
     if plain.args.tie_word_embeddings:
         plain.lm_head.weight = plain.model.embed_tokens.weight  # assign / to_empty replaced the shared tensor
     if dtype is not None:
         plain.to(dtype)
     tmp, old = folder.with_name(f".tmp-{folder.name}"), folder.with_name(f".old-{folder.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    files = tokenizer_files(tokenizer_path)  # tokenizer.model and/or tokenizer.json, and their configs
+    files = tokenizer_files(tokenizer_path)  # every tokenizer file of its folder, chat templates included
     if model_dir and (Path(model_dir) / "generation_config.json").is_file():  # what transformers / vLLM read
         files["generation_config.json"] = Path(model_dir) / "generation_config.json"
     try:
-        plain.save_pretrained(tmp, base_config=base)  # rope scaling, max_position_embeddings = L_t, L_c recorded
+        save_pretrained(plain, tmp, base_config=base)  # rope scaling, max_position_embeddings = L_t, L_c recorded
         for name, source in files.items():
+            (tmp / name).parent.mkdir(exist_ok=True)  # additional_chat_templates/
             shutil.copy(source, tmp / name)
         tokenizer_config, target = tmp / "tokenizer_config.json", plain.args.max_position_embeddings
         if tokenizer_config.is_file():  # a real model_max_length below L_t would cap vLLM and warn in transformers
@@ -321,6 +554,8 @@ def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_
         if not (disk_full(e) or shutil.disk_usage(folder.parent).free < needed):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):  # exports/ made for this export (final/'s parent, --out, is never empty)
+            folder.parent.rmdir()  # removes an empty folder only
         raise DiskFull(f"{full_disk_line(folder, needed)}; removed the partial export, {folder} is as it was") \
             from None
     if folder.exists():

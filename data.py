@@ -2,44 +2,18 @@
 
     python data.py --data pile/ --tokenizer ./Llama-2-7b-hf --out pile.npy --workers 16
     python data.py --data 'fineweb/*.parquet' --tokenizer ./Meta-Llama-3-8B --out fineweb.npy --max-documents 200000
-    python data.py --data a.jsonl.zst b.jsonl.gz --tokenizer tokenizer.json --out ab.npy --text-field content
     torchrun --nproc_per_node 8 train.py --model ./Llama-2-7b-hf --data pile.npy --target 16384  # memory-mapped
     python -m pytest tests/test_data.py -x -q
 
 The output is the 1-D id file train.py and evaluate.py memory-map: every document as BOS ... EOS, exactly what
-their text path tokenises (uint16 when the vocabulary fits, else uint32), written by --workers processes in
-file order, with progress on stderr, under a temporary name renamed into place at the end (a failure leaves
-nothing). Documents are not filtered here; train.py skips the short ones when it reads the file. --workers is
-capped at the CPUs this process may use and at the batches of work there are; SIGINT / SIGTERM end the workers
-and remove the temporary file (one line, exit 128 + the signal), as does a full disk (one line, exit 2).
+their text path tokenises (uint16 when the vocabulary fits, else uint32), written by --workers processes in file
+order under a temporary name renamed into place at the end (a failure, a signal or a full disk leaves nothing).
 
-Tokenizers. `Tokenizer(path)` takes a checkpoint folder or the file itself: tokenizer.model is read with
-sentencepiece (LLaMA 1/2, Mistral; preferred when a folder has both), tokenizer.json with Hugging Face's
-`tokenizers` (Llama 3, Qwen, ...; optional, pip install tokenizers). Both encode the text without special
-tokens and BOS / EOS are added here, so a tokenizer.json whose post-processor adds BOS itself (Llama 3's
-TemplateProcessing) never gives two. The ids are the checkpoint's, as the model was trained. BOS follows the
-tokenizer's own convention, never config.json's bos_token_id (Qwen's names one its tokenizer never adds): none when
-tokenizer_config.json's bos_token is null or add_bos_token false; a tokenizer.json adds the one its post-processor
-puts first (Llama 3's TemplateProcessing; none for Qwen's ByteLevel), or tokenizer_config.json's bos_token with
-add_bos_token true; a tokenizer.model its bos_token, else the file's own. EOS: tokenizer_config.json's eos_token,
-else config.json's eos_token_id (the first of a list), else the file's own. `eos_id` is the one id ending every
-document; a config listing several (Llama 3 Instruct) lets a token file's documents end at any of them (train.py).
-With no BOS a document starts with its first text token, which no window scores: nothing precedes it.
-
-Corpora (--data: one or more files, folders or globs): .jsonl, .jsonl.gz (gzip), .jsonl.zst (pip install zstandard)
-and .parquet (pip install pyarrow) with the text in --text-field; .txt .md .rst .tex .py files, one document each;
-pre-tokenised ids: a 1-D .npy of any integer dtype or a raw uint16 .bin (nanoGPT's), split after each EOS. A folder
-is every such file below it, sorted; a glob its sorted matches; a file reached twice (given twice, a symlink beside
-its target, a symlinked folder loop) is read once, and the log says how many paths were dropped. Reading streams:
-one file at a time, decompressed and parsed as it goes, stopped once the documents asked for are in
-(--max-documents), with progress on stderr every few seconds. Rank r of w keeps documents r, r + w, ... in file
-order; the other ranks' documents are counted, never parsed or tokenised.
-
-Short documents. train.py keeps documents of >= L_c + 1 tokens (a window plus its last label) and reports how
-many it skipped, as the paper's data had "a minimum length requirement of 2,048 tokens" (§4.1, the Pile). The
-authors' code (src/train_pose.py) filters nothing: it truncates each document to 5 L_c tokens and cuts its
-two chunks out of min(length, L_c) tokens, so a document shorter than L_c is used whole, as a shorter sequence
-(still two chunks and a skip) that the collator right-pads, with the padding's labels masked (-100).
+Read top to bottom: Tokenizer (tokenizer.model with sentencepiece, tokenizer.json with `tokenizers`; BOS / EOS
+follow the tokenizer's own convention, never config.json's ids alone), the corpus readers (.jsonl[.gz|.zst],
+.parquet, .txt / .md / .rst / .tex / .py files, pre-tokenised .npy / .bin; folders and globs; rank r of w keeps
+documents r, r + w, ...), then the pre-tokenising CLI. docs/data.md: the BOS / EOS rules in full, how reading
+streams and stops, short documents here and in the authors' code.
 """
 import argparse
 import dataclasses
@@ -69,6 +43,14 @@ TEXT_SUFFIXES = (".txt", ".md", ".rst", ".tex", ".py")  # one document per file
 TOKEN_SUFFIXES = (".npy", ".bin")
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet") + TEXT_SUFFIXES + TOKEN_SUFFIXES
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# The rest of what transformers reads for a tokenizer from its folder (5.25's source: tokenization_utils_base's
+# added_tokens.json and chat_template.jinja, hub.py's legacy chat_template.json and additional_chat_templates/*.jinja,
+# the last two since 4.5x; the vocabulary files of the families model.py reads: vocab.json + merges.txt for Qwen's
+# and OLMo 2's byte-level BPE, tekken.json for Mistral's newer ones). generation_config.json is the model's
+# (write_hf_folder copies --model's). An export copies every one the tokenizer's folder has (tokenizer_files).
+VOCABULARIES = ("vocab.json", "merges.txt", "tekken.json")
+TOKENIZER_SIDE = ("added_tokens.json", "chat_template.jinja", "chat_template.json")
+CHAT_TEMPLATES = "additional_chat_templates"  # a folder of named templates, each NAME.jinja
 
 
 def optional(module: str, package: str, user: str):
@@ -198,15 +180,19 @@ def check_vocabulary(tokenizer: Tokenizer, vocab_size: int):
 
 
 def tokenizer_files(path) -> dict[str, Path]:
-    """{name in an exported checkpoint: source file} for the tokenizer at path (a folder or a file): tokenizer.model
-    and/or tokenizer.json, and the tokenizer_config.json / special_tokens_map.json beside them."""
+    """{name in an exported checkpoint: source file} for the tokenizer at path. A folder: every tokenizer file it
+    has (TOKENIZER_FILES, VOCABULARIES, TOKENIZER_SIDE, additional_chat_templates/*.jinja: an Instruct model's chat
+    template included). A file (--tokenizer X/tokenizer.json): that file, under its usual name, and the configs and
+    chat templates beside it, not the other vocabulary files there (the one given is the one trained with)."""
     if path is None:
         return {}
     path = Path(path)
     folder, files = (path, {}) if path.is_dir() else (path.parent, {
         "tokenizer.json" if path.suffix == ".json" else "tokenizer.model": path})
-    names = TOKENIZER_FILES if path.is_dir() else TOKENIZER_FILES[2:]
-    return files | {name: folder / name for name in names if (folder / name).is_file()}
+    names = TOKENIZER_FILES + VOCABULARIES if path.is_dir() else TOKENIZER_FILES[2:]
+    files |= {name: folder / name for name in names + TOKENIZER_SIDE if (folder / name).is_file()}
+    templates = sorted(t for t in (folder / CHAT_TEMPLATES).glob("*.jinja") if t.is_file())
+    return files | {f"{CHAT_TEMPLATES}/{t.name}": t for t in templates}
 
 
 def default_texts(split="train", max_bytes=3_000_000) -> list[str]:
@@ -295,13 +281,39 @@ def needs_tokenizer(files) -> bool:
     return files is None or any(kind(f) not in TOKEN_SUFFIXES for f in files)
 
 
+def token_array(path: Path) -> np.ndarray:
+    """The ids of a pre-tokenised file, memory-mapped once its layout is checked, else one line naming the file
+    and its size. A .npy's header is read by numpy's header parser (a Python literal; np.load is not used, so no
+    pickle is ever unpickled, whatever allow_pickle would say): an integer dtype, one dimension, and the file long
+    enough for them (not an .npz, an object array, a truncated file). A .bin holds whole uint16 ids."""
+    size = path.stat().st_size
+    where = f"--data {path} ({size:,} bytes)"
+    if kind(path) == ".bin":
+        if size % 2:
+            raise ValueError(f"{where}: not a whole number of uint16 token ids (a .bin is nanoGPT's raw uint16)")
+        return np.memmap(path, dtype=np.uint16, mode="r") if size else np.zeros(0, np.uint16)  # mmap needs a byte
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):  # np.save writes 1.0, 2.0 for huge headers, 3.0 for text fields
+                raise ValueError(f".npy format version {version[0]}.{version[1]}, not an array of token ids")
+            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+        except ValueError as e:  # no magic string (an .npz, a pickle, text), a header that is no literal
+            raise ValueError(f"{where}: not a NumPy .npy array ({str(e).splitlines()[0]})") from None
+        offset = f.tell()
+    if len(shape) != 1 or not np.issubdtype(dtype, np.integer):  # object, float, bool, structured; 0-D, 2-D
+        raise ValueError(f"--data {path}: expected a 1-D array of integer token ids, got {dtype} {shape}")
+    needed = offset + shape[0] * dtype.itemsize
+    if size < needed:
+        raise ValueError(f"{where}: truncated, its header declares {shape[0]:,} {dtype} ids ({needed:,} bytes)")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape) if shape[0] else np.zeros(0, dtype)
+
+
 def read_token_file(path, eos_id: int | list[int]):
     """Yield the documents of a pre-tokenised 1-D .npy / uint16 .bin file as memory-mapped views; each ends with
     (and includes) its EOS. One vectorised pass finds the ends; no token is copied."""
-    path = Path(path)
-    ids = np.load(path, mmap_mode="r") if kind(path) == ".npy" else np.memmap(path, dtype=np.uint16, mode="r")
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"--data {path}: expected a 1-D array of integer token ids, got {ids.dtype} {ids.shape}")
+    ids = token_array(Path(path))
     ends = np.flatnonzero(np.isin(ids, eos_id)) + 1  # eos_id: an id, or a list (Llama 3 Instruct configs)
     for a, b in zip(np.r_[0, ends], np.r_[ends, len(ids)]):
         if b > a:

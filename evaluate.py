@@ -5,62 +5,17 @@ and the command line for RULER's synthetic tasks (Hsieh et al. 2024; prompts and
     python evaluate.py passkey --model DIR --lengths 2048 4096 8192 16384 32768 --trials 50 --out passkey.json
     python evaluate.py ruler --model DIR --lengths 4096 8192 16384 --tasks all --samples 50 --seed 0 --out ruler.json
     python evaluate.py plot original.json pi-only.json pose.json passkey.json --out fig.png  # as Fig. 2b
-    python evaluate.py ppl --model out/final --lengths 128 256 512 1024 --stride 256 --docs 10  # after train.py
-    python evaluate.py passkey --model out/final --lengths 128 256 512 1024 --trials 10
-    python evaluate.py ruler --model out/final --lengths 256 512 1024 --samples 10
+    python evaluate.py ppl --model llama-7b --rope linear --factor 8 --data govreport.jsonl  # App. C's PI-only row
 
-The paper's rows on a real checkpoint. --rope replaces the checkpoint's rope scaling, so "Original" (plain RoPE)
-and "PI-only" (interpolation without training) come from the base checkpoint itself (App. C, Table 6):
-    D="--data govreport.jsonl --docs 50 --max-tokens 32767 --min-tokens 32767 --stride 1024"
-    D="$D --lengths 2048 4096 8192 16384"
-    python evaluate.py ppl --model llama-7b --rope none $D --out original.json
-    python evaluate.py ppl --model llama-7b --rope linear --factor 8 $D --out pi-only.json   # alpha = 16k / 2k
-    python evaluate.py ppl --model runs/pose16k/final $D --out pose.json                     # its own scaling
-    python evaluate.py passkey --model runs/pose16k/final --lengths 2048 4096 8192 16384 32768 --out pk.json
---rope ntk / yarn-revised --factor 8 give App. C's other PI-only rows (the paper's YaRN is the authors' revised
-YaRN: their README says so). --max-tokens 32767 --min-tokens 32767 is the authors' eval_ppl.py cut (each document's
-first 32,767 tokens, then only those that still have 32,767); §5.3 uses books of > 128k tokens, --stride 16384.
-On CUDA the default is bf16 with SDPA's flash kernel; the progress lines on stderr give an ETA (a 50-document,
-5-length run of a 7B model takes hours). The results JSON is written atomically at the end.
+--rope replaces the checkpoint's rope scaling, so "Original" (--rope none) and the training-free rows (--rope
+linear / ntk / yarn-revised --factor α) come from the base checkpoint itself (App. C, Table 6).
 
-Perplexity (Press et al. 2021; the windows of the paper's released evaluation). A window holds L tokens
-including the BOS prepended to it, i.e. W = L - 1 document tokens (W = L with --no-bos or a tokenizer that adds
-no BOS, as Qwen's: data.Tokenizer reads the tokenizer's own convention), so position ids stay
-within 0..L-1. With stride s (clamped to L - 1, so that no token is skipped) window k feeds document tokens
-x[k*s : min(k*s + W, n)]; the last window ends at the document's end and may be shorter. Each window scores
-the tokens no earlier window scored: the first all of its tokens (x_0 predicted from BOS alone), each later one
-its last s (fewer in the last). So every token is scored exactly once, with all the preceding tokens its window
-holds as context; without BOS, x_0 is never scored. A document of fewer than W tokens is scored whole in one
-window ("short" in the table); the default --min-tokens, the largest L, admits none, so that every length scores
-the same tokens. --truncate (Fig. 4) scores one window of each document's first W tokens. A document's own
-BOS/EOS are dropped (the released evaluation tokenises without them). PPL = exp(total NLL / scored tokens).
-
-Passkey (Mohtashami & Jaggi 2023; the template of Fig. 2a): the longest prompt that, followed by its answer
-(" 12345", the key's own tokens), holds at most L tokens (BOS included, if the tokenizer adds one: passkey
-and RULER prompts follow its convention), found by bisection on the number of
-filler sentences, with the key line after a fraction `depth` of them (uniform per trial, or each of --depths):
-the key is read and answered within positions 0..L-1, as RULER counts the answer in L. The authors'
-eval_passkey.py bounds the prompt alone, by its own count (32 + 26 + 11 tokens of template, filler in blocks of
-25): at L = 2,048 that is 2,044 tokens, so LLaMA's 6-token answer runs 2 positions past L. That matters little
-at 2k-32k, and decides the result for a window of 128, where a model never trained past position 127 would be
-graded on digits at positions 128-130. `--fit prompt` gives the authors' bound (at sentence, not block,
-granularity); every command here uses the default, `--fit answer`. Greedy decoding of --new-tokens tokens
-with the KV cache; a trial passes when the first integer in the answer equals the random 5-digit key. Keys and
-depths depend only on (--seed, L, depth), so every model is asked the same questions. Exact match is all or
-nothing, so each row also gives two graded signals (issue 25): the per-digit accuracy (the share of the key's
-digits the answer's first integer has right, place by place) and the key's log-probability under teacher
-forcing (nats: the sum of log p of the tokens of " 12345" after the prompt, each given those before it; the
-table's "log p(key)", 0 for a certain model, about -5 ln 10 = -11.5 for one guessing each digit). Both come
-from one prefill of the prompt: the key's tokens are decoded one at a time from its KV cache, which is then
-rewound for the greedy answer (model.generate's score), so the log-probability costs a few decoded tokens, not
-a second forward of the prompt.
-
-RULER: ruler.py makes the prompts (RULER's templates, fitted by the passkey's search, `fit_prompt`) and scores
-the answers; this file decodes them with the KV cache (`ruler`) and prints the task x length table.
-
-In order: options (the dataclass fields are the flags) and their checks; loading the model; perplexity
-(window_plan, window_nll, perplexity, load_documents); passkey (prompt, greedy_answer, first_integer,
-digit_accuracy, passkey); RULER's decoding loop; tables, the results JSON and plots; main.
+Read top to bottom: the options (the dataclass fields are the flags) and their checks; loading the model;
+perplexity (window_plan: which tokens each window feeds and scores, window_nll, perplexity, load_documents: the
+authors' document cut); passkey (the Fig. 2a prompt fitted to L tokens with its answer, greedy decoding with the
+KV cache, the first-integer rule, per-digit accuracy and the key's log-probability); RULER's decoding loop;
+tables, the results JSON and plots; main. docs/evaluation.md: the window rule, the passkey's fit against the
+authors' bound, and the paper's commands on a real checkpoint.
 """
 import argparse
 import contextlib
@@ -81,7 +36,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from data import (Tokenizer, as_list, check_out, check_vocabulary, describe, find_files, iter_documents,
                   needs_tokenizer)
-from model import Transformer, load_config
+from hf import from_pretrained, load_config
+from model import Transformer
 from rope import ROPE_TYPES, rope_parameters
 from ruler import (NEW_TOKENS, DoesNotFit, effective_length, fit_prompt, postprocess, print_ruler_table, read_haystack,
                    ruler_averages, ruler_sample, ruler_tasks, string_match_all)
@@ -172,9 +128,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_device(name: str | None):
+    """--device: cpu, or a CUDA device torch sees (evaluate.py's kernels are chosen for these two)."""
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {name}: not a device name (cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: evaluate.py runs on cpu or cuda")
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    if device.type == "cuda" and count == 0:
+        raise ValueError(f"--device {name}: torch sees no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise ValueError(f"--device {name}: torch sees {count} CUDA device{'s' * (count > 1)}, "
+                         f"cuda:0 .. cuda:{count - 1}")
+
+
 def check(opts: Options):
     """Refuse bad values before any weights load."""
     load_config(opts.model)  # a missing or broken checkpoint folder: one line naming it
+    check_device(opts.device)
     if opts.lengths is not None and min(opts.lengths) < 2:
         raise ValueError(f"--lengths must be >= 2 tokens, got {min(opts.lengths)}")
     if opts.rope is None and (opts.factor is not None or opts.original_window is not None):
@@ -231,7 +206,7 @@ def load_model(opts: Options):
         raise ValueError(f"--device {opts.device}: torch sees no CUDA device")
     dtype = getattr(torch, opts.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     scaling = rope_override(opts, load_config(opts.model))
-    model = Transformer.from_pretrained(opts.model, device=device, dtype=dtype, rope_scaling=scaling)
+    model = from_pretrained(opts.model, device=device, dtype=dtype, rope_scaling=scaling)
     if opts.compile:
         model.compile_regions()  # passkey's decoding with the KV cache stays eager (see compile_regions)
     return model.eval(), device
@@ -605,15 +580,44 @@ def _pyplot():
 
 
 def plot(files, out):
-    """`evaluate.py plot`: overlay results JSON files."""
+    """`evaluate.py plot`: overlay results JSON files, each checked for what plot_results reads first."""
     results = []
     for file in files:
         try:
-            results.append(json.loads(Path(file).read_text()))
-            assert results[-1]["task"] in ("ppl", "passkey", "ruler") and results[-1]["results"]
-        except (OSError, ValueError, AssertionError, KeyError, TypeError) as e:
+            result = json.loads(Path(file).read_text())
+        except (OSError, ValueError) as e:  # missing, a folder, not UTF-8, not JSON
             raise ValueError(f"{file}: not a results JSON written by evaluate.py ({type(e).__name__})") from None
+        problem = results_problem(result)
+        if problem:
+            raise ValueError(f"{file}: not a results JSON written by evaluate.py ({problem})")
+        results.append(result)
     plot_results(results, out)
+
+
+def results_problem(result) -> str | None:
+    """What plot_results would trip on in a results JSON (None: nothing): the task, the label, and per row the
+    length and the value it draws (ruler: the averages per length and the threshold)."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    if not isinstance(result, dict):
+        return f"a JSON {type(result).__name__}, not an object"
+    if result.get("task") not in ("ppl", "passkey", "ruler"):
+        return f"'task' is {result.get('task')!r}, not ppl, passkey or ruler"
+    if not isinstance(result.get("label"), str):
+        return "no text 'label'"
+    value = {"ppl": "ppl", "passkey": "accuracy", "ruler": None}[result["task"]]
+    tables = [("results", value)] + ([("averages", "average")] if result["task"] == "ruler" else [])
+    for table, key in tables:
+        rows = result.get(table)
+        if not isinstance(rows, list) or not rows:
+            return f"no rows in {table!r}"
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or type(row.get("length")) is not int or row["length"] < 1:
+                return f"{table}[{i}] has no positive integer 'length'"
+            if key is not None and not (number(row.get(key)) or (key == "average" and row.get(key) is None)):
+                return f"{table}[{i}] has no number {key!r}"
+    if result["task"] == "ruler" and not number(result.get("threshold")):
+        return "no number 'threshold'"
+    return None
 
 
 def plot_results(results, out):

@@ -5,37 +5,17 @@
         --activation-checkpointing --plan-json plan.json
     python -m pytest tests/test_plan.py -q          # the plan against measured runs; FSDP2's wiring at world 8
 
-The run is built as train.py builds it: resolve() (the same defaults and refusals), training_args() (the model,
-alpha = L_t / L_c on its rope), train.wrap_model (compile, then activation checkpointing, then fully_shard per
-block and the root, loss() registered), FSDP2's GPU policy (bf16 compute from fp32 masters, fp32 gradient
-reduction), train.build_optimizer (fused AdamW). Only the machine is pretended: a "fake" process group of N ranks
-(torch.testing's FakeStore: collectives return at once) and FakeTensorMode (tensors have shapes and dtypes, no
-data), on the CPU. torch.distributed._tools' FSDPMemTracker then follows every tensor rank 0 would hold through
-one micro-batch's forward and backward at the run's sequence length (L_c for PoSE / RandPos / plain, L_t for
-full-length, the micro-batch's rows), the gradient clipping and the optimizer step, and reports the peak by
-category. FlopCounterMode counts the FLOPs of the same micro-batch (recomputation included).
-
-What the numbers are, and are not:
-- Steady state. Adam's two moments exist from the first step on, so they are created (one step on zero
-  gradients, outside the measurement) before the measured step; with accumulation > 1 the measured micro-batch
-  is a later one, which starts with the earlier micro-batches' summed gradient shards already held.
-- Attention is restricted to the flash kernel, as on a GPU (train.attention_kernels): the CPU's flash kernel
-  keeps the output and the log-sum-exp, never the [H, T, T] scores, as CUDA's flash does (the math kernel's bf16
-  scores alone would be 1 TiB per layer for Llama-2-7B at 128k tokens).
-- The optimizer step: fused AdamW (train.py's) updates the weights and both moments in place. Measured on
-  torch 2.13 (the 1b preset, 8 fake ranks): the step over existing moments adds 0 bytes under the tracker; only
-  the first step, which creates the moments, reads 17x their size under FakeTensorMode (1.75x with
-  foreach=False), an artifact of fake DTensors, and it is the step not measured here. The clipping is measured
-  one tensor at a time: clip_grad_norm_'s foreach form over fake DTensors reads as a copy of every gradient
-  (another artifact: the real run shows none).
-- Not modelled: the CUDA context (0.5-1 GiB), NCCL's and cuBLAS's workspaces (a few hundred MiB), the caching
-  allocator's fragmentation, and torch.compile's fusions (--plan runs the blocks eager, in wrap_model's order:
-  compiled blocks keep fewer elementwise intermediates). Hence the margin of --gpu-memory's verdict: the plan
-  fits when peak x (1 + MARGIN_FRACTION) + MARGIN_GIB <= the card. On CPU runs the plan equals the measured peak
-  (tests/test_plan.py); against CUDA it is still to be calibrated (benchmarks/gpu.sh prints both).
-
-Imports run one way: plan.py imports train.py at the top; train.py imports plan.py only inside main(), when
---plan is given (a local import, so neither module is half-initialised when the other reads it).
+The run is built as train.py builds it: options.resolve (the same defaults and refusals), options.training_args
+(the model, alpha = L_t / L_c on its rope), distributed.wrap_model (compile, then activation checkpointing, then
+fully_shard per block and the root, loss() registered), FSDP2's GPU policy (bf16 compute from fp32 masters, fp32
+gradient reduction), distributed.build_optimizer (fused AdamW). Only the machine is pretended: a "fake" process
+group of N ranks (torch.testing's FakeStore: collectives return at once) and FakeTensorMode (tensors have shapes
+and dtypes, no data), on the CPU. torch.distributed._tools' FSDPMemTracker then follows every tensor rank 0 would
+hold through one micro-batch's forward and backward at the run's sequence length (the window for PoSE / RandPos /
+plain, L_t for full-length), the gradient clipping and the optimizer step, and reports the peak by category.
+FlopCounterMode counts the FLOPs of the same micro-batch (recomputation included). What the numbers are and are
+not (steady state, the flash kernel, the optimizer step, what is not modelled and hence --gpu-memory's margin):
+docs/plan.md.
 """
 import contextlib
 import dataclasses
@@ -53,7 +33,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.testing._internal.distributed.fake_pg import FakeStore
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-import train
+from distributed import build_optimizer, mixed_precision, wrap_model
+from metrics import count, flops_per_token
+from options import TrainOptions, resolve, training_args
 
 # --gpu-memory's verdict: fits when peak * (1 + MARGIN_FRACTION) + MARGIN_GIB <= the card's GiB. The fraction
 # covers the allocator's fragmentation and the tracker's error against CUDA (issue 26: PyTorch's tests hold it to
@@ -68,7 +50,7 @@ CATEGORIES = {"Sharded Param": "sharded_params", "Unsharded Param": "unsharded_p
               "OptState": "optimizer_state", "Inputs": "inputs"}
 
 
-def world_size(opts: train.TrainOptions) -> int:
+def world_size(opts: TrainOptions) -> int:
     """--world-size, else the WORLD_SIZE torchrun would give, else 1."""
     n = opts.world_size if opts.world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
     if n <= 0:
@@ -148,20 +130,20 @@ def loss_as_forward(model):
         model.loss = registered
 
 
-def estimate(opts: train.TrainOptions, world: int, cuda: bool = True, count_flops: bool = True) -> dict:
+def estimate(opts: TrainOptions, world: int, cuda: bool = True, count_flops: bool = True) -> dict:
     """The plan of `opts` on `world` ranks: the numbers --plan prints and --plan-json writes. cuda=False plans
     the CPU's fp32 policy instead of the GPU's bf16 one (the tests compare that with measured CPU runs);
     count_flops=False skips the FLOP pass (flops_per_step None: it depends on the global batch, not the world)."""
     t0 = time.perf_counter()
-    opts, config = train.resolve(dataclasses.replace(opts, plan=True), world)
-    args = train.training_args(opts, config)
+    opts, config = resolve(dataclasses.replace(opts, plan=True), world)
+    args = training_args(opts, config)
     length = opts.target if opts.method == "full" else opts.window  # tokens per sequence (full: at most)
     accum = opts.batch_size // (opts.micro_batch_size * world)
     with fake_ranks(world) as mesh, FakeTensorMode():
-        model = train.wrap_model(opts, args, mesh, train.mixed_precision(cuda))
+        model = wrap_model(opts, args, mesh, mixed_precision(cuda))
         model.to_empty(device="cpu")  # fake storage: nothing to initialise, nothing to load
         model._tie()
-        optim = train.build_optimizer(model, opts)
+        optim = build_optimizer(model, opts)
         shape = (opts.micro_batch_size, length)
         tokens = torch.zeros(shape, dtype=torch.long)
         positions = torch.arange(length).expand(shape)  # PoSE's skipped ids cost what contiguous ones do
@@ -178,7 +160,7 @@ def estimate(opts: train.TrainOptions, world: int, cuda: bool = True, count_flop
     tokens_per_step = opts.batch_size * length
     return {"peak_gib": peak["Total"] / 2**30, "categories": categories, "world_size": world,
             "tokens_per_step": tokens_per_step, "flops_per_step": None if flops is None else flops * accum * world,
-            "model_flops_per_step": train.flops_per_token(model, length) * tokens_per_step,
+            "model_flops_per_step": flops_per_token(model, length) * tokens_per_step,
             "parameters": n_params, "sequence_length": length, "micro_batch_size": opts.micro_batch_size,
             "accumulation": accum, "method": opts.method, "window": opts.window, "target": opts.target,
             "activation_checkpointing": opts.activation_checkpointing, "compute": "bf16" if cuda else "fp32",
@@ -191,14 +173,14 @@ def fits(peak_gib: float, gpu_memory: float) -> tuple[bool, float]:
     return need <= gpu_memory, need
 
 
-def table(plan: dict, opts: train.TrainOptions) -> str:
+def table(plan: dict, opts: TrainOptions) -> str:
     """What --plan prints: the run, the peak by category, tokens and FLOPs, and the verdict."""
     length = "L_t" if plan["method"] == "full" else "L_c"
     lines = [f"plan: {plan['method']} L_c {plan['window']:,} -> L_t {plan['target']:,}, {plan['world_size']} ranks x "
              f"micro-batch {plan['micro_batch_size']} x accumulation {plan['accumulation']} of {length} = "
              f"{plan['sequence_length']:,} tokens, activation checkpointing "
              f"{'on' if plan['activation_checkpointing'] else 'off'}, {plan['compute']} compute, "
-             f"{train.count(plan['parameters'])} parameters",
+             f"{count(plan['parameters'])} parameters",
              "", "| per rank, at the peak | GiB |", "|---|---:|"]
     lines += [f"| {name.replace('_', ' ')} | {gib:.2f} |" for name, gib in plan["categories"].items() if gib >= 5e-3]
     lines += [f"| **peak** | **{plan['peak_gib']:.2f}** |", "",
@@ -215,7 +197,7 @@ def table(plan: dict, opts: train.TrainOptions) -> str:
     return "\n".join(lines)
 
 
-def run(opts: train.TrainOptions) -> tuple[int, str | None]:
+def run(opts: TrainOptions) -> tuple[int, str | None]:
     """train.py --plan: (exit code, the last line), as train.run returns them; prints the table."""
     try:
         if opts.gpu_memory is not None and opts.gpu_memory <= 0:

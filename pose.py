@@ -1,8 +1,8 @@
-"""PoSE: positional skip-wise training examples (paper §3.2, Eq. 3-5; App. A, B), baselines, coverage.
+"""PoSE: positional skip-wise training examples (§3.2, Eq. 3-5; App. A, B), the baselines, and coverage.
 
-    python pose.py --window 2048 --target 16384 --chunks 2                # coverage summary
-    python pose.py --window 2048 --target 16384 --plot fig5.png           # + Fig. 5 (needs matplotlib)
-    python pose.py --window 2048 --target 131072 --chunks 3 --trials 20000
+    python pose.py --window 2048 --target 16384 --chunks 2       # coverage summary (App. B)
+    python pose.py --window 2048 --target 16384 --plot fig5.png  # + Fig. 5 (needs matplotlib)
+    python -m pytest tests/test_pose.py -q                       # the sampler's guarantees, proved
 
 Fig. 1 by hand: extend L_c = 2,048 to L_t = 8,192 with N = 2 chunks, on a document of L_x = 10,000 tokens.
   Eq. 3  cut the window: l_0 = 1,000, l_1 = 1,048, so st_0 = 0, st_1 = 1,000.
@@ -15,24 +15,10 @@ Fig. 1 by hand: extend L_c = 2,048 to L_t = 8,192 with N = 2 chunks, on a docume
 Both equations collapse to one line each: positions = arange(L_c) + repeat(u, l), index = arange(L_c) +
 repeat(v, l), because st_i + k is simply the token's slot in the window.
 
-Content modes (App. A): "uniform" is Eq. 5; "zero" sets v_i = 0 (the first L_c tokens, unbroken);
-"aligned" sets v_i = u_i so a token's position id is its true offset in the document. When the document
-is shorter than u_i + L_c we clamp v_i = min(u_i, L_x - L_c): the late chunks then take the document's
-last tokens and are no longer aligned (we never read past the end and never reject a document).
-"released" reproduces the authors' code (github.com/dwzhu-pku/PoSE, src/train_pose.py,
-train_preprocess_function_pose, read at commit 43b43b3f; train_gptj.py and train_baichuan.py match):
-  - N = 2 only; l_0 ~ U{1..ceil(L_c/2)} (rt1 = randint(1, (L_c+1)//2)), the paper allows 1..L_c-1;
-  - the tokenizer truncates each document to 5*L_c tokens first (an older commit, ebd4f63, used L_t);
-  - chunk 1's content ends at rt2 ~ U{L_c..min(L_x, 5 L_c)}, i.e. v_1 = rt2 - L_c ~ U{0..min(L_x,5L_c)-L_c}
-    (Eq. 5 on the truncated document); u_1 ~ U{0..L_t-L_c} with u_0 = 0 as in Eq. 4.
-  Not reproduced: documents shorter than L_c (they train on shorter examples; we require L_x >= L_c);
-  their draws happen once in datasets.map (cached), not per epoch; their x[0] is the tokenizer's BOS.
-  Labels are train.py's, not theirs: they shift the window by one, so where v_1 > v_0 chunk 0's last token
-  is trained to predict chunk 1's first token (not its successor in the text); train.py uses x[index + 1].
-  Not confirmable from the repo: which commit trained the released checkpoints (5 L_c vs L_t cut).
-Chunk lengths for N >= 3: the paper fixes only l_i >= 1, sum l_i = L_c. We draw the N-1 cut points
-uniformly without replacement (every composition equally likely); Fig. 6 breaks the stick instead
-(l_0 ~ U{1..L_c-2}, then l_1 ~ U{1..L_c-l_0-1}). For N = 2 both are l_0 ~ U{1..L_c-1}.
+Read: example (one training example, tokens, labels and positions, of PoSE or a baseline), sample (Eq. 3-5),
+randpos and contiguous (the baselines), then coverage and examples_until_full (App. B) and the CLI.
+docs/pose.md: App. A's content modes, the authors' released sampler (--content released) and where it differs
+from the paper, chunk lengths for N >= 3.
 """
 import argparse
 import dataclasses
@@ -79,6 +65,29 @@ def _layout(rng, trials, window, target, chunks, released=False):
         cuts = np.sort(np.argpartition(keys, chunks - 2, axis=1)[:, : chunks - 1], axis=1) + 1
     edges = np.concatenate([np.zeros((trials, 1), np.int64), cuts, np.full((trials, 1), window)], axis=1)
     return np.diff(edges, axis=1), _skips(rng, trials, chunks, target - window)
+
+
+
+def example(rng, doc, method="pose", window=2048, target=16384, chunks=2, content="uniform", crop=False):
+    """One training example of the token ids `doc`: (tokens, labels, positions), each int64 [L].
+
+    method: "pose" (sample: L = the window, positions skipped by Eq. 4), "randpos" (random sorted positions in
+    0..L_t-1), "full" (contiguous, L = min(L_x - 1, L_t)) or "plain" (contiguous, L = the window); crop: where
+    full / plain / randpos windows begin (see contiguous).
+
+    Labels: every position's label is the document's true next token, x[index + 1]. Where Eq. 5 skips text
+    (v_1 > v_0), the token after a chunk's last one in the window is not its successor in the text, so the usual
+    "shift the window by one" would teach the model to predict an unrelated token. Indices are drawn from
+    doc[:-1], so x[index + 1] always exists and every position is scored. (The authors' code shifts the window:
+    docs/pose.md.)"""
+    n = len(doc) - 1
+    if method == "pose":
+        index, positions = sample(rng, n, window, target, chunks, content)
+    elif method == "randpos":
+        index, positions = randpos(rng, n, window, target, crop)
+    else:  # full-length fine-tuning trains at up to L_t tokens, plain at the window
+        index, positions = contiguous(rng, n, min(n, target) if method == "full" else window, crop)
+    return doc[index], doc[index + 1], positions
 
 
 def sample(rng, doc_len, window, target, chunks=2, content="uniform"):

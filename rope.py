@@ -1,32 +1,137 @@
-"""Rotary position embedding (RoPE) and the interpolations that stretch it (PoSE paper §3.1).
+"""Rotary position embedding (RoPE, PoSE Eq. 1-2) and the interpolations that stretch it to L_t = α·L_c (§3.1).
 
-    python -m pytest tests/test_rope.py -x -q      # no CLI: model.py imports this file
+    python -m pytest tests/test_rope.py -x -q      # against θ_j written plainly in the test, in float64
 
-RoPE (PoSE Eq. 1) rotates each pair of a query/key vector by m·θ_j at position m, θ_j = base^(-2j/d).
-Eq. 2 shows why: <f(q,m), f(k,n)> is a sum over pairs that depends on m − n only, so positions can jump
-(PoSE's skips u_i) and the model still sees only relative distances. Extending the window L_c to the
-target L_t = α·L_c means keeping every m·θ_j inside the range seen in pre-training:
-linear (PI) divides m by α, ntk raises the base, yarn/llama3 do either per frequency band, dynamic
-raises the base only when the sequence is longer than L_c.
+RoPE rotates pair j of a query or key at position m by the angle m·θ_j, θ_j = base^(-2j/d) (Eq. 1), so the score
+of positions m and n depends on m − n only (Eq. 2): position ids may jump (PoSE's skips u_i) and the model still
+sees relative distances alone. Extending the window L_c to L_t = α·L_c keeps every angle m·θ_j inside the range
+seen in pre-training: linear (PI) divides m by α, ntk raises the base, yarn / llama3 do either per frequency
+band, dynamic raises the base only once a sequence is longer than L_c.
 
-Two layouts, same scores. Eq. 1 rotates interleaved pairs (h_2j, h_2j+1), as Meta's checkpoints do.
-Hugging Face rotates halves, pairing (h_j, h_j+d/2) (`rotate_half`); its conversion script permutes the
-rows of W_q and W_k once so that HF row j, j+d/2 are Meta rows 2j, 2j+1. Since q and k receive the same
-permutation P and <Pq, Pk> = <q, k>, Eq. 2 gives identical attention scores. We use rotate-half so HF
-checkpoints load with no key map and no permutation (tests/test_rope.py proves the equivalence).
-
-Precision. θ_0 = 1, so at position 128k the angle is ~1.3e5 rad; float32 keeps 24 bits and the angle
-is off by ~1e-2 rad (and the error grows with m). We form m·θ_j in float64 (error ~1e-10 rad at 10^6)
-and only round cos/sin, which lie in [-1, 1], to float32. (HF rounds inv_freq and the angles to float32,
-so at very long positions this file is the more exact of the two.)
-
-Attention scaling (YaRN's temperature). YaRN divides logits by t with sqrt(1/t) = 0.1·ln(s) + 1. As in
-HF, `attention_scaling` = sqrt(1/t) is multiplied into cos and sin, so q and k each carry it and q·k is
-scaled by its square, 1/t.
+Read top to bottom: compute_inv_freq (the frequencies θ'_j of every type, and YaRN's attention scaling),
+RotaryEmbedding (cos / sin at any position ids, the angles formed in float64), apply_rotary_emb (the rotation,
+in Hugging Face's rotate-half layout). Then the config.json conventions: interpolate (a rope stretched by α),
+rope_parameters (either of Hugging Face's conventions read into one canonical dict, every key checked) and
+scaling_to_config (written back so that transformers 4 / 5 and vLLM compute the same rope).
+docs/rope.md: why rotate-half equals Eq. 1's interleaved pairs, why float64 angles, YaRN's temperature.
 """
 import math
 
 import torch
+
+def compute_inv_freq(rope: dict, head_dim: int, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
+    """float64 inverse frequencies θ_j [head_dim/2] on CPU and the attention scaling (cos/sin multiplier).
+
+    seq_len (max position + 1) matters only for "dynamic".
+    """
+    d, alpha, base = head_dim, float(rope["factor"]), float(rope["rope_theta"])
+    rope_type = rope["rope_type"]
+    if rope_type == "ntk":  # PoSE §3.1: base·α^(d/(d-2)) makes m·θ'_{d/2-1} = (m/α)·θ_{d/2-1}
+        base = base * alpha ** (d / (d - 2))
+    window = rope["original_max_position_embeddings"]
+    if rope_type == "dynamic" and seq_len is not None and seq_len > window:
+        # HF's dynamic NTK: the NTK scale grows with the sequence, from 1 at L_c to α at α·L_c and beyond.
+        base = base * (alpha * seq_len / window - (alpha - 1)) ** (d / (d - 2))
+    # device="cpu": under `with torch.device("meta")` a bare arange would be a meta tensor (garbage later).
+    inv_freq = 1.0 / base ** (torch.arange(0, d, 2, dtype=torch.float64, device="cpu") / d)  # θ_j = base^(-2j/d)
+    if rope_type == "linear":  # PI: θ_j·(m/α) = (θ_j/α)·m
+        return inv_freq / alpha, 1.0
+    if rope_type == "yarn":
+        # HF / YaRN: blend the frequencies, θ_j·((1 - r_j) + r_j/α).
+        ramp = _yarn_ramp(rope, d)
+        return inv_freq * (1 - ramp) + inv_freq / alpha * ramp, _yarn_attention_factor(rope)
+    if rope_type == "yarn-revised":
+        # PoSE authors' revised_yarn (github.com/dwzhu-pku/PoSE, src/my_modeling_llama.py; README: "we use
+        # the revised version of YaRN", citing jquesnelle/yarn issue 24): blend the position divisor instead,
+        # θ_j / ((1 - r_j) + r_j·α). Same ramp, ends and attention factor; inside the ramp it interpolates
+        # more (harmonic vs arithmetic mean), e.g. r=0.5, α=4: θ_j/2.5, not 0.625·θ_j. Their config.json
+        # says "yarn" (their code always runs the revised blend): load those with rope_type "yarn-revised".
+        ramp = _yarn_ramp(rope, d)
+        return inv_freq / (1 - ramp + ramp * alpha), _yarn_attention_factor(rope)
+    if rope_type == "llama3":
+        # Llama 3.1: wavelengths shorter than L_c/high_freq_factor keep θ_j, longer than L_c/low_freq_factor
+        # get θ_j/α, and in between a smooth blend linear in L_c/wavelength (HF _compute_llama3_parameters).
+        low, high = rope["low_freq_factor"], rope["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = ((window / wavelen - low) / (high - low)).clamp(0, 1)
+        return (1 - smooth) * inv_freq / alpha + smooth * inv_freq, 1.0
+    return inv_freq, 1.0
+
+
+
+def _yarn_ramp(rope: dict, d: int) -> torch.Tensor:
+    """YaRN's per-pair ramp r_j in [0, 1]: 0 = keep θ_j (> β_fast turns over L_c), 1 = fully interpolate
+    (< β_slow turns). Pair j turns L_c·θ_j / 2π times over the window; solve that for j (YaRN's
+    "NTK-by-parts" ramp)."""
+    base, window = rope["rope_theta"], rope["original_max_position_embeddings"]
+
+    def dim_for(turns):  # the (fractional) pair index j that makes `turns` rotations over the window
+        return d * math.log(window / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = dim_for(rope.get("beta_fast") or 32), dim_for(rope.get("beta_slow") or 1)
+    if rope.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d - 1)  # HF clamps to d - 1 (not d/2 - 1); kept for parity
+    if low == high:
+        high += 0.001  # HF: avoid dividing by zero
+    return ((torch.arange(d // 2, dtype=torch.float64, device="cpu") - low) / (high - low)).clamp(0, 1)
+
+
+
+def _yarn_attention_factor(rope: dict) -> float:
+    """sqrt(1/t) = 0.1·ln(s) + 1 (YaRN's temperature), or HF's mscale / mscale_all_dim variant, or the given value."""
+    if rope.get("attention_factor") is not None:
+        return float(rope["attention_factor"])
+
+    def mscale(s, m=1.0):
+        return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
+
+    s, m, m_all = rope["factor"], rope.get("mscale"), rope.get("mscale_all_dim")
+    return mscale(s, m) / mscale(s, m_all) if m and m_all else mscale(s)
+
+
+
+class RotaryEmbedding:
+    """cos/sin for arbitrary position ids. A plain object, not an nn.Module with buffers: nothing here is
+    created on the meta device, so model.to_empty() cannot leave it holding garbage."""
+
+    def __init__(self, rope: dict, head_dim: int):
+        if head_dim % 2:
+            raise ValueError(f"head_dim {head_dim} must be even for RoPE")
+        self.rope, self.head_dim = dict(rope), head_dim
+        self.inv_freq, self.attention_scaling = compute_inv_freq(self.rope, head_dim)
+        self._on_device = {}
+
+    def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [B, T] int64 (any values, any order) -> cos, sin [B, T, head_dim] float32."""
+        # dynamic depends on the longest position: recompute (d/2 numbers; one host sync). Stateless, unlike
+        # HF, which keeps the largest base seen until a sequence shorter than L_c resets it.
+        if self.rope["rope_type"] == "dynamic":
+            inv_freq, _ = compute_inv_freq(self.rope, self.head_dim, int(positions.max()) + 1)
+            inv_freq = inv_freq.to(positions.device)
+        else:
+            inv_freq = self._on_device.get(positions.device)
+            if inv_freq is None:
+                inv_freq = self._on_device[positions.device] = self.inv_freq.to(positions.device)
+        angles = positions.to(torch.float64)[..., None] * inv_freq  # [B, T, d/2], exact to ~1e-10 rad
+        angles = torch.cat([angles, angles], dim=-1)  # [B, T, d]: pair j lives at j and j + d/2
+        return ((angles.cos() * self.attention_scaling).float(), (angles.sin() * self.attention_scaling).float())
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dim: the 'i·' of the complex rotation."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, H, T, D] by cos/sin [B, T, D] (rotate-half layout); math in >= float32, x.dtype out."""
+    dtype = torch.promote_types(x.dtype, torch.float32)  # bf16 q/k would lose the rotation's precision
+    xf, cos, sin = x.to(dtype), cos[:, None].to(dtype), sin[:, None].to(dtype)  # cos/sin [B, 1, T, D]
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+# ---------------------------------------------------------------- config.json conventions
 
 ROPE_TYPES = ("default", "linear", "ntk", "yarn", "yarn-revised", "dynamic", "llama3")
 # PoSE's repo calls static NTK "vanilla_ntk"; HF has no name for it or for the revised YaRN.
@@ -35,6 +140,16 @@ _ALIASES = {"vanilla_ntk": "ntk", "yarn_revised": "yarn-revised", "revised_yarn"
 _EXTRA = {"yarn": ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim", "truncate"),
           "llama3": ("low_freq_factor", "high_freq_factor")}
 _EXTRA["yarn-revised"] = _EXTRA["yarn"]
+
+
+def interpolate(rope: dict, kind: str, alpha: float, original: int, beta_fast: float | None = None) -> dict:
+    """A canonical rope dict stretched by α = L_t / L_c (§3.1): `kind` (linear, ntk, yarn, yarn-revised, ...) on the
+    pre-training window L_c = `original`, keeping `rope`'s base. beta_fast: YaRN's ramp end (None: its 32)."""
+    scaled = {"rope_type": kind, "rope_theta": rope["rope_theta"], "factor": alpha,
+              "original_max_position_embeddings": original}
+    if beta_fast is not None:
+        scaled.update(beta_fast=beta_fast, beta_slow=1.0)
+    return rope_parameters(scaled)
 
 
 def config_value(config: dict, key: str, default=None, kind=float, low=None, above=None):
@@ -60,6 +175,7 @@ def config_value(config: dict, key: str, default=None, kind=float, low=None, abo
     if not ok:
         raise ValueError(f"config key {key!r} must be {what}, got {value!r}")
     return float(value) if kind is float else value
+
 
 
 def rope_parameters(config: dict) -> dict:
@@ -112,6 +228,7 @@ def rope_parameters(config: dict) -> dict:
     return rope
 
 
+
 def scaling_to_config(rope: dict, head_dim: int) -> dict:
     """config.json keys under which transformers 4 and 5, vLLM and llama.cpp compute the same rope, with no warning.
 
@@ -144,112 +261,3 @@ def scaling_to_config(rope: dict, head_dim: int) -> dict:
             "rope_scaling": {"rope_type": rope_type, "type": rope_type, "factor": factor, **extra},
             "rope_parameters": {"rope_type": rope_type, "rope_theta": theta, "factor": factor, **extra},
             "original_max_position_embeddings": window}
-
-
-def _yarn_ramp(rope: dict, d: int) -> torch.Tensor:
-    """YaRN's per-pair ramp r_j in [0, 1]: 0 = keep θ_j (> β_fast turns over L_c), 1 = fully interpolate
-    (< β_slow turns). Pair j turns L_c·θ_j / 2π times over the window; solve that for j (YaRN's
-    "NTK-by-parts" ramp)."""
-    base, window = rope["rope_theta"], rope["original_max_position_embeddings"]
-
-    def dim_for(turns):  # the (fractional) pair index j that makes `turns` rotations over the window
-        return d * math.log(window / (turns * 2 * math.pi)) / (2 * math.log(base))
-
-    low, high = dim_for(rope.get("beta_fast") or 32), dim_for(rope.get("beta_slow") or 1)
-    if rope.get("truncate", True):
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, d - 1)  # HF clamps to d - 1 (not d/2 - 1); kept for parity
-    if low == high:
-        high += 0.001  # HF: avoid dividing by zero
-    return ((torch.arange(d // 2, dtype=torch.float64, device="cpu") - low) / (high - low)).clamp(0, 1)
-
-
-def _yarn_attention_factor(rope: dict) -> float:
-    """sqrt(1/t) = 0.1·ln(s) + 1 (YaRN's temperature), or HF's mscale / mscale_all_dim variant, or the given value."""
-    if rope.get("attention_factor") is not None:
-        return float(rope["attention_factor"])
-
-    def mscale(s, m=1.0):
-        return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
-
-    s, m, m_all = rope["factor"], rope.get("mscale"), rope.get("mscale_all_dim")
-    return mscale(s, m) / mscale(s, m_all) if m and m_all else mscale(s)
-
-
-def compute_inv_freq(rope: dict, head_dim: int, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
-    """float64 inverse frequencies θ_j [head_dim/2] on CPU and the attention scaling (cos/sin multiplier).
-
-    seq_len (max position + 1) matters only for "dynamic".
-    """
-    d, alpha, base = head_dim, float(rope["factor"]), float(rope["rope_theta"])
-    rope_type = rope["rope_type"]
-    if rope_type == "ntk":  # PoSE §3.1: base·α^(d/(d-2)) makes m·θ'_{d/2-1} = (m/α)·θ_{d/2-1}
-        base = base * alpha ** (d / (d - 2))
-    window = rope["original_max_position_embeddings"]
-    if rope_type == "dynamic" and seq_len is not None and seq_len > window:
-        # HF's dynamic NTK: the NTK scale grows with the sequence, from 1 at L_c to α at α·L_c and beyond.
-        base = base * (alpha * seq_len / window - (alpha - 1)) ** (d / (d - 2))
-    # device="cpu": under `with torch.device("meta")` a bare arange would be a meta tensor (garbage later).
-    inv_freq = 1.0 / base ** (torch.arange(0, d, 2, dtype=torch.float64, device="cpu") / d)  # θ_j = base^(-2j/d)
-    if rope_type == "linear":  # PI: θ_j·(m/α) = (θ_j/α)·m
-        return inv_freq / alpha, 1.0
-    if rope_type == "yarn":
-        # HF / YaRN: blend the frequencies, θ_j·((1 - r_j) + r_j/α).
-        ramp = _yarn_ramp(rope, d)
-        return inv_freq * (1 - ramp) + inv_freq / alpha * ramp, _yarn_attention_factor(rope)
-    if rope_type == "yarn-revised":
-        # PoSE authors' revised_yarn (github.com/dwzhu-pku/PoSE, src/my_modeling_llama.py; README: "we use
-        # the revised version of YaRN", citing jquesnelle/yarn issue 24): blend the position divisor instead,
-        # θ_j / ((1 - r_j) + r_j·α). Same ramp, ends and attention factor; inside the ramp it interpolates
-        # more (harmonic vs arithmetic mean), e.g. r=0.5, α=4: θ_j/2.5, not 0.625·θ_j. Their config.json
-        # says "yarn" (their code always runs the revised blend): load those with rope_type "yarn-revised".
-        ramp = _yarn_ramp(rope, d)
-        return inv_freq / (1 - ramp + ramp * alpha), _yarn_attention_factor(rope)
-    if rope_type == "llama3":
-        # Llama 3.1: wavelengths shorter than L_c/high_freq_factor keep θ_j, longer than L_c/low_freq_factor
-        # get θ_j/α, and in between a smooth blend linear in L_c/wavelength (HF _compute_llama3_parameters).
-        low, high = rope["low_freq_factor"], rope["high_freq_factor"]
-        wavelen = 2 * math.pi / inv_freq
-        smooth = ((window / wavelen - low) / (high - low)).clamp(0, 1)
-        return (1 - smooth) * inv_freq / alpha + smooth * inv_freq, 1.0
-    return inv_freq, 1.0
-
-
-class RotaryEmbedding:
-    """cos/sin for arbitrary position ids. A plain object, not an nn.Module with buffers: nothing here is
-    created on the meta device, so model.to_empty() cannot leave it holding garbage."""
-
-    def __init__(self, rope: dict, head_dim: int):
-        if head_dim % 2:
-            raise ValueError(f"head_dim {head_dim} must be even for RoPE")
-        self.rope, self.head_dim = dict(rope), head_dim
-        self.inv_freq, self.attention_scaling = compute_inv_freq(self.rope, head_dim)
-        self._on_device = {}
-
-    def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [B, T] int64 (any values, any order) -> cos, sin [B, T, head_dim] float32."""
-        # dynamic depends on the longest position: recompute (d/2 numbers; one host sync). Stateless, unlike
-        # HF, which keeps the largest base seen until a sequence shorter than L_c resets it.
-        if self.rope["rope_type"] == "dynamic":
-            inv_freq, _ = compute_inv_freq(self.rope, self.head_dim, int(positions.max()) + 1)
-            inv_freq = inv_freq.to(positions.device)
-        else:
-            inv_freq = self._on_device.get(positions.device)
-            if inv_freq is None:
-                inv_freq = self._on_device[positions.device] = self.inv_freq.to(positions.device)
-        angles = positions.to(torch.float64)[..., None] * inv_freq  # [B, T, d/2], exact to ~1e-10 rad
-        angles = torch.cat([angles, angles], dim=-1)  # [B, T, d]: pair j lives at j and j + d/2
-        return ((angles.cos() * self.attention_scaling).float(), (angles.sin() * self.attention_scaling).float())
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """(x1, x2) -> (-x2, x1) on the two halves of the last dim: the 'i·' of the complex rotation."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
-def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, T, D] by cos/sin [B, T, D] (rotate-half layout); math in >= float32, x.dtype out."""
-    dtype = torch.promote_types(x.dtype, torch.float32)  # bf16 q/k would lose the rotation's precision
-    xf, cos, sin = x.to(dtype), cos[:, None].to(dtype), sin[:, None].to(dtype)  # cos/sin [B, 1, T, D]
-    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)

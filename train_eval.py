@@ -21,12 +21,14 @@ checkpoint and off the throughput clock; a run first scores the weights it start
 checkpoint under the run's scaling; a resumed run: the checkpoint it resumes) unless metrics.jsonl already holds
 that step's row. The --eval-* flags are free to change on --resume.
 
-In order: the --eval-* flags' checks (resolve() calls check_eval before anything is written); what is scored
-(Evaluation, read once by eval_setup); the evaluation of one step (run_eval) and the group the other ranks wait in.
+In order: what is scored (Evaluation, read once by eval_setup; the --eval-* flags are checked by
+options.check_eval before anything is written); the evaluation of one step (run_eval), the group the other ranks
+wait in, and the step's row (evaluate_step).
 """
 import contextlib
 import datetime
 import io
+import time
 from dataclasses import dataclass
 
 import torch
@@ -34,30 +36,9 @@ import torch.distributed as dist
 
 import evaluate
 from checkpoints import gather_plain
-from data import Tokenizer, find_files, needs_tokenizer
+from data import Tokenizer
+from metrics import Log, eval_line
 from model import ModelArgs
-
-
-def check_eval(o):
-    """Refuse bad --eval-* values (resolve() calls it, before anything is written); fills --eval-lengths."""
-    if o.eval_every is None:
-        if o.eval_data is not None or o.eval_lengths is not None:
-            raise ValueError("--eval-data / --eval-lengths are --eval-every's: give --eval-every K too")
-        return
-    if o.eval_every <= 0:
-        raise ValueError(f"--eval-every must be > 0, got {o.eval_every}")
-    if o.eval_data is None:
-        raise ValueError("--eval-every needs --eval-data: the held-out documents of its perplexity")
-    for name in ("eval_docs", "eval_stride", "eval_trials"):
-        if getattr(o, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(o, name)}")
-    o.eval_lengths = o.eval_lengths or sorted({o.window, o.target})
-    if min(o.eval_lengths) < 2:  # evaluate.py's own bound: a window predicts L - 1 tokens
-        raise ValueError(f"--eval-lengths must be >= 2 tokens, got {min(o.eval_lengths)}")
-    find_files(o.eval_data, "--eval-data")  # a missing file, an empty folder or glob: one line naming it
-    if o.model is None and o.tokenizer is None and o.data is not None and not needs_tokenizer(find_files(o.data)):
-        raise ValueError("--eval-every's passkey prompts are text, and a run on token files without --tokenizer "
-                         "has none (nor will its export): pass --tokenizer")
 
 
 @dataclass
@@ -80,7 +61,8 @@ def eval_setup(opts, args: ModelArgs, tokenizer_path) -> Evaluation | None:
         return None
     lengths = list(opts.eval_lengths)
     ppl = evaluate.PplOptions(lengths=lengths, data=opts.eval_data, text_field=opts.text_field,
-                              stride=opts.eval_stride, docs=opts.eval_docs)
+                              stride=opts.eval_stride, docs=opts.eval_docs,
+                              max_tokens=opts.eval_max_tokens)
     keys = evaluate.PasskeyOptions(lengths=lengths, trials=opts.eval_trials)
     setup, message = None, [None]
     if dist.get_rank() == 0:
@@ -146,3 +128,17 @@ def run_eval(model, args: ModelArgs, ev: Evaluation | None, device, wait_group) 
     if wait_group is not None:
         dist.barrier(group=wait_group)
     return row
+
+
+def evaluate_step(model, args: ModelArgs, ev: Evaluation | None, device, wait_group, log: Log, steps: int,
+                  step: int) -> float:
+    """--eval-every's row for this step: evaluated (run_eval), logged and written on rank 0; the seconds it took."""
+    t0 = time.perf_counter()
+    scores = run_eval(model, args, ev, device, wait_group)
+    seconds = time.perf_counter() - t0
+    if scores is not None:  # rank 0
+        row = {"step": step, "eval": scores, "eval_s": seconds}
+        # key_logprob is None for a tokenizer without a clean answer (evaluate.passkey_ids): no scalar for it
+        log.row(row, eval_line(row, steps), {f"eval/{task}_{L}": value for task, by_length in scores.items()
+                                             for L, value in by_length.items() if value is not None})
+    return seconds

@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import evaluate  # noqa: E402
-from model import PRESETS, ModelArgs, Transformer  # noqa: E402
+from hf import PRESETS, args_from_config  # noqa: E402
+from model import Transformer  # noqa: E402
 
 CONFIGS = {"tiny": PRESETS["tiny"], "small": PRESETS["small"], "1b": PRESETS["1b"],
            "7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
@@ -32,7 +33,7 @@ CONFIGS = {"tiny": PRESETS["tiny"], "small": PRESETS["small"], "1b": PRESETS["1b
 def build(name, device, dtype, length):
     config = dict(CONFIGS[name], max_position_embeddings=length)
     with torch.device("meta"):
-        model = Transformer(ModelArgs.from_config(config))
+        model = Transformer(args_from_config(config))
     model.to(dtype).to_empty(device=device)
     model.set_rope(model.args.rope)  # RoPE tables are recomputed outside the meta context
     model.init_weights(seed=0)

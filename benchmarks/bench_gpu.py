@@ -7,7 +7,7 @@
 Stages at GPU sizes (--dry-run: the tiny preset on the CPU, a few hundred tokens, the same code):
   env        torch, CUDA, device, and the dense bf16 peak that MFU is measured against
   flash      attention under sdpa_kernel([FLASH_ATTENTION]) alone, at T = 4,096 and 32,768, bf16, two 1B-shaped
-             layers: training (train.build_model: FSDP2 bf16 compute, forward + backward) and evaluation (bf16
+             layers: training (distributed.build_model: FSDP2 bf16 compute, forward + backward) and evaluation (bf16
              weights: evaluate.window_nll, then greedy decoding with the KV cache). A fall-back is an error.
   precision  bf16 vs fp32 logits of the 1B preset (random weights, T = 2,048): max and mean relative difference
   mfu        train.train_step on the 1B preset at window 2,048 (PoSE, L_t 16k), with and without --compile and
@@ -51,10 +51,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import evaluate  # noqa: E402
 import plan  # noqa: E402
+import distributed  # noqa: E402
+import metrics  # noqa: E402
+import options  # noqa: E402
 import train  # noqa: E402
 from bench_evaluate import build, cell  # noqa: E402
 from bench_train import synthetic_documents, time_steps  # noqa: E402
-from model import PRESETS, ModelArgs  # noqa: E402
+from hf import PRESETS, args_from_config  # noqa: E402
 from rope import rope_parameters  # noqa: E402
 
 GPU = dict(device="cuda", preset="1b", budget=470, reserve=20,  # seconds: all stages, kept per later stage
@@ -108,14 +111,14 @@ def train_setup(S, method: str, target: int, micro=1, compile_=False, ac=False, 
             "--batch-size", str(micro), "--micro-batch-size", str(micro),
             "--out", str(Path(tempfile.gettempdir()) / "bench-gpu-unused")]
     argv += ["--compile"] * compile_ + ["--activation-checkpointing"] * ac
-    opts, config = train.resolve(train.parse_args(argv), 1)
+    opts, config = options.resolve(options.parse_args(argv), 1)
     config = dict(config, max_position_embeddings=window, num_hidden_layers=layers or config["num_hidden_layers"])
-    args = ModelArgs.from_config(config)
-    args = dataclasses.replace(args, rope=train.scaled_rope(args.rope, opts.rope, window, target),
+    args = args_from_config(config)
+    args = dataclasses.replace(args, rope=options.scaled_rope(args.rope, opts.rope, window, target),
                                max_position_embeddings=target)
     device = torch.device(S["device"])
-    model = train.build_model(opts, args, device, train.init_device_mesh(device.type, (1,)))
-    optim = train.build_optimizer(model, opts)
+    model = distributed.build_model(opts, args, device, train.init_device_mesh(device.type, (1,)))
+    optim = distributed.build_optimizer(model, opts)
     return opts, model, optim
 
 
@@ -129,7 +132,7 @@ def stage_env(S):
     if S["device"] == "cuda":
         p = torch.cuda.get_device_properties(0)
         row.update(device=p.name, capability=f"{p.major}.{p.minor}", memory_gib=round(p.total_memory / 2**30, 1),
-                   bf16_peak_tflops=train.peak_flops(torch.device("cuda")) / 1e12,
+                   bf16_peak_tflops=metrics.peak_flops(torch.device("cuda")) / 1e12,
                    flash_sdp_enabled=torch.backends.cuda.flash_sdp_enabled())
     else:
         row.update(device=f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -240,7 +243,7 @@ def stage_mfu(S):
         try:
             opts, model, optim = train_setup(S, "pose", target, compile_=compile_, ac=ac)
             documents = synthetic_documents(model.args.vocab_size, target + 1, n=8)
-            flops = train.flops_per_token(model, S["window"])
+            flops = metrics.flops_per_token(model, S["window"])
             best, oom_at = None, None
             micro = found.get(ac, 1) if compile_ else 1
             while 1 <= micro <= S["max_micro_batch"] and time.time() < deadline - 10:
@@ -263,7 +266,7 @@ def stage_mfu(S):
                 emit(**name, oom=True, oom_at_micro_batch=oom_at)
                 continue
             found.setdefault(ac, best["micro_batch"])
-            mfu = best["tokens_per_s"] * flops / train.peak_flops(device) if device.type == "cuda" else None
+            mfu = best["tokens_per_s"] * flops / metrics.peak_flops(device) if device.type == "cuda" else None
             emit(**name, **best, mfu=mfu, oom_at_micro_batch=oom_at)
         except Exception as e:  # noqa: BLE001
             emit(**name, error=short(e))
@@ -287,8 +290,8 @@ def stage_fig3(S):
                 if model is None:
                     opts, model, optim = train_setup(S, method, max(S["fig3_targets"]), ac=True)
                     documents = documents or synthetic_documents(model.args.vocab_size, max(S["fig3_targets"]), n=4)
-                opts, _ = train.resolve(dataclasses.replace(opts, method=method, target=target), 1)
-                model.set_rope(train.scaled_rope(base, "linear", window, target))  # alpha = L_t / L_c
+                opts, _ = options.resolve(dataclasses.replace(opts, method=method, target=target), 1)
+                model.set_rope(options.scaled_rope(base, "linear", window, target))  # alpha = L_t / L_c
                 result = timed(S, "fig3", (method, target), model, optim, documents, opts)
                 if result is None:
                     emit(**row, oom=True)
@@ -296,7 +299,7 @@ def stage_fig3(S):
                     free()
                     continue
                 length = target if method == "full" else window
-                mfu = result["tokens_per_s"] * train.flops_per_token(model, length) / train.peak_flops(device) \
+                mfu = result["tokens_per_s"] * metrics.flops_per_token(model, length) / metrics.peak_flops(device) \
                     if device.type == "cuda" else None
                 emit(**row, **result, mfu=mfu)
             except Exception as e:  # noqa: BLE001
@@ -354,7 +357,7 @@ def stage_sliding(S):
 def run_stage(name: str, S: dict):
     if S["device"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device (use --dry-run on a CPU)")
-    with train.distributed() if name in ("flash", "mfu", "fig3") else contextlib.nullcontext():
+    with distributed.distributed() if name in ("flash", "mfu", "fig3") else contextlib.nullcontext():
         globals()[f"stage_{name}"](S)
 
 
@@ -415,7 +418,7 @@ def add_plans(results: dict, S: dict):
                 "--method", row["method"], "--batch-size", "1", "--micro-batch-size", "1",
                 "--activation-checkpointing"]
         try:
-            row["plan_gib"] = plan.estimate(train.parse_args(argv), 1, cuda=S["device"] == "cuda")["peak_gib"]
+            row["plan_gib"] = plan.estimate(options.parse_args(argv), 1, cuda=S["device"] == "cuda")["peak_gib"]
         except Exception as e:  # noqa: BLE001  (a plan that fails is no measurement lost)
             row["plan_gib"] = short(e)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model import Transformer  # noqa: E402
+from hf import from_preset  # noqa: E402
 
 def math_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     """Attention the textbook way: [B, H, T, S] scores with a materialised causal mask (what SDPA avoids)."""
@@ -47,7 +47,7 @@ def one_cpu(seq: int, attention: str, steps: int) -> dict:
     if attention == "math":
         F.scaled_dot_product_attention = math_attention  # model.py looks it up at call time
     torch.manual_seed(0)
-    model = Transformer.from_preset("tiny", seed=0, max_position_embeddings=seq)
+    model = from_preset("tiny", seed=0, max_position_embeddings=seq)
     tokens = torch.randint(0, model.args.vocab_size, (1, seq + 1))
     before = rss_mb()
 

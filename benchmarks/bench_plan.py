@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import plan  # noqa: E402
-import train  # noqa: E402
+import options  # noqa: E402
 
 # Llama-2-7b-hf's config.json, the keys that shape the model (LLaMA-1-7B has the same shapes at context 2,048)
 LLAMA2_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
@@ -54,7 +54,7 @@ def rows(model: Path, table: str, done: dict):
                  "--world-size", str(world)] + ["--activation-checkpointing"] * ac
         key = " ".join(flags[2:])
         if key not in done:
-            opts = train.parse_args(["--plan", *flags])
+            opts = options.parse_args(["--plan", *flags])
             done[key] = plan.estimate(opts, world, count_flops=world == 8)
             if world != 8:
                 done[key]["flops_per_step"] = done[key.replace(f"--world-size {world}", "--world-size 8")][

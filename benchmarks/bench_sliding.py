@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import model as model_py  # noqa: E402
-from model import Transformer  # noqa: E402
+from hf import from_preset  # noqa: E402
 
 CPU = dict(device="cpu", dtype="float32", preset="tiny", window=256, multiples=(4, 16), steps=3)
 CUDA = dict(device="cuda", dtype="bfloat16", preset="1b", window=4096, multiples=(4, 16), steps=5)
@@ -49,7 +49,7 @@ def one(cfg: dict) -> dict:
     model_py.FLEX_DEVICES = (device.type,) if cfg["attention"] == "flex" else ()
     window = None if cfg["attention"] == "causal" else cfg["window"]
     torch.manual_seed(0)
-    model = Transformer.from_preset(cfg["preset"], seed=0, sliding_window=window, max_position_embeddings=cfg["seq"])
+    model = from_preset(cfg["preset"], seed=0, sliding_window=window, max_position_embeddings=cfg["seq"])
     model.to(device=device, dtype=dtype)
     tokens = torch.randint(0, model.args.vocab_size, (1, cfg["seq"] + 1), device=device)
     train = cfg["mode"] == "train"

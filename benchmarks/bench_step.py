@@ -7,9 +7,9 @@
     python benchmarks/bench_step.py --hf-kept     # adds the transformers step under train.py's malloc setting
 
 The step: --preset tiny --window 1024 --target 1024 --method plain --batch-size 2 --micro-batch-size 2, fp32.
-ours = train.build_model + train.build_optimizer + train.train_step (forward, loss, backward, clip, AdamW) on a
-batch from train.make_batch; hf = transformers' LlamaForCausalLM of the same shape (attn_implementation "sdpa")
-+ torch.optim.AdamW (torch's defaults) + clip_grad_norm_(1.0), on the same tokens (labels = tokens: HF shifts).
+ours = distributed.build_model + distributed.build_optimizer + train.train_step (forward, loss, backward, clip,
+AdamW) on a batch from train.make_batch; hf = transformers' LlamaForCausalLM of the same shape (attn_implementation
+"sdpa") + torch.optim.AdamW (torch's defaults) + clip_grad_norm_(1.0), on the same tokens (labels = tokens: HF shifts).
 transformers is never a dependency of the project; it runs from a side venv (--hf-python, default $HF_PYTHON or
 /work/venvs/speed/bin/python), made once with
     python3 -m venv /work/venvs/speed && /work/venvs/speed/bin/pip install torch==2.13.0 &&
@@ -18,7 +18,7 @@ Each measurement is a fresh process (--one SIDE); the sides alternate within a r
 round, all with the same OMP_NUM_THREADS. Per round: the median of --steps timed steps after --warmup, and the
 ratio ours / hf. Wall time is what counts on an idle machine; CPU time (process_time) is printed beside it
 because on a shared box it moves less with the load (with one thread it is the step's own work); so are the
-minor page faults per step. train.py's sides run train.keep_freed_memory() as train() does on a CPU (glibc
+minor page faults per step. train.py's sides run distributed.keep_freed_memory() as train() does on a CPU (glibc
 keeps what a step frees); hf_kept is the transformers step with the same setting, which separates what the
 process's malloc buys from what the step's code does. --paired runs every side in one process, so all of them
 share train.py's malloc setting there.
@@ -39,8 +39,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import distributed  # noqa: E402
+import options  # noqa: E402
 import train  # noqa: E402
-from model import ModelArgs, Transformer  # noqa: E402
+from hf import args_from_config  # noqa: E402
+from model import Transformer  # noqa: E402
 
 STEP = ["--preset", "tiny", "--window", "1024", "--target", "1024", "--method", "plain", "--batch-size", "2",
         "--micro-batch-size", "2"]
@@ -50,14 +53,15 @@ SIDES = {"ours": "train.py", "hf": "transformers + AdamW", "compiled": "train.py
 
 def setup(side: str, out: str):
     """(step(batch), documents, opts) for one side, built as train.py builds it (or as transformers users do)."""
-    opts, config = train.resolve(train.parse_args(STEP + ["--out", out] + (["--compile"] * (side == "compiled"))), 1)
+    flags = STEP + ["--out", out] + (["--compile"] * (side == "compiled"))
+    opts, config = options.resolve(options.parse_args(flags), 1)
     config["max_position_embeddings"] = opts.window  # as train() does for a from-scratch preset
-    args = ModelArgs.from_config(config)
+    args = args_from_config(config)
     rng = np.random.default_rng(0)  # 256 documents of BOS + 1.1k-4k random ids: every window is a full 1,024
     documents = [np.concatenate([[1], rng.integers(3, args.vocab_size, size=n)]) for n in rng.integers(1100, 4000, 256)]
     torch.manual_seed(0)
     if side != "hf":  # train() does this for a CPU run; hf_kept: the transformers step under the same malloc
-        train.keep_freed_memory()
+        distributed.keep_freed_memory()
     if side.startswith("hf"):
         from transformers import LlamaConfig, LlamaForCausalLM
         model = LlamaForCausalLM(LlamaConfig(**config, attn_implementation="sdpa")).train()
@@ -70,8 +74,8 @@ def setup(side: str, out: str):
             optim.step()
             optim.zero_grad(set_to_none=True)
     else:
-        model = train.build_model(opts, args, torch.device("cpu"), None)  # one CPU process: no FSDP2, as train()
-        optim = train.build_optimizer(model, opts)
+        model = distributed.build_model(opts, args, torch.device("cpu"), None)  # one CPU process: no FSDP2, as train()
+        optim = distributed.build_optimizer(model, opts)
 
         def step(batch):
             train.train_step(model, optim, [batch], opts.grad_clip)
@@ -80,7 +84,7 @@ def setup(side: str, out: str):
 
 def measure(side: str, steps: int, warmup: int) -> dict:
     """Median wall / CPU seconds of `steps` steps after `warmup` (the first one includes any compiling)."""
-    with train.distributed(), tempfile.TemporaryDirectory() as out:
+    with distributed.distributed(), tempfile.TemporaryDirectory() as out:
         _, step, documents, opts = setup(side, out)
         wall, cpu, data, faults = [], [], [], []
         for i in range(warmup + steps):
@@ -108,7 +112,7 @@ def paired(steps: int, warmup: int, compiled: bool) -> dict:
     """All sides in one process, taking turns step by step (the order rotates every step): each round saw the
     same load, so the per-round ratio holds still on a busy machine (at the price of a shared allocator)."""
     names = ("ours", "hf") + ("compiled",) * compiled
-    with train.distributed(), tempfile.TemporaryDirectory() as out:
+    with distributed.distributed(), tempfile.TemporaryDirectory() as out:
         sides = {side: setup(side, out) for side in names}
         times = {side: [] for side in names}
         for i in range(warmup + steps):
@@ -139,7 +143,7 @@ def profile(side: str, steps: int, warmup: int, top: int):
                 return fn(*args, **kwargs)
         return wrapped
 
-    with train.distributed(), tempfile.TemporaryDirectory() as out:
+    with distributed.distributed(), tempfile.TemporaryDirectory() as out:
         model, step, documents, opts = setup(side, out)
         # Regions by labelling what the step calls; the optimizer labels itself ("Optimizer.step#AdamW.step").
         torch.Tensor.backward = labelled("backward", torch.Tensor.backward)

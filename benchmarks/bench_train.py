@@ -22,8 +22,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import distributed  # noqa: E402
+import metrics  # noqa: E402
+import options  # noqa: E402
 import train  # noqa: E402
-from model import ModelArgs  # noqa: E402
+from hf import args_from_config  # noqa: E402
 
 
 def synthetic_documents(vocab_size: int, length: int, n: int = 64) -> list[np.ndarray]:
@@ -65,20 +68,20 @@ def one(method: str, window: int, target: int, preset: str, steps: int, micro_ba
             "--out", "/tmp/unused-bench-out"]
     if torch.cuda.is_available():
         argv.append("--activation-checkpointing")
-    with train.distributed() as device:
-        opts, config = train.resolve(train.parse_args(argv), 1)
-        args = ModelArgs.from_config(dict(config, max_position_embeddings=window))
-        args.rope = train.scaled_rope(args.rope, "linear", window, target)
+    with distributed.distributed() as device:
+        opts, config = options.resolve(options.parse_args(argv), 1)
+        args = args_from_config(dict(config, max_position_embeddings=window))
+        args.rope = options.scaled_rope(args.rope, "linear", window, target)
         args.max_position_embeddings = target
         docs = synthetic_documents(args.vocab_size, 4 * target, n=1)
         mesh = train.init_device_mesh(device.type, (1,)) if device.type == "cuda" else None  # as train() builds
-        model = train.build_model(opts, args, device, mesh)
-        optim = train.build_optimizer(model, opts)
+        model = distributed.build_model(opts, args, device, mesh)
+        optim = distributed.build_optimizer(model, opts)
         base = peak_gib(device)
         row = {"method": method, "window": window, "target": target, **time_steps(model, optim, docs, opts, steps)}
         if device.type == "cuda":
             length = target if method == "full" else window  # tokens per sequence
-            row["mfu"] = row["tokens_per_s"] * train.flops_per_token(model, length) / train.peak_flops(device)
+            row["mfu"] = row["tokens_per_s"] * metrics.flops_per_token(model, length) / metrics.peak_flops(device)
         else:
             row["peak_mem_gib"] -= base  # the step's own memory above the process before it
     return row

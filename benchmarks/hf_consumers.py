@@ -37,17 +37,20 @@ def make_exports(out: Path) -> dict:
     """train.py runs of a micro LLaMA, one per --rope: {rope: export folder}."""
     import numpy as np
 
+    import distributed
+    import options
     import train
-    from model import PRESETS, ModelArgs, Transformer
+    from hf import PRESETS, args_from_config, save_pretrained
+    from model import Transformer
 
     micro = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  head_dim=16, intermediate_size=128, max_position_embeddings=16)
-    model = Transformer(ModelArgs.from_config(micro))
+    model = Transformer(args_from_config(micro))
     model.init_weights(seed=0)
     with torch.no_grad():  # weights far from the init's near-uniform logits, so that a rope error shows
         for p in model.parameters():
             p.mul_(3)
-    model.save_pretrained(out / "micro")
+    save_pretrained(model, out / "micro")
     rng = np.random.default_rng(0)
     np.save(out / "ids.npy", np.concatenate([np.append(rng.integers(3, 4096, size=200), 2) for _ in range(8)]))
     folders = {}
@@ -55,8 +58,8 @@ def make_exports(out: Path) -> dict:
         target = "16" if kind == "none" else "64"
         argv = ["--model", str(out / "micro"), "--data", str(out / "ids.npy"), "--out", str(out / kind), "--window",
                 "16", "--target", target, "--rope", kind, "--steps", "2", "--batch-size", "2", "--lr", "1e-3"]
-        with contextlib.redirect_stdout(io.StringIO()), train.distributed() as device:
-            train.train(train.parse_args(argv), device)
+        with contextlib.redirect_stdout(io.StringIO()), distributed.distributed() as device:
+            train.train(options.parse_args(argv), device)
         folders[kind] = str(out / kind / "final")
     return folders
 
@@ -66,7 +69,7 @@ def compare(folders: dict) -> dict:
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from model import Transformer
+    from hf import from_pretrained
 
     records = io.StringIO()
     handler = logging.StreamHandler(records)
@@ -84,10 +87,10 @@ def compare(folders: dict) -> dict:
         before = records.tell()
         hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").to(torch.float64).eval()
         warned = records.getvalue()[before:].strip()
-        ours = Transformer.from_pretrained(folder, dtype=torch.float64).eval()
+        ours = from_pretrained(folder, dtype=torch.float64).eval()
         row = {"rope": json.loads((Path(folder) / "config.json").read_text()).get("rope_scaling"), "warnings": warned}
         # the control: model.py told the wrong factor (x2 instead of x4): what a misread rope key would cost
-        wrong = None if row["rope"] is None else Transformer.from_pretrained(
+        wrong = None if row["rope"] is None else from_pretrained(
             folder, dtype=torch.float64, rope_scaling={**row["rope"], "factor": row["rope"]["factor"] / 2}).eval()
         with torch.no_grad():
             for name, pos in positions.items():

@@ -9,7 +9,7 @@ transformers builds a tiny model, every parameter is redrawn (norms around 1, no
 transformers saves it in fp32; model.py loads that folder and both compute fp32 logits at contiguous and at PoSE
 position ids, with an explicit all-ones attention_mask (without one, transformers >= 4.53 reads PoSE's jumps as
 packed-sequence boundaries). Greedy decoding: model.py's KV-cache generate() against transformers' greedy argmax
-over full forwards at the next position ids. Then model.py's save_pretrained(base_config=...) is loaded back by
+over full forwards at the next position ids. Then hf.save_pretrained(base_config=...) is loaded back by
 transformers, which must log no warning and give the same logits. Prints one line per family: the worst absolute
 logit error (and the logits' scale) and whether the decoded tokens agree.
 """
@@ -27,7 +27,7 @@ from packaging.version import Version
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model import Transformer, load_config  # noqa: E402
+from hf import from_pretrained, load_config, save_pretrained  # noqa: E402
 
 SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
              vocab_size=128, max_position_embeddings=64)
@@ -90,7 +90,7 @@ def check(label, cls_name, extra, root):
     randomise(hf, seed=1)
     folder = root / label.split()[0]
     hf.save_pretrained(folder, safe_serialization=True)
-    ours = Transformer.from_pretrained(folder, dtype=torch.float32).eval()
+    ours = from_pretrained(folder, dtype=torch.float32).eval()
     tokens = torch.randint(0, SHAPE["vocab_size"], POSE.shape, generator=torch.Generator().manual_seed(2))
     worst, scale = [], 0.0
     for positions in (torch.arange(POSE.shape[1]).expand_as(POSE), POSE):
@@ -126,7 +126,7 @@ def check(label, cls_name, extra, root):
     # our export of the same weights, read back by transformers: no warning, the same logits; then as a PoSE run
     # exports it, with PI x4 (alpha = L_t / L_c) on its rope, against model.py with that rope
     out = root / (folder.name + "-ours")
-    ours.save_pretrained(out, base_config=load_config(folder))
+    save_pretrained(ours, out, base_config=load_config(folder))
     handler = Warnings()
     logging.getLogger("transformers").addHandler(handler)
     with warnings.catch_warnings(record=True) as caught:
@@ -135,8 +135,8 @@ def check(label, cls_name, extra, root):
         back = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager", **dtype)
         scaled = {}
         for kind in ("linear", "yarn"):
-            pi = Transformer.from_pretrained(folder, dtype=torch.float32, rope_scaling={"type": kind, "factor": 4.0})
-            pi.save_pretrained(root / f"{folder.name}-{kind}", base_config=load_config(folder))
+            pi = from_pretrained(folder, dtype=torch.float32, rope_scaling={"type": kind, "factor": 4.0})
+            save_pretrained(pi, root / f"{folder.name}-{kind}", base_config=load_config(folder))
             try:
                 back_pi = AutoModelForCausalLM.from_pretrained(root / f"{folder.name}-{kind}",
                                                                attn_implementation="eager", **dtype)

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data import Tokenizer  # noqa: E402
 from evaluate import passkey, write_atomic  # noqa: E402
-from model import Transformer  # noqa: E402
+from hf import from_pretrained  # noqa: E402
 from rope import RotaryEmbedding, apply_rotary_emb, rope_parameters  # noqa: E402
 
 
@@ -104,7 +104,7 @@ def main(argv=None):
     torch.manual_seed(a.seed)
     try:
         tokenizer = Tokenizer(a.model)
-        model = Transformer.from_pretrained(a.model, dtype=torch.float32).eval()
+        model = from_pretrained(a.model, dtype=torch.float32).eval()
     except (OSError, ValueError) as e:  # a missing or broken model folder: one line
         p.error(f"--model {a.model}: {e}")
     pairs = model.args.head_dim // 2

@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import evaluate  # noqa: E402
-from model import ModelArgs, Transformer  # noqa: E402
+from hf import args_from_config  # noqa: E402
+from model import Transformer  # noqa: E402
 
 ROWS = [  # (name in the run, row label, what it is)
     ("original", "Original", "the base model, plain RoPE, no training"),
@@ -66,7 +67,7 @@ def report(out: Path, plot_link: str | None) -> str:
     key_opts = next(r for r in keys.values() if r)["options"]
     lengths = ppl_opts["lengths"]
     with torch.device("meta"):
-        model = Transformer(ModelArgs.from_config(base))
+        model = Transformer(args_from_config(base))
     n_params = sum(p.numel() for p in model.parameters())
     lc, lt = int(ft_opts.get("window", 0)), int(ft_opts.get("target", 0))
 

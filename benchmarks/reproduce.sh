@@ -51,17 +51,7 @@ LENGTHS=$(l=$LC; while ((l <= LT)); do printf '%s ' $l; l=$((l * 2)); done)
 mkdir -p "$OUT/logs" "$OUT/results"
 : >> "$OUT/times.tsv"
 
-step() {  # step NAME OUTPUT COMMAND...: run COMMAND unless OUTPUT exists; log it, time it
-    local name=$1 output=$2; shift 2
-    local shown=("$@")
-    [[ "${shown[0]}" == "$PYTHON" ]] && shown[0]=python  # logged as `python ...`, whichever interpreter ran it
-    echo "${shown[*]}" >> "$OUT/commands.sh"
-    if [[ -e "$output" ]]; then echo "== $name: $output exists, skipped"; return; fi
-    echo "== $name: $*"
-    local t0=$SECONDS
-    "$@" > "$OUT/logs/$name.log" 2>&1 || { echo "error: step $name failed, see $OUT/logs/$name.log" >&2; tail -5 "$OUT/logs/$name.log" >&2; exit 1; }
-    printf '%s\t%s\n' "$name" $((SECONDS - t0)) >> "$OUT/times.tsv"
-}
+source benchmarks/stages.sh  # step NAME OUTPUT COMMAND...: run, log and time a stage unless its output exists
 
 : > "$OUT/commands.sh"
 step data "$OUT/data/eval.jsonl" \

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model import PRESETS, ModelArgs, Transformer  # noqa: E402  (the repository is on sys.path now)
+from hf import PRESETS, args_from_config, save_pretrained  # noqa: E402
+from model import Transformer  # noqa: E402  (the repository is on sys.path now)
 
 # A two-layer checkpoint small enough for a training step in milliseconds (head_dim 16, 2 KV heads: GQA).
 MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -36,9 +37,9 @@ def one_thread():
 def micro_model(tmp_path_factory):
     """MICRO with seed-0 weights, saved as a Hugging Face folder."""
     path = tmp_path_factory.mktemp("micro") / "model"
-    model = Transformer(ModelArgs.from_config(MICRO))
+    model = Transformer(args_from_config(MICRO))
     model.init_weights(seed=0)
-    model.save_pretrained(path)
+    save_pretrained(model, path)
     return path
 
 

@@ -1,13 +1,16 @@
 """Bad input, second round (issue 28): each rule is a bad value given to the real entry point (train.main,
 evaluate.main, data.main, load_config, from_pretrained), which must answer with one line naming the file / key /
 flag and value, exit 2, and leave a fresh --out absent. Grouped as the issue: validate first, config types,
-non-finite numbers, one rank's error under torchrun, files read once, resources and signals.
+non-finite numbers, one rank's error under torchrun, files read once, resources and signals. Issue 35 adds: a run
+folder runs no code (malicious checkpoint pickles), what issue 28 left open (a full disk on one rank, a damaged
+latest checkpoint), the last bad inputs (--device, plot files, token files) and the export's tokenizer files.
 
     python -m pytest tests/test_bad_input.py -x -q
 
 Everything is made in the test: a micro LLaMA written with save_pretrained, a small sentencepiece model, token
 files. In-process calls (SystemExit and capsys) wherever possible; the torchrun case starts a subprocess (slow).
 """
+import contextlib
 import io
 import json
 import math
@@ -26,7 +29,7 @@ from safetensors.torch import load_file, save_file
 import data
 import evaluate
 import train
-from model import ModelArgs, Transformer, check_checkpoint, load_config
+from hf import args_from_config, check_checkpoint, from_pretrained, load_config
 from conftest import MICRO
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +154,7 @@ def test_a_header_whose_bytes_disagree_with_its_shape_is_refused_without_reading
     text = json.dumps(header, separators=(",", ":")).encode().ljust(n)  # the same length: the offsets stay valid
     file.write_bytes(raw[:8] + text + raw[8 + n:])
     with pytest.raises(ValueError, match=r"tensor 'model.norm.weight' has 256 bytes, its F32 shape \[32\] needs 128"):
-        check_checkpoint(model, ModelArgs.from_config(MICRO))
+        check_checkpoint(model, args_from_config(MICRO))
 
 
 def test_a_tokenizer_with_ids_past_the_models_vocabulary_is_refused_before_anything_is_written(micro_model, spm_model,
@@ -322,7 +325,7 @@ def test_a_non_finite_weight_is_refused_when_the_checkpoint_loads_naming_the_ten
 
     model = copy_model(micro_model, tmp_path / "model", tensors=poison)
     with pytest.raises(ValueError, match=r"tensor 'model.layers.1.mlp.down_proj.weight' holds NaN or infinite"):
-        Transformer.from_pretrained(model)
+        from_pretrained(model)
     out = tmp_path / "r.json"
     code, err = exits(evaluate.main, ["ppl", "--model", str(model), "--lengths", "16", "--out", str(out)], capsys)
     one_line(code, err, "'model.layers.1.mlp.down_proj.weight' holds NaN or infinite values")
@@ -344,7 +347,7 @@ def test_evaluate_never_writes_a_nan_perplexity_as_a_result(micro_model, corpus,
 @pytest.mark.slow
 def test_a_bad_record_only_rank_1_reads_is_one_line_of_ours_naming_file_and_line(spm_model, tmp_path):
     """Rank r parses records r, r + 2, ...: line 2 is rank 1's alone. Both ranks agree on the failure
-    (train.agreed), rank 0 prints rank 1's line, every rank exits 2; torchrun then adds its own report."""
+    (distributed.agreed), rank 0 prints rank 1's line, every rank exits 2; torchrun then adds its own report."""
     lines = [json.dumps({"text": t}) for t in texts(12, seed=3)]
     lines[1] = json.dumps({"body": "no text field"})
     (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
@@ -566,15 +569,16 @@ def test_a_checkpoint_save_out_of_space_removes_its_temporary_and_the_previous_o
 
 def test_an_export_out_of_space_removes_its_temporary_and_leaves_no_final(finished, tmp_path, capsys, monkeypatch):
     out, argv = run_copy(finished, tmp_path)
-    import model as model_py
-    full_disk_at(monkeypatch, model_py, "save_file", lambda: True)
+    import hf
+    full_disk_at(monkeypatch, hf, "save_file", lambda: True)
     before = snapshot(out / "checkpoints")
     code, err = exits(train.main, ["--export-only", "--out", str(out)], capsys)
     assert code == 1 and len(err.splitlines()) == 1, err
     folder = out / "exports" / "step_000002"
     assert err.startswith(f"error: {folder}: no space left on device (needs about ")
     assert err.endswith(f"removed the partial export, {folder} is as it was")
-    assert sorted(p.name for p in (out / "exports").iterdir()) == [] and snapshot(out / "checkpoints") == before
+    # issue 35: not even the exports/ folder made for it is left (issue 28 asserted it empty)
+    assert not (out / "exports").exists() and snapshot(out / "checkpoints") == before
 
 
 def test_a_npy_out_of_space_removes_its_temporary_and_says_how_far_it_got(spm_model, tmp_path, capsys, monkeypatch):
@@ -611,3 +615,417 @@ def test_a_npy_out_of_space_removes_its_temporary_and_says_how_far_it_got(spm_mo
                                   str(out), "--workers", "1"], capsys)
     one_line(code, err, f"--out {out}: no space left on device after 0.0 MiB of ids", "the temporary file is removed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
+
+
+# ---------------------------------------------------------------- 7. a run folder runs no code (issue 35)
+
+import pickle  # noqa: E402
+
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save  # noqa: E402
+
+
+class Calls:
+    """Pickles as the call fn(*args): what a malicious checkpoint file holds (its unpickling would run it)."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def payloads(marker: Path) -> dict:
+    """Each would create `marker` if unpickled: a shell command, a file opened for writing, a process, eval."""
+    return {"os.system": Calls(os.system, f"touch {marker}"), "open": Calls(open, str(marker), "w"),
+            "subprocess": Calls(subprocess.check_call, ["touch", str(marker)]),  # synchronous: no race
+            "eval": Calls(eval, f"open({str(marker)!r}, 'w')")}
+
+
+METADATA_ATTACKS = ["os.system", "open", "subprocess", "eval", "inside a genuine .metadata"]
+
+
+@pytest.mark.parametrize("attack", METADATA_ATTACKS)
+def test_a_metadata_whose_pickle_would_run_code_is_refused_by_resume_and_export_and_nothing_runs(
+        finished, tmp_path, capsys, attack):
+    out, argv = run_copy(finished, tmp_path)
+    marker, checkpoint = tmp_path / "marker", out / "checkpoints" / "step_000002"
+    if attack.startswith("inside"):  # one object of a real checkpoint's metadata swapped for a call
+        metadata = pickle.loads((checkpoint / ".metadata").read_bytes())  # the test's own checkpoint: trusted
+        metadata.storage_meta.modules = [payloads(marker)["os.system"]]
+        payload = metadata
+    else:
+        payload = payloads(marker)[attack]
+    (checkpoint / ".metadata").write_bytes(pickle.dumps(payload))
+    fn = payload.fn if isinstance(payload, Calls) else os.system
+    named = f"names {fn.__module__}.{fn.__qualname__}"  # posix.system, io.open, subprocess.check_call, builtins.eval
+    before = snapshot(out)
+    for args in ([*argv, "--steps", "3", "--resume"], ["--export-only", "--out", str(out)]):
+        code, err = exits(train.main, args, capsys)
+        one_line(code, err, f"error: {checkpoint / '.metadata'}: refused, its pickle {named}",
+                 "nothing from it was run")
+        assert not marker.exists() and snapshot(out) == before
+
+
+def test_a_metadata_that_would_send_dcp_elsewhere_is_refused(finished, tmp_path, capsys):
+    """Only the admitted classes, but pointing at a file outside the checkpoint, or at a decompression: refused."""
+    out, argv = run_copy(finished, tmp_path)
+    checkpoint = out / "checkpoints" / "step_000002"
+    metadata = pickle.loads((checkpoint / ".metadata").read_bytes())
+    index, info = next(iter(metadata.storage_data.items()))
+    info.relative_path = "../../../settings.json"
+    (checkpoint / ".metadata").write_bytes(pickle.dumps(metadata))
+    code, err = exits(train.main, [*argv, "--steps", "3", "--resume"], capsys)
+    one_line(code, err, f"{checkpoint / '.metadata'}: refused, not a checkpoint of this project",
+             f"{index.fqn!r} is stored in '../../../settings.json'")
+    info.relative_path, info.transform_descriptors = "__0_0.distcp", ["zstd/1"]
+    (checkpoint / ".metadata").write_bytes(pickle.dumps(metadata))
+    code, err = exits(train.main, ["--export-only", "--out", str(out)], capsys)
+    one_line(code, err, f"{index.fqn!r} transformed by ['zstd/1']")
+
+
+def test_a_checkpoint_value_whose_pickle_would_run_code_is_refused_and_nothing_runs(finished, tmp_path, capsys):
+    """DCP keeps the step, seed and Adam's hyper-parameters as pickles inside the .distcp file, and its own planner
+    unpickles them with torch.load(weights_only=False): a checkpoint re-saved with a call as its step."""
+    out, argv = run_copy(finished, tmp_path)
+    marker, checkpoint = tmp_path / "marker", out / "checkpoints" / "step_000002"
+    dcp_to_torch_save(checkpoint, tmp_path / "whole.pt")
+    state = torch.load(tmp_path / "whole.pt", weights_only=False)  # written just now by this test
+    state["step"] = payloads(marker)["os.system"]
+    shutil.rmtree(checkpoint)
+    with pytest.warns(UserWarning, match="torch.distributed is disabled"):
+        checkpoints.dcp.save(state, checkpoint_id=checkpoint)
+    before = snapshot(out)
+    code, err = exits(train.main, [*argv, "--steps", "3", "--resume"], capsys)
+    one_line(code, err, f"error: {checkpoint / '__0_0.distcp'}: refused, the pickle of 'step' names posix.system")
+    assert not marker.exists() and snapshot(out) == before
+    train.main(["--export-only", "--out", str(out)])  # the export reads the weights alone: tensors, weights_only
+    assert not marker.exists() and (out / "exports" / "step_000002" / "model.safetensors").is_file()
+
+
+def test_a_genuine_checkpoint_passes_the_restricted_reader_and_resumes_through_it(finished, tmp_path, capsys,
+                                                                                monkeypatch):
+    """Every load goes through SafeReader and SafePlanner (the bit-identical resumes at world 1 and 2 are
+    test_train.py's, which now load through them too)."""
+    out, argv = run_copy(finished, tmp_path)
+    used = []
+    real_load = checkpoints.dcp.load
+
+    def load(state, **kwargs):
+        used.append((type(kwargs["storage_reader"]), type(kwargs["planner"])))
+        return real_load(state, **kwargs)
+
+    monkeypatch.setattr(checkpoints.dcp, "load", load)
+    train.main([*argv, "--steps", "3", "--resume"])
+    train.main(["--export-only", "--out", str(out), "--checkpoint", "2"])
+    assert used == [(checkpoints.SafeReader, checkpoints.SafePlanner)] * 2
+    assert "resumed from" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- 8. left open by issue 28 (issue 35)
+
+FULL_ON_RANK_1 = """
+import os, runpy, shutil, sys
+sys.path.insert(0, {root!r})
+if os.environ["RANK"] == "1":  # rank 1's disk alone is full while step 2 is saved; rank 0's has room
+    real_fsync = os.fsync
+
+    def fsync(fd):  # what torch.save's zip writer reports for ENOSPC: no errno, so each rank asks its disk
+        if ".tmp-step_000002" in os.readlink(f"/proc/self/fd/{{fd}}"):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4480 vs 4374")
+        real_fsync(fd)
+
+    os.fsync = fsync
+    shutil.disk_usage = lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0)
+sys.argv[0] = {train!r}
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_disk_full_on_one_rank_only_is_one_line_and_every_rank_stops_together(micro_model, corpus, tmp_path):
+    """Rank 1's save of step 2 fails with what torch.save reports for a full disk and its disk has no space;
+    rank 0 sees that failure inside DCP's CheckpointException and its own disk has room. The ranks agree
+    (checkpoints.agree_any): both exit 1, rank 0 prints the one line, the temporary goes, step 1 stays latest."""
+    (tmp_path / "full_on_rank_1.py").write_text(FULL_ON_RANK_1.format(root=str(ROOT), train=str(ROOT / "train.py")))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "full_on_rank_1.py"), "--model", str(micro_model), "--data", str(corpus), "--out", str(out),
+           *RUN, "--batch-size", "4", "--steps", "3", "--save-every", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,  # a hang guard
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1, done.stderr[-3000:]
+    assert "Connection reset" not in done.stderr and 'File "' + str(ROOT) not in done.stderr  # no rank's traceback
+    assert ours[0].startswith(f"error: {out / 'checkpoints' / '.tmp-step_000002'}: no space left on device")
+    assert ours[0].endswith(f"removed it, the latest checkpoint is still {out / 'checkpoints' / 'step_000001'}")
+    assert "exitcode  : 1" in done.stderr and "exitcode  : 2" not in done.stderr  # torchrun's report: exit 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"]
+
+
+FULL_AT_RANK_0S_EXPORT = """
+import errno, os, runpy, sys
+import safetensors.torch
+sys.path.insert(0, {root!r})
+if os.environ["RANK"] == "0":  # rank 0 alone writes final/: safetensors' write finds the disk full
+    real = safetensors.torch.save_file
+
+    def save_file(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    safetensors.torch.save_file = save_file  # before the project's modules import it
+sys.argv[0] = {train!r}
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_rank_0s_export_stops_every_rank_with_its_one_line(micro_model, corpus, tmp_path):
+    """The other ranks wait for rank 0's export; told its failure (checkpoints.export), they stop with it: exit 1
+    everywhere, rank 0's line, no final/ (the checkpoints are all there)."""
+    (tmp_path / "full.py").write_text(FULL_AT_RANK_0S_EXPORT.format(root=str(ROOT), train=str(ROOT / "train.py")))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "full.py"), "--model", str(micro_model), "--data", str(corpus), "--out", str(out),
+           *RUN, "--batch-size", "4", "--steps", "2", "--save-every", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,  # a hang guard
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and ours[0].startswith(f"error: {out / 'final'}: no space left on device"), \
+        done.stderr[-3000:]
+    assert ours[0].endswith(f"removed the partial export, {out / 'final'} is as it was")
+    assert "Connection" not in done.stderr and 'File "' + str(ROOT) not in done.stderr  # no rank's traceback
+    assert "exitcode  : 1" in done.stderr and "exitcode  : 2" not in done.stderr
+    assert not (out / "final").exists() and sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_000001", "step_000002"]
+
+
+def test_a_damaged_latest_checkpoint_names_the_exact_command_that_resumes_from_the_intact_one(finished, tmp_path,
+                                                                                               capsys):
+    """Never a silent fall-back (checkpoints.check_intact says why): the line gives the command, which works."""
+    import shlex
+    out, argv = run_copy(finished, tmp_path)
+    damaged, intact = out / "checkpoints" / "step_000002", out / "checkpoints" / "step_000001"
+    (damaged / ".metadata").unlink()
+    code, err = exits(train.main, ["--export-only", "--out", str(out)], capsys)
+    one_line(code, err, f"newest intact one: {intact}; export it with --checkpoint step_000001")
+    train.main(["--export-only", "--out", str(out), "--checkpoint", "step_000001"])
+    assert (out / "exports" / "step_000001" / "model.safetensors").is_file()
+    code, err = exits(train.main, [*argv, "--steps", "3", "--resume"], capsys)
+    one_line(code, err, f"newest intact one: {intact}; to resume from it: mv ", ", then rerun with --resume")
+    command = shlex.split(err.split("to resume from it: ")[1].split(", then rerun")[0])
+    assert command == ["mv", str(damaged), str(out / "checkpoints" / "damaged-step_000002")]
+    subprocess.run(command, check=True)
+    train.main([*argv, "--steps", "3", "--resume"])
+    assert f"resumed from {intact} at step 1" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["damaged-step_000002", "step_000002",
+                                                                       "step_000003"]
+    for step in ("step_000002", "step_000003"):  # no intact one left: a new --out
+        (out / "checkpoints" / step / ".metadata").unlink()
+    code, err = exits(train.main, [*argv, "--steps", "4", "--resume"], capsys)
+    one_line(code, err, "newest intact one: none; a new --out starts the run afresh")
+
+
+# ---------------------------------------------------------------- 9. the last bad inputs (issue 35)
+
+DEVICES = {  # --device -> (CUDA devices torch sees, what the line says)
+    "foo": (0, "--device foo: not a device name (cpu, cuda or cuda:N)"),
+    "cuda:x": (0, "--device cuda:x: not a device name"),
+    "mps": (0, "--device mps: evaluate.py runs on cpu or cuda"),
+    "meta": (0, "--device meta: evaluate.py runs on cpu or cuda"),
+    "cuda": (0, "--device cuda: torch sees no CUDA device"),
+    "cuda:7": (2, "--device cuda:7: torch sees 2 CUDA devices, cuda:0 .. cuda:1"),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluate_refuses_a_device_torch_cannot_use_before_anything_loads(micro_model, tmp_path, capsys, monkeypatch,
+                                                                         device):
+    count, needle = DEVICES[device]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)  # the same answer on a GPU box
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(evaluate, "load_model", None)  # checked before the weights load
+    for command in ("ppl", "passkey", "ruler"):
+        code, err = exits(evaluate.main, [command, "--model", str(micro_model), "--device", device, "--out",
+                                          str(tmp_path / "r.json")], capsys)
+        one_line(code, err, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+NOT_RESULTS = {  # the JSON of a file given to `evaluate.py plot` -> what the line says
+    "a list": ([1, 2], "a JSON list, not an object"),
+    "a string": ("results", "a JSON str, not an object"),
+    "train.py's settings.json": ({"options": {}, "world_size": 1}, "'task' is None, not ppl, passkey or ruler"),
+    "no label": ({"task": "ppl", "results": [{"length": 16, "ppl": 3.0}]}, "no text 'label'"),
+    "no rows": ({"task": "passkey", "label": "a", "results": []}, "no rows in 'results'"),
+    "a ppl row without ppl": ({"task": "ppl", "label": "a", "results": [{"length": 16, "ppl": 3.0}, {"length": 32}]},
+                              "results[1] has no number 'ppl'"),
+    "a length as text": ({"task": "passkey", "label": "a", "results": [{"length": "16", "accuracy": 1.0}]},
+                         "results[0] has no positive integer 'length'"),
+    "ruler without averages": ({"task": "ruler", "label": "a", "threshold": 85.6, "results": [{"length": 16}]},
+                               "no rows in 'averages'"),
+    "ruler without threshold": ({"task": "ruler", "label": "a", "results": [{"length": 16}],
+                                 "averages": [{"length": 16, "average": None}]}, "no number 'threshold'"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_RESULTS)
+def test_plot_of_a_json_that_is_not_a_results_file_is_one_line_naming_it(tmp_path, capsys, monkeypatch, case):
+    content, needle = NOT_RESULTS[case]
+    monkeypatch.setattr(evaluate, "_pyplot", None)  # refused before matplotlib is asked for
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"task": "ppl", "label": "g", "results": [{"length": 16, "ppl": 3.0}]}))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(content))
+    code, err = exits(evaluate.main, ["plot", str(good), str(bad), "--out", str(tmp_path / "fig.png")], capsys)
+    one_line(code, err, f"error: {bad}: not a results JSON written by evaluate.py ({needle})")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "good.json"]
+
+
+def _npz(path):
+    np.savez(path.with_suffix(".tmp"), ids=np.arange(3, 40))
+    os.replace(path.with_suffix(".tmp.npz"), path)
+
+
+def _truncated(path):
+    np.save(path, np.arange(3, 1003, dtype=np.int32))
+    path.write_bytes(path.read_bytes()[:300])
+
+
+TOKEN_FILES = {  # a pre-tokenised --data file -> what the one line says after the file's name
+    "a .bin of 5 bytes": ("ids.bin", lambda p: p.write_bytes(b"\x03\x00\x04\x00\x02"),
+                          "(5 bytes): not a whole number of uint16 token ids"),
+    "an empty .npy file": ("ids.npy", lambda p: p.write_bytes(b""), "(0 bytes): not a NumPy .npy array (EOF"),
+    "a pickle named .npy": ("ids.npy", lambda p: p.write_bytes(pickle.dumps(list(range(3, 40)))),
+                            "not a NumPy .npy array (the magic string is not correct"),
+    "an .npz named .npy": ("ids.npy", _npz, "not a NumPy .npy array (the magic string is not correct"),
+    "an object array": ("ids.npy", lambda p: np.save(p, np.array([3, "x", None], dtype=object), allow_pickle=True),
+                        "expected a 1-D array of integer token ids, got object (3,)"),
+    "floats": ("ids.npy", lambda p: np.save(p, np.arange(3.0, 40.0)), "got float64 (37,)"),
+    "two dimensions": ("ids.npy", lambda p: np.save(p, np.ones((4, 20), dtype=np.int32)), "got int32 (4, 20)"),
+    "truncated": ("ids.npy", _truncated, "(300 bytes): truncated, its header declares 1,000 int32 ids (4,128 bytes)"),
+}
+
+
+@pytest.mark.parametrize("case", TOKEN_FILES)
+def test_a_token_file_of_the_wrong_shape_is_one_line_naming_it_and_nothing_is_unpickled(micro_model, tmp_path, capsys,
+                                                                                        case):
+    name, write, needle = TOKEN_FILES[case]
+    write(tmp_path / name)
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(micro_model), "--data", str(tmp_path / name), "--out", str(out),
+                                   *RUN], capsys)
+    one_line(code, err, f"error: --data {tmp_path / name}", needle)
+    code, err = exits(evaluate.main, ["ppl", "--model", str(micro_model), "--data", str(tmp_path / name),
+                                      "--lengths", "16", "--out", str(out)], capsys)
+    one_line(code, err, f"error: --data {tmp_path / name}", needle)
+    assert not out.exists()
+
+
+def test_a_token_file_is_never_unpickled(tmp_path):
+    """A .npy whose header says object dtype and whose data is a pickle that would create a file: refused from the
+    header, the data never read (np.load with allow_pickle=True would run it)."""
+    marker = tmp_path / "marker"
+    np.save(tmp_path / "ids.npy", np.array([Calls(os.system, f"touch {marker}")], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="got object"):
+        list(data.read_token_file(tmp_path / "ids.npy", 2))
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- 10. the export keeps the tokenizer's files (issue 35)
+
+INSTRUCT_FILES = {  # what an Instruct checkpoint ships beside its weights (Qwen2.5-Instruct's layout, plus extras)
+    "tokenizer_config.json": json.dumps({"bos_token": None, "eos_token": "<|im_end|>", "model_max_length": 131072}),
+    "special_tokens_map.json": json.dumps({"eos_token": "<|im_end|>"}),
+    "added_tokens.json": json.dumps({"<|im_start|>": 4094, "<|im_end|>": 4095}),
+    "chat_template.jinja": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+    "chat_template.json": json.dumps({"chat_template": "{{ messages }}"}),
+    "additional_chat_templates/tool_use.jinja": "{{ tools }}{% for m in messages %}{{ m.content }}{% endfor %}",
+    "vocab.json": json.dumps({"a": 0, "b": 1}),
+    "merges.txt": "#version: 0.2\na b\n",
+    "tekken.json": json.dumps({"config": {}}),
+    "tokenizer.json": json.dumps({"version": "1.0", "model": {"type": "BPE"}}),
+    "generation_config.json": json.dumps({"eos_token_id": [4095, 2], "temperature": 0.7}),
+}
+
+
+def test_the_export_copies_every_tokenizer_file_of_an_instruct_folder_chat_template_included(micro_model, corpus,
+                                                                                              tmp_path):
+    """Trained on a token file, so the tokenizer files are never parsed here, only carried: byte for byte into
+    final/ and into an --export-only folder (model_max_length, above L_t, stays)."""
+    model = copy_model(micro_model, tmp_path / "instruct")
+    for name, text in INSTRUCT_FILES.items():
+        (model / name).parent.mkdir(exist_ok=True)
+        (model / name).write_text(text)
+    out = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        train.main(["--model", str(model), "--data", str(corpus), "--out", str(out), *RUN])
+        train.main(["--export-only", "--out", str(out)])
+    for folder in (out / "final", out / "exports" / "step_000002"):
+        got = {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()
+               and p.name not in ("config.json", "model.safetensors")}
+        assert got == INSTRUCT_FILES
+
+
+def test_a_tokenizer_file_given_exports_with_the_configs_and_templates_beside_it_not_the_other_vocabularies(tmp_path):
+    for name, text in INSTRUCT_FILES.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    files = data.tokenizer_files(tmp_path / "tokenizer.json")
+    assert sorted(files) == ["added_tokens.json", "additional_chat_templates/tool_use.jinja", "chat_template.jinja",
+                             "chat_template.json", "special_tokens_map.json", "tokenizer.json",
+                             "tokenizer_config.json"]
+    assert all(source == tmp_path / name for name, source in files.items())
+
+
+def replace_one_tensor(checkpoint: Path, file: str, payload: bytes = b"") -> str:
+    """Overwrite the bytes of one weight stored in `file` with `payload` and zeros, sizes unchanged (damage() sees
+    nothing): the name of the weight."""
+    metadata = pickle.loads((checkpoint / ".metadata").read_bytes())  # the test's own checkpoint: trusted
+    index, info = next((i, s) for i, s in metadata.storage_data.items()
+                       if s.relative_path == file and i.fqn.startswith("model."))
+    raw = bytearray((checkpoint / file).read_bytes())
+    raw[info.offset:info.offset + info.length] = payload.ljust(info.length, b"\0")
+    (checkpoint / file).write_bytes(bytes(raw))
+    return index.fqn
+
+
+def test_a_tensor_record_that_is_no_tensor_or_would_run_code_is_one_line_naming_its_file(finished, tmp_path, capsys):
+    """DCP unpickles each tensor with torch.load(weights_only=True): a record of zeros is unreadable, a record
+    whose pickle calls os.system is refused, both naming the .distcp, never torch's advice to retry unsafely."""
+    for payload, needle in ((b"", "unreadable, a tensor is no pickle torch.load(weights_only=True) reads "
+                                  "(Unsupported operand 0)"),
+                            (None, "refused, the pickle of a tensor names posix.system")):
+        out, argv = run_copy(finished, tmp_path / str(payload is None))
+        marker, checkpoint = tmp_path / "marker", out / "checkpoints" / "step_000002"
+        replace_one_tensor(checkpoint, "__0_0.distcp",
+                           pickle.dumps(payloads(marker)["os.system"], protocol=2) if payload is None else payload)
+        before = snapshot(out)
+        for args in ([*argv, "--steps", "3", "--resume"], ["--export-only", "--out", str(out)]):
+            code, err = exits(train.main, args, capsys)
+            one_line(code, err, f"error: {checkpoint / '__0_0.distcp'}: {needle}")
+            assert "weights_only` set to `False`" not in err and not marker.exists() and snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_a_checkpoint_only_rank_1_cannot_read_is_one_line_of_ours_and_every_rank_exits_2(micro_model, corpus,
+                                                                                         tmp_path):
+    """A world-2 checkpoint whose rank-1 file holds zeros where a weight's bytes were: only rank 1 reads that
+    file on a world-2 resume. DCP gathers its error to both ranks (checkpoints.dcp_load), so both exit 2 and
+    rank 0 prints rank 1's reason; nothing of the run folder changes."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "train.py"), "--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN,
+           "--batch-size", "4", "--steps", "2", "--save-every", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env, check=True)
+    checkpoint = out / "checkpoints" / "step_000002"
+    replace_one_tensor(checkpoint, "__1_0.distcp")
+    before = snapshot(out)
+    done = subprocess.run([*cmd[:-4], "--steps", "3", "--resume"], capture_output=True, text=True, timeout=900,
+                          cwd=ROOT, env=env)
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert ours == [f"error: {checkpoint / '__1_0.distcp'}: unreadable, a tensor is no pickle "
+                    "torch.load(weights_only=True) reads (Unsupported operand 0)"], done.stderr[-3000:]
+    assert 'File "' + str(ROOT) not in done.stderr and "exitcode  : 2" in done.stderr
+    assert snapshot(out) == before

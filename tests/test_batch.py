@@ -16,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from options import TrainOptions
 import train
 
 ID = 10_000  # document i holds ids ID * (i + 1) + 0, 1, 2, ...
@@ -23,7 +24,7 @@ ID = 10_000  # document i holds ids ID * (i + 1) + 0, 1, 2, ...
 
 def options(method, window=16, target=128, micro_batch_size=4, **kw):
     """The fields make_batch reads; the rest keep TrainOptions' defaults."""
-    return dataclasses.replace(train.TrainOptions(), method=method, window=window, target=target,
+    return dataclasses.replace(TrainOptions(), method=method, window=window, target=target,
                                micro_batch_size=micro_batch_size, **kw)
 
 

@@ -23,8 +23,11 @@ from tokenizers import Tokenizer as HFTokenizer
 
 import data
 import evaluate
+import distributed
+import options
 import train
-from model import PRESETS, ModelArgs, Transformer
+from hf import PRESETS, args_from_config, save_pretrained
+from model import Transformer
 
 # Llama 3's tokenizer.json: this Split (GPT-4's regex) then ByteLevel without its own regex; BOS by TemplateProcessing.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
@@ -61,10 +64,10 @@ def llama3(tmp_path_factory):
         processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
                                       special_tokens=[("<|begin_of_text|>", bos)])])
     path = tmp_path_factory.mktemp("llama3") / "model"
-    model = Transformer(ModelArgs.from_config(dict(MICRO, vocab_size=hf.get_vocab_size(), bos_token_id=bos,
+    model = Transformer(args_from_config(dict(MICRO, vocab_size=hf.get_vocab_size(), bos_token_id=bos,
                                                    eos_token_id=eos)))
     model.init_weights(seed=0)
-    model.save_pretrained(path)
+    save_pretrained(model, path)
     hf.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|begin_of_text|>",
                                                             "eos_token": "<|end_of_text|>"}))
@@ -374,8 +377,8 @@ def test_tokenizer_json_checkpoint_trains_on_parquet_then_ppl_on_jsonl_gz_and_pa
     train_docs = texts(30, seed=6, words=(3, 40))
     pq.write_table(pa.table({"id": range(30), "content": train_docs}), tmp_path / "train.parquet", row_group_size=8)
     out = tmp_path / "run"
-    with train.distributed() as device:
-        train.train(train.parse_args(["--model", str(llama3), "--data", str(tmp_path / "train.parquet"),
+    with distributed.distributed() as device:
+        train.train(options.parse_args(["--model", str(llama3), "--data", str(tmp_path / "train.parquet"),
                                       "--text-field", "content", "--out", str(out), "--window", "16", "--target",
                                       "64", "--steps", "2", "--batch-size", "2", "--lr", "1e-3",
                                       "--max-documents", "100"]), device)
@@ -384,8 +387,8 @@ def test_tokenizer_json_checkpoint_trains_on_parquet_then_ppl_on_jsonl_gz_and_pa
     short, tokens = sum(n < 17 for n in lengths), sum(n for n in lengths if n >= 17)  # L_c + 1 = 17
     assert 0 < short < 30
     assert log[1].startswith("data: 1 file, ") and "train.parquet" in log[1] and "tokenizer.json" in log[1]
-    assert log[2].startswith(f"data: {30 - short:,} documents kept, {short:,} skipped as shorter than L_c + 1 = 17 "
-                             f"tokens, {tokens:,} tokens, read in"), log[2]
+    assert log[2].startswith(f"data: {30 - short:,} documents kept, {short:,} skipped as shorter than the window + 1 "
+                             f"= 17 tokens, {tokens:,} tokens, read in"), log[2]
     final = out / "final"
     assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in final.iterdir()}
     assert not (final / "tokenizer.model").exists()

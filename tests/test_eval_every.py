@@ -19,8 +19,13 @@ import numpy as np
 import pytest
 
 import evaluate
+import distributed
+import metrics
+import options
 import train
-from model import PRESETS, ModelArgs, Transformer
+import train_eval
+from hf import PRESETS, args_from_config, save_pretrained
+from model import Transformer
 
 ROOT = Path(__file__).resolve().parent.parent
 MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -47,9 +52,9 @@ def micro(tmp_path_factory):
     import sentencepiece as spm
 
     root = tmp_path_factory.mktemp("micro")
-    model = Transformer(ModelArgs.from_config(MICRO))
+    model = Transformer(args_from_config(MICRO))
     model.init_weights(seed=0)
-    model.save_pretrained(root / "model")
+    save_pretrained(model, root / "model")
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(SENTENCES + [evaluate.TASK, " ".join(evaluate.FILLER), evaluate.QUESTION] * 20),
@@ -96,12 +101,12 @@ def test_every_eval_row_equals_evaluate_py_on_that_steps_export(micro, tmp_path,
         flush = close = lambda self: None
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
-    with train.distributed() as device:
-        train.train(train.parse_args(["--model", str(model), "--data", str(data), "--out", str(out), "--steps", "4",
+    with distributed.distributed() as device:
+        train.train(options.parse_args(["--model", str(model), "--data", str(data), "--out", str(out), "--steps", "4",
                                       *RUN, *EVAL, "--eval-data", str(eval_data), "--tensorboard"]), device)
     monkeypatch.undo()
-    with train.distributed() as device:  # the same run without evaluation: it changes no training number
-        train.train(train.parse_args(["--model", str(model), "--data", str(data), "--out", str(tmp_path / "plain"),
+    with distributed.distributed() as device:  # the same run without evaluation: it changes no training number
+        train.train(options.parse_args(["--model", str(model), "--data", str(data), "--out", str(tmp_path / "plain"),
                                       "--steps", "4", *RUN]), device)
     losses = [[(r["step"], r["loss"], r["grad_norm"]) for r in map(json.loads, (folder / "metrics.jsonl").read_text()
                .splitlines()) if "loss" in r] for folder in (out, tmp_path / "plain")]
@@ -125,14 +130,14 @@ def test_every_eval_row_equals_evaluate_py_on_that_steps_export(micro, tmp_path,
         line = next(x for x in log if x.startswith(f"eval step {row['step']}/4: "))
         ppl, keys = (row["eval"][k] for k in ("ppl", "passkey"))
         assert line == (f"eval step {row['step']}/4: ppl 256 {ppl['256']:.4g}, 1,024 {ppl['1024']:.4g}; passkey "
-                        f"256 {keys['256']:.2f}, 1,024 {keys['1024']:.2f} ({train.human(row['eval_s'])})")
+                        f"256 {keys['256']:.2f}, 1,024 {keys['1024']:.2f} ({metrics.human(row['eval_s'])})")
     assert re.search(r"^eval: every 2 steps and at the end, at L = 256, 1,024, by rank 0 on a gathered copy: ppl on 2 "
                      r"documents of --eval-data \(stride 1,024\), passkey 3 prompts a length \(seed 0\)$",
                      "\n".join(log), re.M)
 
     # eval flags are free to change on --resume; the resumed run does not score step 4 again (its row is there)
-    with train.distributed() as device:
-        train.train(train.parse_args(["--model", str(model), "--data", str(data), "--out", str(out), "--steps", "6",
+    with distributed.distributed() as device:
+        train.train(options.parse_args(["--model", str(model), "--data", str(data), "--out", str(out), "--steps", "6",
                                       *RUN, "--eval-every", "3", "--eval-docs", "1", "--eval-trials", "1",
                                       "--eval-lengths", "512", "--eval-data", str(eval_data), "--resume"]), device)
     rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
@@ -183,6 +188,10 @@ def refusals(micro, tmp_path) -> dict:
                             "error: --eval-stride must be > 0, got 0"),
         "--eval-lengths 1": ([*with_eval, "--eval-every", "2", "--eval-lengths", "1", "256"],
                              "error: --eval-lengths must be >= 2 tokens, got 1"),
+        "--eval-max-tokens below the longest length": ([*with_eval, "--eval-every", "2", "--eval-lengths", "64", "256",
+                                                        "--eval-max-tokens", "255"],
+                                                       "error: --eval-max-tokens 255 < the longest --eval-lengths 256: "
+                                                       "no document would be long enough to score"),
         "missing --eval-data": ([*run, "--eval-every", "2", "--eval-data", str(tmp_path / "nope.jsonl")],
                                 f"error: --eval-data {tmp_path / 'nope.jsonl'}: not found"),
         "token files without a tokenizer": (["--data", str(ids), "--window", "16", "--eval-every", "2", "--eval-data",
@@ -199,6 +208,7 @@ def refusals(micro, tmp_path) -> dict:
 
 @pytest.mark.parametrize("case", ["no --eval-data", "--eval-data without --eval-every", "--eval-every 0",
                                   "--eval-docs 0", "--eval-trials -1", "--eval-stride 0", "--eval-lengths 1",
+                                  "--eval-max-tokens below the longest length",
                                   "missing --eval-data", "token files without a tokenizer",
                                   "no document of max(--eval-lengths)", "a length below the passkey template"])
 def test_bad_eval_values_are_one_line_exit_2_and_nothing_written(case, micro, tmp_path, capsys):
@@ -209,3 +219,22 @@ def test_bad_eval_values_are_one_line_exit_2_and_nothing_written(case, micro, tm
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(want), err
     assert not out.exists()
+
+
+def test_eval_max_tokens_cuts_the_documents_as_evaluate_py_ppl_max_tokens_does(micro, tmp_path):
+    """--eval-max-tokens N: --eval-every's perplexity reads the documents `evaluate.py ppl --max-tokens N` reads
+    (each cut to its first N tokens, then kept if it still has max(--eval-lengths)), so long held-out books cost
+    one window at the longest length instead of many."""
+    model, data, eval_data = micro
+    argv = ["--model", str(model), "--data", str(data), "--out", str(tmp_path / "o"), *RUN, "--eval-every", "2",
+            "--eval-data", str(eval_data), "--eval-docs", "3", "--eval-lengths", "256", "--eval-max-tokens", "300"]
+    with distributed.distributed():
+        opts, config = options.resolve(options.parse_args(argv), 1)
+        args = options.training_args(opts, config)
+        ev = train_eval.eval_setup(opts, args, model)
+    want, bos = evaluate.load_documents(evaluate.PplOptions(data=[str(eval_data)], docs=3, max_tokens=300), args, 256,
+                                       model)
+    assert [len(d) for d in ev.documents] == [300] * 3 and ev.bos_id == bos
+    assert all(np.array_equal(a, b) for a, b in zip(ev.documents, want))
+    whole = evaluate.load_documents(evaluate.PplOptions(data=[str(eval_data)], docs=3), args, 256, model)[0]
+    assert all(np.array_equal(a, b[:300]) and len(b) > 300 for a, b in zip(ev.documents, whole))

@@ -18,7 +18,8 @@ from hypothesis import given, strategies as st
 
 import evaluate
 from data import Tokenizer
-from model import PRESETS, ModelArgs, Transformer
+from hf import PRESETS, args_from_config, from_pretrained, save_pretrained
+from model import Transformer
 
 MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              head_dim=16, intermediate_size=128, vocab_size=512, max_position_embeddings=32)
@@ -45,12 +46,12 @@ def micro(tmp_path_factory):
     import sentencepiece as spm
 
     path = tmp_path_factory.mktemp("micro") / "model"
-    model = Transformer(ModelArgs.from_config(MICRO))
+    model = Transformer(args_from_config(MICRO))
     model.init_weights(seed=0)
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(20)
         model.lm_head.weight.mul_(20)
-    model.save_pretrained(path)
+    save_pretrained(model, path)
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(FIXED_TEXT + [evaluate.TASK, " ".join(evaluate.FILLER), evaluate.QUESTION] * 20),
@@ -62,7 +63,7 @@ def micro(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model64(micro):
-    return Transformer.from_pretrained(micro, dtype=torch.float64)
+    return from_pretrained(micro, dtype=torch.float64)
 
 
 def reference_nll(model, doc, length, stride, bos):
@@ -275,7 +276,7 @@ def test_passkey_reads_each_prompt_once_and_equals_the_two_forward_answer_and_ke
     against what passkey computed before, written out here: generate() alone for the answer, and a second full
     forward of prompt + key for log p(key). Same answers and digits; log p(key) within 1e-4 nats in float32."""
     tokenizer = Tokenizer(micro)
-    model = Transformer.from_pretrained(micro, dtype=torch.float32)
+    model = from_pretrained(micro, dtype=torch.float32)
     prefills = []
     hook = model.model.layers[0].register_forward_hook(lambda m, args, out: prefills.append(args[0].shape[1]))
     rows = evaluate.passkey(model, tokenizer, [200, 300], trials=4, seed=7, new_tokens=6)
@@ -337,7 +338,7 @@ def test_ppl_and_passkey_commands_write_results_json_with_rope_override(micro, t
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith(f"passkey | {result['label']} | model {micro} (plain RoPE, theta 10000, ")
     assert printed[0].endswith("| data: the Fig. 2a passkey prompt, seed 0") and printed[-1] == f"wrote {out}"
-    model, tokenizer = Transformer.from_pretrained(micro, dtype=torch.float32), Tokenizer(micro)
+    model, tokenizer = from_pretrained(micro, dtype=torch.float32), Tokenizer(micro)
     for row in result["results"]:  # each case records the prompt it built and what the model answered to it
         for case in row["cases"]:
             ids = evaluate.passkey_prompt(tokenizer, 200, case["key"], case["depth"])
@@ -354,7 +355,7 @@ def test_max_tokens_cuts_each_document_before_the_min_tokens_filter_as_the_autho
     docs = [[1, *range(10, 30), 2], [1, *range(40, 52), 2], [1, *range(60, 100), 2]]
     np.save(tmp_path / "ids.npy", np.concatenate(docs).astype(np.int32))
     opts = evaluate.PplOptions(model=str(micro), data=str(tmp_path / "ids.npy"), max_tokens=15, min_tokens=15)
-    documents, bos = evaluate.load_documents(opts, ModelArgs.from_config(MICRO), 15)
+    documents, bos = evaluate.load_documents(opts, args_from_config(MICRO), 15)
     assert [d.tolist() for d in documents] == [list(range(10, 25)), list(range(60, 75))] and bos == BOS
     out = tmp_path / "ppl.json"
     evaluate.main(["ppl", "--model", str(micro), "--data", str(tmp_path / "ids.npy"), "--lengths", "8", "16",

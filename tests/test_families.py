@@ -17,11 +17,13 @@ from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 import data
 import evaluate
-import model as model_py
 import rope
 import ruler
+import distributed
+import options
 import train
-from model import Transformer, load_config
+from hf import args_from_config, config_from_args, from_pretrained, load_config, save_pretrained
+from model import Transformer
 from test_rope import llama3_inv_freq
 
 POSE_POSITIONS = torch.tensor([list(range(12)) + list(range(4000, 4012)),    # two chunks, skip u_1 ~ 4000
@@ -163,7 +165,7 @@ def family(request, tmp_path_factory):
 
 def test_each_family_reads_its_shape_and_matches_the_float64_reference_at_contiguous_and_pose_positions(family):
     name, W, path = family
-    model = Transformer.from_pretrained(path, dtype=torch.float64)
+    model = from_pretrained(path, dtype=torch.float64)
     assert (model.args.head_dim, model.args.norm_eps) == (HEAD_DIM[name], EPS[name])
     assert ("lm_head.weight" in W) != model.args.tie_word_embeddings and model.args.sliding_window is None
     tokens = tokens_for(POSE_POSITIONS, FAMILIES[name]["vocab_size"])
@@ -176,7 +178,7 @@ def test_each_family_reads_its_shape_and_matches_the_float64_reference_at_contig
 
 def test_each_family_decodes_greedily_with_the_kv_cache_what_the_reference_decodes(family):
     name, W, path = family
-    model = Transformer.from_pretrained(path, dtype=torch.float64)
+    model = from_pretrained(path, dtype=torch.float64)
     prompt, positions = tokens_for(POSE_POSITIONS, FAMILIES[name]["vocab_size"])[:1], POSE_POSITIONS[:1]
     new = model.generate(prompt, 5, positions)
     seq, pos = prompt, positions
@@ -192,9 +194,9 @@ def test_each_family_decodes_greedily_with_the_kv_cache_what_the_reference_decod
 
 def test_save_pretrained_round_trip_keeps_every_config_key_and_the_weights_bit_exact(family, tmp_path):
     name, W, path = family
-    model = Transformer.from_pretrained(path, dtype=torch.float32)
+    model = from_pretrained(path, dtype=torch.float32)
     base = load_config(path)
-    model.save_pretrained(tmp_path / "out", base_config=base)
+    save_pretrained(model, tmp_path / "out", base_config=base)
     cfg = load_config(tmp_path / "out")
     rope_keys = ("torch_dtype", "rope_theta", "rope_scaling", "rope_parameters", "original_max_position_embeddings")
     same = lambda c: {k: v for k, v in c.items() if k not in rope_keys}  # noqa: E731
@@ -202,7 +204,7 @@ def test_save_pretrained_round_trip_keeps_every_config_key_and_the_weights_bit_e
     assert same(cfg) == {"architectures": [arch.get(base["model_type"])], **same(base)}  # every key kept
     assert cfg["torch_dtype"] == "float32"  # and the rope, in both conventions:
     assert rope.rope_parameters(cfg) == rope.rope_parameters(base) and set(base) <= set(cfg)
-    loaded = Transformer.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    loaded = from_pretrained(tmp_path / "out", dtype=torch.float32)
     assert loaded.args == model.args and model.state_dict().keys() == loaded.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     from safetensors import safe_open
@@ -213,15 +215,15 @@ def test_save_pretrained_round_trip_keeps_every_config_key_and_the_weights_bit_e
 def test_olmo2_exports_a_linear_rope_scaling_of_exactly_type_and_factor(family, tmp_path):
     """transformers 4's Olmo2Config refuses any other rope_scaling; transformers 5 reads rope_parameters too."""
     name, W, path = family
-    model = Transformer.from_pretrained(path, dtype=torch.float32, rope_scaling={"type": "linear", "factor": 4.0})
-    cfg = model.args.to_config(base=load_config(path))
+    model = from_pretrained(path, dtype=torch.float32, rope_scaling={"type": "linear", "factor": 4.0})
+    cfg = config_from_args(model.args, base=load_config(path))
     want = {"type": "linear", "factor": 4.0} if name == "olmo2" else {"type": "linear", "rope_type": "linear",
                                                                        "factor": 4.0}
     assert cfg["rope_scaling"] == want and cfg["rope_parameters"]["factor"] == 4.0
 
 
 def test_qwen2_layout_has_qkv_biases_but_none_on_o_proj_whatever_attention_bias_says():
-    args = model_py.ModelArgs.from_config(dict(FAMILIES["qwen2"], attention_bias=True))
+    args = args_from_config(dict(FAMILIES["qwen2"], attention_bias=True))
     names = Transformer(args).state_dict().keys()
     assert "model.layers.0.self_attn.k_proj.bias" in names and "model.layers.0.self_attn.o_proj.bias" not in names
 
@@ -278,9 +280,9 @@ def qwen3_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("qwen3") / "model"
     cfg = dict(FAMILIES["qwen3"], vocab_size=hf.get_vocab_size(), bos_token_id=eot, eos_token_id=eot,
                max_position_embeddings=40, torch_dtype="bfloat16", transformers_version="4.51.0")
-    model = Transformer(model_py.ModelArgs.from_config(cfg))
+    model = Transformer(args_from_config(cfg))
     model.init_weights(seed=0)
-    model.save_pretrained(path, base_config=cfg)
+    save_pretrained(model, path, base_config=cfg)
     (path / "config.json").write_text(json.dumps(cfg, indent=2))  # the checkpoint's own, bf16 label and all
     hf.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": "<|endoftext|>",
@@ -299,11 +301,11 @@ def test_bosless_qwen3_trains_with_pose_exports_and_scores_every_token_but_each_
     docs, _ = data.read_documents(tmp_path / "train.jsonl", tok)
     assert all(d[0] != eot and d[-1] == eot and list(d[:-1]) == hf.encode(t).ids for d, t in zip(docs, train_docs))
     out = tmp_path / "run"
-    # Qwen3's max_position_embeddings (here 40, 40,960 in the release) is not its window: --window is given
-    with train.distributed() as device:
-        train.train(train.parse_args(["--model", str(path), "--data", str(tmp_path / "train.jsonl"), "--out", str(out),
-                                      "--window", "16", "--target", "64", "--steps", "2", "--batch-size", "2",
-                                      "--lr", "1e-3", "--method", "pose"]), device)
+    # Qwen3's max_position_embeddings (here 40, 40,960 in the release) is not its window: --context gives L_c
+    with distributed.distributed() as device:
+        train.train(options.parse_args(["--model", str(path), "--data", str(tmp_path / "train.jsonl"), "--out",
+                                        str(out), "--context", "16", "--target", "64", "--steps", "2",
+                                        "--batch-size", "2", "--lr", "1e-3", "--method", "pose"]), device)
     capsys.readouterr()
     final = out / "final"
     exported = load_config(final)
@@ -311,7 +313,7 @@ def test_bosless_qwen3_trains_with_pose_exports_and_scores_every_token_but_each_
     assert {k: v for k, v in exported.items() if k in cfg and k not in ("max_position_embeddings", "torch_dtype")} \
         == {k: v for k, v in cfg.items() if k not in ("max_position_embeddings", "torch_dtype")}
     assert exported["max_position_embeddings"] == 64 and exported["rope_scaling"]["factor"] == 4.0
-    loaded = Transformer.from_pretrained(final, dtype=torch.float32)
+    loaded = from_pretrained(final, dtype=torch.float32)
     assert loaded.args.qk_norm == "head" and loaded.args.head_dim == 32
     assert data.Tokenizer(final).bos_id is None  # the export ships the tokenizer's own files
 
@@ -347,13 +349,13 @@ def test_qwen25_with_the_cards_yarn_trains_at_its_original_window_and_only_with_
                rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32})
     write_checkpoint(path, "qwen2", W)
     (path / "config.json").write_text(json.dumps(cfg))
-    assert train.checkpoint_context(cfg) == (32, "original_max_position_embeddings")
+    assert options.checkpoint_context(cfg) == (32, "original_max_position_embeddings")
     (tmp_path / "d.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
     base = dict(model=str(path), data=str(tmp_path / "d.jsonl"), out=str(tmp_path / "run"))
-    opts, _ = train.resolve(train.TrainOptions(**base, target=128, rope="yarn"), 1)
+    opts, _ = options.resolve(options.TrainOptions(**base, target=128, rope="yarn"), 1)
     assert opts.window == 32
     with pytest.raises(ValueError, match="already uses rope scaling 'yarn' x4; --rope yarn would replace it. "
                                          "Pass --rope none"):
-        train.training_args(opts, cfg)
-    none = train.training_args(train.resolve(train.TrainOptions(**base, target=128, rope="none"), 1)[0], cfg)
-    assert none.rope == model_py.ModelArgs.from_config(cfg).rope and none.max_position_embeddings == 128
+        options.training_args(opts, cfg)
+    none = options.training_args(options.resolve(options.TrainOptions(**base, target=128, rope="none"), 1)[0], cfg)
+    assert none.rope == args_from_config(cfg).rope and none.max_position_embeddings == 128

@@ -21,8 +21,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import distributed
+import options
 import train
-from model import PRESETS, ModelArgs, Transformer
+from hf import PRESETS, args_from_config, from_pretrained, save_pretrained
+from model import Transformer
 
 ROOT = Path(__file__).resolve().parent.parent
 MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -41,9 +44,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thr
 def setup(tmp_path_factory):
     """A micro LLaMA and a corpus of exactly one global batch: 4 documents of random ids, each ending in EOS."""
     root = tmp_path_factory.mktemp("global-batch")
-    model = Transformer(ModelArgs.from_config(MICRO))
+    model = Transformer(args_from_config(MICRO))
     model.init_weights(seed=0)
-    model.save_pretrained(root / "model")
+    save_pretrained(model, root / "model")
     rng = np.random.default_rng(0)
     documents = [np.append(rng.integers(3, 4096, size=n - 1), 2) for n in LENGTHS]
     np.save(root / "ids.npy", np.concatenate(documents).astype(np.int32))
@@ -53,7 +56,7 @@ def setup(tmp_path_factory):
 def reference_step(model_path, documents):
     """(loss, gradient norm, weights after the step) of one float64 step on the whole global batch."""
     # train.py's default --rope linear: positions interpolated by alpha = L_t / L_c (§3.1)
-    model = Transformer.from_pretrained(model_path, dtype=torch.float64,
+    model = from_pretrained(model_path, dtype=torch.float64,
                                         rope_scaling={"type": "linear", "factor": TARGET / WINDOW})
     total, count = 0.0, 0
     for doc in documents:
@@ -75,8 +78,8 @@ def reference_step(model_path, documents):
 
 
 def run_one_process(argv):
-    with train.distributed() as device:
-        train.train(train.parse_args([str(a) for a in argv]), device)
+    with distributed.distributed() as device:
+        train.train(options.parse_args([str(a) for a in argv]), device)
 
 
 def run_two_processes(argv):

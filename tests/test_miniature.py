@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from data import Tokenizer, default_tokenizer
 from evaluate import QUESTION
-from model import PRESETS, ModelArgs, Transformer
+from hf import PRESETS, args_from_config, from_pretrained, save_pretrained
+from model import Transformer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -24,7 +25,7 @@ import repro_diag  # noqa: E402
 
 
 def test_mini_preset_has_tinys_sizes_and_llamas_head_dim():
-    mini, tiny = ModelArgs.from_config(PRESETS["mini"]), ModelArgs.from_config(PRESETS["tiny"])
+    mini, tiny = args_from_config(PRESETS["mini"]), args_from_config(PRESETS["tiny"])
     assert mini.head_dim == 64 and tiny.head_dim == 32  # 32 RoPE pairs, not 16
     with torch.device("meta"):
         sizes = [sum(p.numel() for p in Transformer(a).parameters()) for a in (mini, tiny)]
@@ -42,7 +43,7 @@ def test_mini_preset_trains_and_exports(tmp_path, one_thread):
     assert (config["num_attention_heads"], config["num_key_value_heads"], config["hidden_size"]) == (4, 2, 256)
     losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert losses and all(math.isfinite(x) for x in losses)
-    model = Transformer.from_pretrained(out / "final", dtype=torch.float32)
+    model = from_pretrained(out / "final", dtype=torch.float32)
     assert model.args.head_dim == 64
 
 
@@ -111,7 +112,7 @@ def test_data_mix_counts_and_refusals(tmp_path):
 
 
 def test_diag_rope_swaps(micro_model):
-    model = Transformer.from_pretrained(micro_model, dtype=torch.float32)
+    model = from_pretrained(micro_model, dtype=torch.float32)
     pairs, theta = model.args.head_dim // 2, model.args.rope["rope_theta"]
     plain = 1.0 / theta ** (torch.arange(0, 2 * pairs, 2, dtype=torch.float64) / (2 * pairs))
     repro_diag.set_rope(model, None, 16)
@@ -130,7 +131,7 @@ def test_head_scores_are_the_attention_the_model_computes(micro_model):
     """attention_probs applied to v gives each layer's attention output (the o_proj input) exactly, so the
     previous-token and induction scores read the weights model.py uses (its q, k, RoPE and GQA); the scores are
     those weights at (t, t - 1) and (t, t - span + 1), written out here with loops."""
-    model = Transformer.from_pretrained(micro_model, dtype=torch.float64).eval()
+    model = from_pretrained(micro_model, dtype=torch.float64).eval()
     span, batch = 5, 3
     inputs, outputs = [], []
     hooks = [layer.self_attn.register_forward_pre_hook(lambda m, a: inputs.append(a[:3])) for layer in
@@ -182,14 +183,16 @@ def test_beta_fast_reaches_the_trained_and_exported_rope(corpus, tmp_path, capsy
     import contextlib
     import io
 
+    import distributed
+    import options
     import train
     from conftest import MICRO
     from rope import compute_inv_freq, rope_parameters
 
     base = tmp_path / "base"
-    model = Transformer(ModelArgs.from_config(dict(MICRO, max_position_embeddings=128)))
+    model = Transformer(args_from_config(dict(MICRO, max_position_embeddings=128)))
     model.init_weights(seed=0)
-    model.save_pretrained(base)
+    save_pretrained(model, base)
     run = ["--model", str(base), "--data", str(corpus), "--window", "128", "--target", "1024", "--steps", "1",
            "--batch-size", "2", "--lr", "1e-3", "--warmup", "0"]
     with pytest.raises(SystemExit) as exit_:
@@ -198,11 +201,11 @@ def test_beta_fast_reaches_the_trained_and_exported_rope(corpus, tmp_path, capsy
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "--beta-fast 4.0 needs --rope yarn" in err
     assert not (tmp_path / "bad").exists()
     out = tmp_path / "run"
-    with contextlib.redirect_stdout(io.StringIO()), train.distributed() as device:
-        train.train(train.parse_args([*run, "--rope", "yarn-revised", "--beta-fast", "4", "--out", str(out)]), device)
+    with contextlib.redirect_stdout(io.StringIO()), distributed.distributed() as device:
+        train.train(options.parse_args([*run, "--rope", "yarn-revised", "--beta-fast", "4", "--out", str(out)]), device)
     config = json.loads((out / "final" / "config.json").read_text())
     assert config["rope_scaling"]["beta_fast"] == 4 and config["rope_scaling"]["rope_type"] == "yarn-revised"
-    model = Transformer.from_pretrained(out / "final", dtype=torch.float32)
+    model = from_pretrained(out / "final", dtype=torch.float32)
     want = {"rope_theta": model.args.rope["rope_theta"], "max_position_embeddings": 128, "rope_scaling": {
         "rope_type": "yarn-revised", "factor": 8, "original_max_position_embeddings": 128, "beta_fast": 4,
         "beta_slow": 1}}

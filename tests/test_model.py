@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import hf
 import model as model_py
-from model import ModelArgs, Transformer, load_config
+from model import Transformer
+from hf import args_from_config, config_from_args, from_preset, from_pretrained, load_config, save_pretrained
 from test_rope import ref_inv_freq
 
 DIM, H, HKV, D, FFN, V, LAYERS = 64, 4, 2, 16, 96, 101, 2  # GQA: 2 query heads per K/V head
@@ -137,7 +139,7 @@ def tied_ckpt(tmp_path_factory):
 @pytest.mark.parametrize("tied", [True, False])
 def test_logits_match_float64_reference_for_gqa_and_pose_positions_that_jump_by_thousands(tmp_path, tied):
     W = meta_weights(tied)
-    model = Transformer.from_pretrained(write_checkpoint(tmp_path, W, config(), tied), dtype=torch.float32)
+    model = from_pretrained(write_checkpoint(tmp_path, W, config(), tied), dtype=torch.float32)
     assert model.args.norm_eps == 1e-6 and model.args.head_dim == D and model.args.rope["rope_theta"] == 10000.0
     tokens = tokens_for(POSE_POSITIONS)
     assert rel_err(model(tokens, POSE_POSITIONS), reference_logits(W, tokens, POSE_POSITIONS)) < 1e-4
@@ -147,14 +149,14 @@ def test_logits_match_float64_reference_for_gqa_and_pose_positions_that_jump_by_
 
 def test_linear_rope_override_equals_reference_at_positions_divided_by_alpha(tied_ckpt):
     W, path = tied_ckpt
-    model = Transformer.from_pretrained(path, dtype=torch.float32, rope_scaling={"type": "linear", "factor": 4.0})
+    model = from_pretrained(path, dtype=torch.float32, rope_scaling={"type": "linear", "factor": 4.0})
     assert model.args.rope["rope_type"] == "linear" and model.args.max_position_embeddings == 4 * 64
     tokens = tokens_for(POSE_POSITIONS)
     assert rel_err(model(tokens, POSE_POSITIONS), reference_logits(W, tokens, POSE_POSITIONS / 4.0)) < 1e-4
 
 
 def test_generate_stops_once_every_row_has_produced_a_stop_id(tied_ckpt):
-    model = Transformer.from_pretrained(tied_ckpt[1], dtype=torch.float32)
+    model = from_pretrained(tied_ckpt[1], dtype=torch.float32)
     prompt = tokens_for(POSE_POSITIONS)
     full = model.generate(prompt, 12)  # [2, 12] without stopping
     assert full.shape == (2, 12)
@@ -185,7 +187,7 @@ def scaled_reference(rope_type, seq_len=None):
 @pytest.mark.parametrize("rope_type", SCALED)
 def test_every_scaled_rope_forward_matches_the_float64_reference_at_pose_positions(tied_ckpt, rope_type):
     W, path = tied_ckpt
-    model = Transformer.from_pretrained(path, dtype=torch.float32, rope_scaling=SCALED[rope_type])
+    model = from_pretrained(path, dtype=torch.float32, rope_scaling=SCALED[rope_type])
     assert model.args.rope["rope_type"] == rope_type
     tokens = tokens_for(POSE_POSITIONS)
     inv_freq, scale = scaled_reference(rope_type, seq_len=int(POSE_POSITIONS.max()) + 1)  # dynamic: L = 5,016
@@ -202,7 +204,7 @@ def test_every_scaled_rope_generates_what_the_float64_reference_decodes_greedily
     and each decoded token gets the angles of its own call (its position + 1), so the reference gives every
     token its own angles; causal attention makes that exactly what the cache holds."""
     W, path = tied_ckpt
-    model = Transformer.from_pretrained(path, dtype=torch.float32, rope_scaling=SCALED[rope_type])
+    model = from_pretrained(path, dtype=torch.float32, rope_scaling=SCALED[rope_type])
     prompt, positions = tokens_for(POSE_POSITIONS)[:1], POSE_POSITIONS[:1]
     new = model.generate(prompt, 5, positions)
     seq, pos = prompt, positions
@@ -222,8 +224,25 @@ def test_every_scaled_rope_generates_what_the_float64_reference_decodes_greedily
     assert new.tolist() == seq[:, prompt.shape[1]:].tolist()
 
 
+@pytest.mark.parametrize("rope_type", [None, *SCALED])
+def test_a_model_built_on_the_meta_device_holds_real_rope_tables(rope_type):
+    """The rope tables are plain CPU float64 tensors whatever the default device (rope.RotaryEmbedding): a model
+    built under torch.device("meta") and materialised with to_empty, as hf.from_pretrained, distributed.wrap_model,
+    checkpoints.load_weights and gather_plain build theirs, computes what a CPU-built one does with no set_rope."""
+    args = args_from_config(config(rope_scaling=SCALED.get(rope_type)))
+    torch.manual_seed(0)
+    cpu = Transformer(args)
+    with torch.device("meta"):
+        meta = Transformer(args)
+    meta.to_empty(device="cpu")
+    meta.load_state_dict(cpu.state_dict())
+    assert torch.equal(meta.rotary_emb.inv_freq, cpu.rotary_emb.inv_freq)
+    tokens = tokens_for(POSE_POSITIONS)
+    assert torch.equal(meta(tokens, POSE_POSITIONS), cpu(tokens, POSE_POSITIONS))
+
+
 def test_kv_cache_decoding_equals_repeated_full_forwards(tied_ckpt):
-    model = Transformer.from_pretrained(tied_ckpt[1], dtype=torch.float32)
+    model = from_pretrained(tied_ckpt[1], dtype=torch.float32)
     prompt, positions = tokens_for(POSE_POSITIONS)[:1], POSE_POSITIONS[:1]
     new = model.generate(prompt, 6, positions)
     seq, pos = prompt, positions
@@ -238,7 +257,7 @@ def test_kv_cache_decoding_equals_repeated_full_forwards(tied_ckpt):
 
 
 def test_chunked_loss_and_its_gradient_equal_plain_cross_entropy_in_float64(tied_ckpt):
-    model = Transformer.from_pretrained(tied_ckpt[1], dtype=torch.float64)
+    model = from_pretrained(tied_ckpt[1], dtype=torch.float64)
     tokens = tokens_for(POSE_POSITIONS)
     targets = tokens_for(POSE_POSITIONS, seed=2)
     targets[0, :5] = targets[1, -3:] = -100  # ignored
@@ -273,7 +292,7 @@ def test_compiled_regions_give_the_float64_reference_loss_and_the_eager_gradient
     import torch._dynamo
     W = meta_weights(tied=False)
     path = write_checkpoint(tmp_path, W, config(), tied=False)
-    eager, compiled = (Transformer.from_pretrained(path, dtype=torch.float32) for _ in range(2))
+    eager, compiled = (from_pretrained(path, dtype=torch.float32) for _ in range(2))
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     compiled.compile_regions()
@@ -296,14 +315,14 @@ def test_compiled_regions_give_the_float64_reference_loss_and_the_eager_gradient
 # ---------------------------------------------------------------- save / load
 
 def test_save_load_round_trip_is_bit_exact_with_biases_and_hf_metadata(tmp_path):
-    model = Transformer.from_preset("tiny", seed=0, num_hidden_layers=1, vocab_size=64,
+    model = from_preset("tiny", seed=0, num_hidden_layers=1, vocab_size=64,
                                     attention_bias=True, mlp_bias=True)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
                 p.normal_()  # init gives zeros / ones: make a mix-up of tensors visible
-    model.save_pretrained(tmp_path / "out")
-    loaded = Transformer.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    save_pretrained(model, tmp_path / "out")
+    loaded = from_pretrained(tmp_path / "out", dtype=torch.float32)
     assert loaded.args == model.args
     assert model.state_dict().keys() == loaded.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
@@ -316,25 +335,25 @@ def test_save_load_round_trip_is_bit_exact_with_biases_and_hf_metadata(tmp_path)
 
 
 def test_sharded_save_writes_an_index_and_loads_bit_exact_into_an_existing_folder(tmp_path, tied_ckpt):
-    model = Transformer.from_pretrained(tied_ckpt[1], dtype=torch.float32)
+    model = from_pretrained(tied_ckpt[1], dtype=torch.float32)
     out = tmp_path / "out"
-    model.save_pretrained(out, max_shard_size=20_000)
+    save_pretrained(model, out, max_shard_size=20_000)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(out.glob("model-*.safetensors"))
     assert len(shards) > 3 and set(index["weight_map"].values()) == {p.name for p in shards}
     assert "lm_head.weight" not in index["weight_map"]  # tied: HF omits it
     assert index["metadata"]["total_size"] == sum(t.numel() * 4 for t in model.model.state_dict().values())
-    loaded = Transformer.from_pretrained(out, dtype=torch.float32)
+    loaded = from_pretrained(out, dtype=torch.float32)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
     (out / "tokenizer.model").write_bytes(b"keep me")
-    model.save_pretrained(out)  # unsharded over the sharded save: old shards go, other files stay
+    save_pretrained(model, out)  # unsharded over the sharded save: old shards go, other files stay
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
 
 
 def test_bf16_load_holds_every_weight_rounded_once_and_stays_close_to_fp32(tied_ckpt):
-    fp32 = Transformer.from_pretrained(tied_ckpt[1], dtype=torch.float32)
-    bf16 = Transformer.from_pretrained(tied_ckpt[1])  # default dtype
+    fp32 = from_pretrained(tied_ckpt[1], dtype=torch.float32)
+    bf16 = from_pretrained(tied_ckpt[1])  # default dtype
     assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
     assert all(torch.equal(a.bfloat16(), b) for a, b in zip(fp32.state_dict().values(), bf16.state_dict().values()))
     tokens = tokens_for(POSE_POSITIONS)
@@ -344,35 +363,35 @@ def test_bf16_load_holds_every_weight_rounded_once_and_stays_close_to_fp32(tied_
 # ---------------------------------------------------------------- configs
 
 def test_both_rope_conventions_and_hf_defaults_give_the_same_args():
-    old = ModelArgs.from_config(config(rope_theta=5e5, rope_scaling={"type": "linear", "factor": 2.0}))
-    new = ModelArgs.from_config(config(rope_parameters={"rope_type": "linear", "rope_theta": 5e5, "factor": 2.0}))
+    old = args_from_config(config(rope_theta=5e5, rope_scaling={"type": "linear", "factor": 2.0}))
+    new = args_from_config(config(rope_parameters={"rope_type": "linear", "rope_theta": 5e5, "factor": 2.0}))
     assert old == new and old.rope["factor"] == 2.0 and old.rope["rope_theta"] == 5e5
-    bare = ModelArgs.from_config({"hidden_size": 64, "num_attention_heads": 4})
+    bare = args_from_config({"hidden_size": 64, "num_attention_heads": 4})
     assert (bare.n_kv_heads, bare.head_dim, bare.norm_eps, bare.rope["rope_theta"]) == (4, 16, 1e-6, 10000.0)
     assert (bare.n_layers, bare.hidden_dim, bare.vocab_size, bare.max_position_embeddings) == (32, 11008, 32000, 2048)
     for rope in ({"type": "linear", "factor": 4.0}, {"rope_type": "yarn", "factor": 8.0,
                                                      "original_max_position_embeddings": 64}):
-        args = ModelArgs.from_config(config(rope_scaling=rope))
-        assert ModelArgs.from_config(args.to_config()) == args  # the export reads back as the same model
+        args = args_from_config(config(rope_scaling=rope))
+        assert args_from_config(config_from_args(args)) == args  # the export reads back as the same model
 
 
 def test_ntk_exports_as_raised_rope_theta_and_sliding_window_as_mistral():
-    ntk = ModelArgs.from_config(config(rope_scaling={"type": "ntk", "factor": 4.0}))
-    exported = ntk.to_config(torch.bfloat16)
+    ntk = args_from_config(config(rope_scaling={"type": "ntk", "factor": 4.0}))
+    exported = config_from_args(ntk, torch.bfloat16)
     assert "rope_scaling" not in exported and exported["torch_dtype"] == "bfloat16"
     assert exported["rope_theta"] == pytest.approx(10000 * 4 ** (D / (D - 2)))  # PoSE §3.1
-    mistral = ModelArgs.from_config(config(model_type="mistral", sliding_window=24)).to_config()
+    mistral = config_from_args(args_from_config(config(model_type="mistral", sliding_window=24)))
     assert mistral["model_type"] == "mistral" and mistral["sliding_window"] == 24
 
 
 def test_mistral_without_a_sliding_window_is_plain_causal_and_gelu_is_refused(tmp_path):
     W = meta_weights(tied=False)
     v02 = config(model_type="mistral", sliding_window=None, rope_theta=1e6)  # Mistral v0.2 / v0.3
-    model = Transformer.from_pretrained(write_checkpoint(tmp_path, W, v02, tied=False), dtype=torch.float32)
+    model = from_pretrained(write_checkpoint(tmp_path, W, v02, tied=False), dtype=torch.float32)
     assert model.args.sliding_window is None and model.args.rope["rope_theta"] == 1e6
     tokens = tokens_for(POSE_POSITIONS)
     assert rel_err(model(tokens, POSE_POSITIONS), reference_logits(W, tokens, POSE_POSITIONS, base=1e6)) < 1e-4
-    assert ModelArgs.from_config(config(sliding_window=24, use_sliding_window=False)).sliding_window is None
+    assert args_from_config(config(sliding_window=24, use_sliding_window=False)).sliding_window is None
 
 
 def test_export_config_keeps_the_checkpoints_own_keys_and_changes_only_rope_context_and_dtype():
@@ -383,11 +402,11 @@ def test_export_config_keeps_the_checkpoints_own_keys_and_changes_only_rope_cont
            "some_future_key": [1, 2]}
     for base in (config(**own, rope_theta=5e5, torch_dtype="bfloat16", rope_scaling=None),  # transformers 4 style
                  config(**own, dtype="bfloat16", rope_parameters={"rope_type": "default", "rope_theta": 5e5})):  # 5
-        args = ModelArgs.from_config(base)
+        args = args_from_config(base)
         extended = dataclasses.replace(args, max_position_embeddings=256, rope=rope_parameters(
             {"rope_theta": 5e5, "rope_scaling": {"rope_type": "linear", "factor": 4.0,
                                                  "original_max_position_embeddings": 64}}))
-        exported = extended.to_config(torch.float32, base)
+        exported = config_from_args(extended, torch.float32, base)
         changed = {"max_position_embeddings", "torch_dtype", "dtype", "rope_theta", "rope_scaling", "rope_parameters"}
         assert {k: v for k, v in exported.items() if k not in changed | {"original_max_position_embeddings"}} == \
             {k: v for k, v in base.items() if k not in changed}
@@ -396,11 +415,11 @@ def test_export_config_keeps_the_checkpoints_own_keys_and_changes_only_rope_cont
         assert exported[dtype_key] == "float32" and ({"torch_dtype", "dtype"} - {dtype_key}).isdisjoint(exported)
         assert exported["rope_scaling"]["factor"] == exported["rope_parameters"]["factor"] == 4.0
         assert exported["rope_theta"] == exported["rope_parameters"]["rope_theta"] == 5e5
-        assert ModelArgs.from_config(exported) == extended  # and it reads back as the trained model
+        assert args_from_config(exported) == extended  # and it reads back as the trained model
     with pytest.raises(ValueError, match="another model"):
-        extended.to_config(torch.float32, config(hidden_size=2 * DIM))
+        config_from_args(extended, torch.float32, config(hidden_size=2 * DIM))
     with pytest.raises(ValueError, match="hidden_act 'gelu'"):
-        ModelArgs.from_config(config(hidden_act="gelu"))
+        args_from_config(config(hidden_act="gelu"))
 
 
 # ---------------------------------------------------------------- bad input
@@ -456,26 +475,26 @@ def test_each_bad_checkpoint_raises_one_line_error_naming_the_file_tensor_or_key
     breaks, error, words = BAD_INPUTS[case]
     breaks(path)
     with pytest.raises(error) as info:
-        Transformer.from_pretrained(path, dtype=torch.float32)
+        from_pretrained(path, dtype=torch.float32)
     message = str(info.value)
     assert "\n" not in message and all(w in message for w in words), message
 
 
 def test_a_failed_save_leaves_nothing_written_and_an_existing_folder_untouched(tmp_path, monkeypatch):
-    model = Transformer.from_preset("tiny", seed=0, num_hidden_layers=1, vocab_size=64)
+    model = from_preset("tiny", seed=0, num_hidden_layers=1, vocab_size=64)
 
     def disk_full(tensors, filename, metadata=None):
         open(filename, "wb").write(b"half a file")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(model_py, "save_file", disk_full)
+    monkeypatch.setattr(hf, "save_file", disk_full)
     with pytest.raises(OSError):
-        model.save_pretrained(tmp_path / "new", max_shard_size=50_000)
+        save_pretrained(model, tmp_path / "new", max_shard_size=50_000)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "model.safetensors").write_bytes(b"previous weights")
     with pytest.raises(OSError):
-        model.save_pretrained(tmp_path / "old")
+        save_pretrained(model, tmp_path / "old")
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
     assert (tmp_path / "old" / "model.safetensors").read_bytes() == b"previous weights"
 

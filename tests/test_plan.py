@@ -3,10 +3,11 @@ ranks, the build order, and the command line.
 
     python -m pytest tests/test_plan.py -q
 
-The measured runs are real: train.build_model's model with real weights, train.build_optimizer's fused AdamW,
-train.train_step's forward, backward, clipping and update, at world 1 and 2 in fp32 (the CPU's policy). A world of
-2 in one process is the "fake" process group with real tensors: the collectives return at once, so the numbers
-are wrong and the memory is right. FSDPMemTracker, in real mode, follows every tensor rank 0 allocates.
+The measured runs are real: distributed.build_model's model with real weights, distributed.build_optimizer's
+fused AdamW, train.train_step's forward, backward, clipping and update, at world 1 and 2 in fp32 (the CPU's
+policy). A world of 2 in one process is the "fake" process group with real tensors: the collectives return at
+once, so the numbers are wrong and the memory is right. FSDPMemTracker, in real mode, follows every tensor rank 0
+allocates.
 """
 import json
 import os
@@ -26,6 +27,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import plan  # noqa: E402
+import distributed  # noqa: E402
+from options import TrainOptions, parse_args, resolve, training_args  # noqa: E402
 import train  # noqa: E402
 from model import Transformer  # noqa: E402
 
@@ -35,18 +38,18 @@ from model import Transformer  # noqa: E402
 TOLERANCE = 1e-3
 
 
-def options(tmp_path, *flags) -> train.TrainOptions:
-    return train.parse_args(["--out", str(tmp_path / "out"), "--window", "128", "--target", "1024", *flags])
+def options(tmp_path, *flags) -> TrainOptions:
+    return parse_args(["--out", str(tmp_path / "out"), "--window", "128", "--target", "1024", *flags])
 
 
-def measured(opts: train.TrainOptions, world: int) -> dict:
+def measured(opts: TrainOptions, world: int) -> dict:
     """Rank 0's peak {category: bytes} over a steady-state training step (the second) as train() runs it: its
     last micro-batch through train.train_step, with the earlier ones' gradients already held."""
     with plan.fake_ranks(world) as mesh:
-        o, config = train.resolve(opts, world)
-        args = train.training_args(o, config)
-        model = train.build_model(o, args, torch.device("cpu"), mesh)  # fp32 policy: a CPU device
-        optim = train.build_optimizer(model, o)
+        o, config = resolve(opts, world)
+        args = training_args(o, config)
+        model = distributed.build_model(o, args, torch.device("cpu"), mesh)  # fp32 policy: a CPU device
+        optim = distributed.build_optimizer(model, o)
         accum = o.batch_size // (o.micro_batch_size * world)
         g = torch.Generator().manual_seed(0)
         batches = [(torch.randint(3, args.vocab_size, (o.micro_batch_size, o.window), generator=g),
@@ -78,7 +81,7 @@ def test_the_plan_of_a_small_run_matches_what_the_same_run_measures(tmp_path, wo
     # per rank (FSDP2 pads each tensor's dim 0 to a multiple of the world), plus fused AdamW's fp32 step counter
     # per tensor.
     with torch.device("meta"):
-        shapes = [p.shape for p in Transformer(train.training_args(*train.resolve(opts, world))).parameters()]
+        shapes = [p.shape for p in Transformer(training_args(*resolve(opts, world))).parameters()]
     shard = sum(-(-s[0] // world) * s[1:].numel() for s in shapes) * 4 / 2**30
     c = planned["categories"]
     steps = 4 * len(shapes) / 2**30
@@ -106,14 +109,14 @@ class Collectives(TorchDispatchMode):
 def test_fsdp2_wiring_at_world_8_shards_casts_and_communicates_as_designed(ac):
     # The properties a GPU run depends on and the CPU's gloo runs (world 2, fp32) do not show.
     world = 8
-    opts = train.parse_args(["--plan", "--batch-size", "8", *["--activation-checkpointing"] * ac])
-    opts, config = train.resolve(opts, world)
-    args = train.training_args(opts, config)
+    opts = parse_args(["--plan", "--batch-size", "8", *["--activation-checkpointing"] * ac])
+    opts, config = resolve(opts, world)
+    args = training_args(opts, config)
     L = args.n_layers
     with plan.fake_ranks(world) as mesh, FakeTensorMode():
-        model = train.wrap_model(opts, args, mesh, train.mixed_precision(cuda=True))
+        model = distributed.wrap_model(opts, args, mesh, distributed.mixed_precision(cuda=True))
         model.to_empty(device="cpu")
-        optim = train.build_optimizer(model, opts)
+        optim = distributed.build_optimizer(model, opts)
         for name, p in model.named_parameters():  # every parameter's rows split over the 8 ranks
             assert isinstance(p, DTensor) and p.placements == (Shard(0),) and p.device_mesh.size() == world, name
             assert p.to_local().shape == (-(-p.shape[0] // world), *p.shape[1:]), name
@@ -158,15 +161,15 @@ def test_build_model_compiles_each_block_forward_then_checkpoints_then_shards(tm
     # forward first, so that the hooks added afterwards stay outside the compiled graph.
     events = []
     monkeypatch.setattr(Transformer, "compile_regions", lambda self: events.append("compile"))
-    real_checkpoint, real_shard = train.activation_checkpoint, train.fully_shard
-    monkeypatch.setattr(train, "activation_checkpoint",
+    real_checkpoint, real_shard = distributed.activation_checkpoint, distributed.fully_shard
+    monkeypatch.setattr(distributed, "activation_checkpoint",
                         lambda m: events.append(("checkpoint", m)) or real_checkpoint(m))
-    monkeypatch.setattr(train, "fully_shard", lambda m, **kw: events.append(("shard", m)) or real_shard(m, **kw))
+    monkeypatch.setattr(distributed, "fully_shard", lambda m, **kw: events.append(("shard", m)) or real_shard(m, **kw))
     opts = options(tmp_path, "--compile", "--activation-checkpointing", "--batch-size", "1")
-    opts, config = train.resolve(opts, 1)
-    args = train.training_args(opts, config)
+    opts, config = resolve(opts, 1)
+    args = training_args(opts, config)
     with plan.fake_ranks(1) as mesh:
-        model = train.build_model(opts, args, torch.device("cpu"), mesh)
+        model = distributed.build_model(opts, args, torch.device("cpu"), mesh)
     blocks = list(model.model.layers)
     assert events == ["compile", *[e for b in blocks for e in (("checkpoint", b), ("shard", b))], ("shard", model)]
 
@@ -199,7 +202,7 @@ def test_bad_plan_values_are_refused_in_one_line_as_training_refuses_them(tmp_pa
 
 def test_plan_flags_without_plan_are_refused(tmp_path):
     with pytest.raises(ValueError, match="go with --plan"):
-        train.resolve(train.parse_args(["--out", str(tmp_path / "out"), "--world-size", "8"]), 1)
+        resolve(parse_args(["--out", str(tmp_path / "out"), "--world-size", "8"]), 1)
 
 
 def test_the_verdict_adds_the_stated_margin():
@@ -229,5 +232,5 @@ def test_plan_command_reads_a_config_only_folder_prints_the_table_and_writes_onl
     assert f"| **peak** | **{written['peak_gib']:.2f}** |" in lines
     assert any(line.startswith("fits in 80 GiB: needs ") for line in lines) and lines[-1] == "wrote plan.json"
     # The same flags in this process (the dispatch and the estimate agree with a direct call).
-    opts = train.parse_args(cmd[2:-2])
+    opts = parse_args(cmd[2:-2])
     assert plan.estimate(opts, 4)["peak_gib"] == pytest.approx(written["peak_gib"])

@@ -22,8 +22,11 @@ import torch
 
 import checkpoints
 import pose
+import distributed
+import options
 import train
-from model import ModelArgs, Transformer
+from hf import args_from_config
+from model import Transformer
 from conftest import MICRO
 
 RUN = ["--window", "16", "--target", "64", "--batch-size", "4", "--micro-batch-size", "2", "--log-every", "1",
@@ -36,8 +39,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thr
 def run_in_process(argv) -> tuple[list[dict], str]:
     """One training run in this process (world size 1, gloo): (the rows of metrics.jsonl, what it printed)."""
     log = io.StringIO()
-    with contextlib.redirect_stdout(log), train.distributed() as device:
-        train.train(train.parse_args(argv), device)
+    with contextlib.redirect_stdout(log), distributed.distributed() as device:
+        train.train(options.parse_args(argv), device)
     out = Path(argv[argv.index("--out") + 1])
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], log.getvalue()
 
@@ -54,35 +57,37 @@ def test_every_default_for_a_checkpoint_is_the_papers_recipe_or_the_documented_c
     on clipping (HF Trainer's 1.0), weight decay (torch's AdamW 0.01) and the micro-batch (1, as the 7B on 8 A100s)."""
     np.save(tmp_path / "x.npy", np.arange(3))
     for world in (1, 8):
-        opts, _ = train.resolve(train.parse_args(["--model", str(micro_model), "--data", str(tmp_path / "x.npy"),
+        opts, _ = options.resolve(options.parse_args(["--model", str(micro_model), "--data", str(tmp_path / "x.npy"),
                                                   "--out", str(tmp_path / "o")]), world)
         assert dataclasses.asdict(opts) == dict(
             model=str(micro_model), preset="tiny", data=[str(tmp_path / "x.npy")], text_field="text", tokenizer=None,
-            out=str(tmp_path / "o"), window=16, target=128, method="pose", chunks=2, content="uniform", crop="start",
-            rope="linear", beta_fast=None, steps=1000, batch_size=64, micro_batch_size=1, lr=2e-5, warmup=10,
-            grad_clip=1.0,
+            out=str(tmp_path / "o"), context=16, window=16, target=128, method="pose", chunks=2, content="uniform",
+            crop="start", rope="linear", beta_fast=None, steps=1000, batch_size=64, micro_batch_size=1, lr=2e-5,
+            warmup=10, grad_clip=1.0,
             weight_decay=0.01, seed=0, save_every=100, keep_checkpoints=2, log_every=10, resume=False,
             activation_checkpointing=False, compile=False, max_documents=64_000, tensorboard=False, export_only=False,
             checkpoint=None, eval_every=None, eval_data=None, eval_lengths=None, eval_docs=10, eval_stride=1024,
-            eval_trials=10, plan=False, plan_json=None, world_size=None, gpu_memory=None), world  # no eval, no plan
+            eval_max_tokens=None, eval_trials=10, plan=False, plan_json=None, world_size=None,
+            gpu_memory=None), world  # no eval, no plan
 
 
 def test_every_default_of_the_from_scratch_demo(tmp_path):
     """The demo: the tiny preset from scratch, L_c 128 -> L_t 1,024, 100 steps of 8 sequences at lr 3e-3, the whole
     batch in one forward per rank."""
     for world, micro in ((1, 8), (2, 4), (8, 1)):
-        opts, config = train.resolve(train.parse_args(["--out", str(tmp_path / "o")]), world)
+        opts, config = options.resolve(options.parse_args(["--out", str(tmp_path / "o")]), world)
         assert dataclasses.asdict(opts) == dict(
             model=None, preset="tiny", data=None, text_field="text", tokenizer=None, out=str(tmp_path / "o"),
-            window=128, target=1024, method="pose", chunks=2, content="uniform", crop="start", rope="linear",
-            beta_fast=None,
+            context=128, window=128, target=1024, method="pose", chunks=2, content="uniform", crop="start",
+            rope="linear", beta_fast=None,
             steps=100, batch_size=8, micro_batch_size=micro, lr=3e-3, warmup=10, grad_clip=1.0, weight_decay=0.01,
             seed=0, save_every=50, keep_checkpoints=2, log_every=10, resume=False, activation_checkpointing=False,
             compile=False, max_documents=800, tensorboard=False, export_only=False, checkpoint=None, eval_every=None,
-            eval_data=None, eval_lengths=None, eval_docs=10, eval_stride=1024, eval_trials=10, plan=False,
+            eval_data=None, eval_lengths=None, eval_docs=10, eval_stride=1024, eval_max_tokens=None, eval_trials=10,
+            plan=False,
             plan_json=None, world_size=None, gpu_memory=None), world
         assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (256, 4, 4096)
-    plain, _ = train.resolve(train.parse_args(["--out", str(tmp_path / "o"), "--method", "plain"]), 1)
+    plain, _ = options.resolve(options.parse_args(["--out", str(tmp_path / "o"), "--method", "plain"]), 1)
     assert plain.target == plain.window == 128  # plain fine-tuning does not extend
 
 
@@ -104,7 +109,7 @@ def test_adamw_over_six_clipped_steps_equals_a_float64_adamw_with_torchs_default
     weight decay 0.01, clipping at 1.0 and 2 warm-up steps. A first Adam step does not depend on the betas (bias
     correction), so the gradients vary in sign and size over the steps; elements with gradients ~1e-9 are where
     eps decides the step, and weights ~5 are where the decay shows."""
-    opts, _ = train.resolve(train.parse_args(["--out", str(tmp_path), "--lr", "1e-2", "--warmup", "2", "--steps",
+    opts, _ = options.resolve(options.parse_args(["--out", str(tmp_path), "--lr", "1e-2", "--warmup", "2", "--steps",
                                               "6"]), 1)
     rng = np.random.default_rng(0)
     w0 = np.concatenate([rng.uniform(-5, 5, 6), rng.uniform(-0.5, 0.5, 6)])
@@ -114,10 +119,10 @@ def test_adamw_over_six_clipped_steps_equals_a_float64_adamw_with_torchs_default
     norms = [np.linalg.norm(g) for g in grads]
     assert min(norms) < 1 < max(norms)  # both sides of the clip
     model = Linear(torch.tensor(w0[:6], dtype=torch.float32).view(2, 3), torch.tensor(w0[6:], dtype=torch.float32))
-    optim = train.build_optimizer(model, opts)
+    optim = distributed.build_optimizer(model, opts)
     assert {k: optim.defaults[k] for k in ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")} == \
         dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, amsgrad=False, maximize=False)
-    with train.distributed():
+    with distributed.distributed():
         for step, g in enumerate(grads):
             for group in optim.param_groups:  # as train() sets it
                 group["lr"] = opts.lr * train.lr_factor(step, opts.warmup, opts.steps)
@@ -147,7 +152,7 @@ def test_the_seed_decides_the_example_stream_and_the_same_seed_repeats_it(tmp_pa
             enumerate(np.random.default_rng(0).integers(40, 400, size=20))]  # token 0 names the document
 
     def stream(method, seed):
-        opts, _ = train.resolve(train.parse_args(["--window", "32", "--target", "256", "--method", method, "--seed",
+        opts, _ = options.resolve(options.parse_args(["--window", "32", "--target", "256", "--method", method, "--seed",
                                                   str(seed), "--batch-size", "4", "--out", str(tmp_path)]), 1)
         return [torch.stack(train.make_batch(docs, opts, 0, step, 0, 1)) for step in range(5)]
 
@@ -171,7 +176,7 @@ def test_the_seed_decides_the_first_loss_of_a_run(micro_model, corpus, tmp_path)
 
 def test_the_seed_decides_a_from_scratch_models_weights(tmp_path):
     """Transformer.init_weights(seed), and build_model's fresh weights for --seed (the demo)."""
-    args = ModelArgs.from_config(MICRO)
+    args = args_from_config(MICRO)
     made = {}
     for seed in (0, 1):
         model = Transformer(args)
@@ -183,10 +188,10 @@ def test_the_seed_decides_a_from_scratch_models_weights(tmp_path):
     assert weights and all(torch.equal(made[0][k], again.state_dict()[k]) for k in made[0])
     assert all(not torch.equal(made[0][k], made[1][k]) for k in weights)
     built = {}
-    with train.distributed() as device:
+    with distributed.distributed() as device:
         for seed in ("0", "1", "0"):
-            opts, config = train.resolve(train.parse_args(["--out", str(tmp_path), "--seed", seed]), 1)
-            model = train.build_model(opts, train.training_args(opts, config), device, None)
+            opts, config = options.resolve(options.parse_args(["--out", str(tmp_path), "--seed", seed]), 1)
+            model = distributed.build_model(opts, options.training_args(opts, config), device, None)
             built.setdefault(seed, []).append({k: v.clone() for k, v in model.state_dict().items()})
     (zero, zero_again), (one,) = built["0"], built["1"]
     assert all(torch.equal(zero[k], zero_again[k]) for k in zero)
@@ -230,7 +235,8 @@ def test_a_run_keeps_exactly_its_newest_checkpoints_and_resumes_from_the_newest(
 # from checkpoints.RESUME_FIXED, so that a name dropped from the constant fails its case.
 REFUSED = [
     ("--model", "OTHER", "model"), ("--preset", "small", "tiny"), ("--data", "OTHER", "ids.npy"),
-    ("--text-field", "body", "text"), ("--tokenizer", "tokenizer.model", "None"), ("--window", "8", "16"),
+    ("--text-field", "body", "text"), ("--tokenizer", "tokenizer.model", "None"), ("--context", "8", "16"),
+    ("--window", "4", "8"),
     ("--target", "128", "64"), ("--method", "pose", "plain"), ("--chunks", "3", "2"), ("--content", "zero", "uniform"),
     ("--crop", "random", "start"), ("--rope", "yarn", "linear"), ("--beta-fast", "4.0", "None"),
     ("--batch-size", "8", "4"), ("--lr", "0.002", "0.001"),
@@ -246,8 +252,10 @@ def test_the_refusals_written_here_are_resume_fixed():
 def plain_run(micro_model, corpus, tmp_path_factory):
     """A finished one-step run of plain fine-tuning (so that --crop random is a valid change), checkpoint at 1."""
     out = tmp_path_factory.mktemp("plain") / "out"
+    run = list(RUN)
+    run[run.index("--window") + 1] = "8"  # below L_c = 16, so that --context may change to 8 and --window to 4
     argv = ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), "--steps", "1", "--method",
-            "plain", *RUN]
+            "plain", "--context", "16", *run]
     run_in_process(argv)
     return out, argv
 

@@ -22,7 +22,8 @@ from hypothesis import given, settings, strategies as st
 import evaluate
 import ruler
 from data import Tokenizer
-from model import PRESETS, ModelArgs, Transformer
+from hf import PRESETS, args_from_config, save_pretrained
+from model import Transformer
 
 MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              head_dim=16, intermediate_size=128, vocab_size=640, max_position_embeddings=64)
@@ -75,9 +76,9 @@ def folder(tmp_path_factory):
     import sentencepiece as spm
 
     path = tmp_path_factory.mktemp("ruler") / "model"
-    model = Transformer(ModelArgs.from_config(MICRO))
+    model = Transformer(args_from_config(MICRO))
     model.init_weights(seed=0)
-    model.save_pretrained(path)
+    save_pretrained(model, path)
     rng = np.random.default_rng(0)
     words = list(__import__("itertools").islice(ruler.nonce_words(rng), 300))
     text = [ruler.NIAH_MANY, ruler.NIAH_ONE, ruler.VT_PROMPT, ruler.CWE_PROMPT, ruler.FWE_PROMPT,

@@ -14,8 +14,11 @@ import torch.nn.functional as F
 
 import evaluate
 import model as model_py
+import distributed
+import options
 import train
-from model import KVCache, Transformer
+from hf import from_pretrained
+from model import KVCache
 from test_model import (LAYERS, POSE_POSITIONS, V, config, meta_weights, reference_logits, rel_err, tokens_for,
                         write_checkpoint)
 
@@ -39,7 +42,7 @@ CASES = {"contiguous": torch.arange(37).expand(2, 37), "pose": POSE_POSITIONS}  
 @pytest.mark.parametrize("case", CASES)
 def test_logits_past_the_window_equal_a_float64_band_mask_reference_and_the_band_is_exactly_sw_wide(mistral, case):
     W, path = mistral
-    model = Transformer.from_pretrained(path, dtype=torch.float64)
+    model = from_pretrained(path, dtype=torch.float64)
     positions = CASES[case]
     tokens = tokens_for(positions)
     logits = model(tokens, positions)
@@ -74,7 +77,7 @@ def test_flex_attention_path_computes_the_band_with_gqa_in_the_model_and_across_
     monkeypatch.setattr(model_py, "_compiled", lambda fn: fn)
     monkeypatch.setattr(model_py, "FLEX_DEVICES", ("cpu",))
     W, path = mistral
-    model = Transformer.from_pretrained(path, dtype=torch.float32)  # FlexAttention takes fp16/bf16/fp32
+    model = from_pretrained(path, dtype=torch.float32)  # FlexAttention takes fp16/bf16/fp32
     tokens = tokens_for(POSE_POSITIONS)
     with torch.no_grad():  # FlexAttention has no backward on the CPU
         logits = model(tokens, POSE_POSITIONS)
@@ -98,7 +101,7 @@ PROMPTS = {"prompt past the window": torch.arange(13)[None], "decoding across it
 @pytest.mark.parametrize("case", PROMPTS)
 def test_greedy_generate_past_the_window_equals_a_float64_reference_that_recomputes_the_sequence(mistral, case):
     W, path = mistral
-    model = Transformer.from_pretrained(path, dtype=torch.float64)
+    model = from_pretrained(path, dtype=torch.float64)
     positions = PROMPTS[case]
     prompt = tokens_for(positions, seed=5)
     new = model.generate(prompt, 20, positions)
@@ -122,7 +125,7 @@ def test_generate_scores_forced_tokens_from_the_prefill_and_rewinds_the_rolling_
     full forward of prompt + forced tokens (within the float32 rounding of rope.py's cos/sin); the greedy tokens
     after the rewind equal a generate() without score."""
     W, path = mistral
-    model = Transformer.from_pretrained(path, dtype=torch.float64)
+    model = from_pretrained(path, dtype=torch.float64)
     positions = PROMPTS[case]
     prompt, forced = tokens_for(positions, seed=5), tokens_for(torch.zeros(positions.shape[0], SW + 3), seed=6)
     new, logprob = model.generate(prompt, 20, positions, score=forced)
@@ -135,7 +138,7 @@ def test_generate_scores_forced_tokens_from_the_prefill_and_rewinds_the_rolling_
 
 
 def test_kv_cache_keeps_the_last_window_in_a_rolling_buffer_and_decodes_what_a_full_forward_computes(mistral):
-    model = Transformer.from_pretrained(mistral[1], dtype=torch.float64)
+    model = from_pretrained(mistral[1], dtype=torch.float64)
     seq, pos = tokens_for(POSE_POSITIONS), POSE_POSITIONS
     cache = [KVCache(32) for _ in range(LAYERS)]
     model.hidden(seq[:, :12], pos[:, :12], cache)  # a prompt longer than the window: its last SW keys are kept
@@ -166,14 +169,14 @@ def test_pose_training_past_the_sliding_window_scores_the_band_and_exports_mistr
     docs = [np.append(rng.integers(3, V, size=rng.integers(30, 80)), 2) for _ in range(8)]
     np.save(tmp_path / "ids.npy", np.concatenate(docs).astype(np.int32))
     argv = ["--model", str(path), "--data", str(tmp_path / "ids.npy"), "--out", str(tmp_path / "out"),
-            "--window", "16", "--target", "64", "--steps", "2", "--batch-size", "2", "--micro-batch-size", "2",
+            "--context", "16", "--target", "64", "--steps", "2", "--batch-size", "2", "--micro-batch-size", "2",
             "--log-every", "1"]
-    opts, _ = train.resolve(train.parse_args(argv), 1)  # L_c = 16 = 2 sliding windows, L_t = 64
+    opts, _ = options.resolve(options.parse_args(argv), 1)  # L_c = 16 = 2 sliding windows (the window), L_t = 64
     documents, _ = train.read_documents(opts.data, min_len=17, max_documents=opts.max_documents)
     tokens, targets, positions = train.make_batch(documents, opts, rank=0, step=0, micro=0, accum=1)
     assert (positions[:, 1:] - positions[:, :-1] > 1).any()  # PoSE skips inside the window
-    with train.distributed() as device:
-        train.train(train.parse_args(argv), device)
+    with distributed.distributed() as device:
+        train.train(options.parse_args(argv), device)
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
 
@@ -187,7 +190,7 @@ def test_pose_training_past_the_sliding_window_scores_the_band_and_exports_mistr
     assert config["model_type"] == "mistral" and config["architectures"] == ["MistralForCausalLM"]
     assert config["sliding_window"] == SW and config["max_position_embeddings"] == 64
     assert config["rope_scaling"]["factor"] == 4.0
-    assert Transformer.from_pretrained(tmp_path / "out" / "final").args.sliding_window == SW
+    assert from_pretrained(tmp_path / "out" / "final").args.sliding_window == SW
 
 
 # Issue 28, item 7: the KV-cache paths of decoding, each against the float64 band-mask reference (never the model's
@@ -205,7 +208,7 @@ KV_CASES = {  # (prompt tokens, tokens decoded after it); the sequence ends at p
 def test_kv_cache_prefill_and_decoding_equal_the_float64_band_mask_reference(mistral, case):
     W, path = mistral
     prompt_len, decoded = KV_CASES[case]
-    model = Transformer.from_pretrained(path, dtype=torch.float64)
+    model = from_pretrained(path, dtype=torch.float64)
     T = prompt_len + decoded
     positions = torch.arange(T).expand(2, T)
     seq = tokens_for(positions, seed=7)
@@ -224,7 +227,7 @@ def test_kv_cache_prefill_longer_than_the_window_with_pose_positions_then_decodi
     """PoSE ids (a jump of position inside the prompt) with a prefill of 20 > SW tokens, then 12 decoded: the
     band is in token index, the rotation in position id, in the cached path as in the reference."""
     W, path = mistral
-    model = Transformer.from_pretrained(path, dtype=torch.float64)
+    model = from_pretrained(path, dtype=torch.float64)
     positions = torch.cat([torch.arange(10), torch.arange(500, 522)])[None]  # [1, 32]: a skip of 490 ids at 10
     seq = tokens_for(positions, seed=9)
     want = reference_logits(W, seq, positions, window=SW)

@@ -18,8 +18,10 @@ import pytest
 import torch
 
 import rope
+import distributed
+import options
 import train
-from model import Transformer
+from hf import from_pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ["--window", "16", "--target", "64", "--batch-size", "4", "--micro-batch-size", "2", "--log-every", "1",
@@ -31,8 +33,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thr
 
 def run_in_process(argv):
     """One training run in this process (world size 1, gloo); returns the rows of metrics.jsonl."""
-    with train.distributed() as device:
-        train.train(train.parse_args(argv), device)
+    with distributed.distributed() as device:
+        train.train(options.parse_args(argv), device)
     out = Path(argv[argv.index("--out") + 1])
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -50,10 +52,10 @@ def test_every_issue_flag_exists_and_defaults_are_the_papers_recipe_for_a_checkp
              "128", "--method", "pose", "--chunks", "2", "--content", "uniform", "--rope", "linear", "--steps", "1000",
              "--batch-size", "64", "--micro-batch-size", "1", "--lr", "2e-5", "--warmup", "10", "--seed", "0",
              "--save-every", "100", "--log-every", "10", "--resume"]
-    assert train.parse_args(flags).resume
+    assert options.parse_args(flags).resume
     data = tmp_path / "x.npy"
     np.save(data, np.arange(3))
-    opts, _ = train.resolve(train.parse_args(["--model", str(micro_model), "--data", str(data), "--out",
+    opts, _ = options.resolve(options.parse_args(["--model", str(micro_model), "--data", str(data), "--out",
                                               str(tmp_path / "o")]), 8)
     assert (opts.window, opts.target, opts.method, opts.chunks, opts.content, opts.rope) == \
         (16, 128, "pose", 2, "uniform", "linear")  # L_c from config.json, L_t = 8 L_c (Table 1's 2k -> 16k)
@@ -61,25 +63,25 @@ def test_every_issue_flag_exists_and_defaults_are_the_papers_recipe_for_a_checkp
 
 
 def test_embedded_default_is_small_enough_for_a_cpu(tmp_path):
-    opts, config = train.resolve(train.parse_args(["--out", str(tmp_path)]), 1)
+    opts, config = options.resolve(options.parse_args(["--out", str(tmp_path)]), 1)
     assert (opts.window, opts.target, opts.steps, opts.batch_size) == (128, 1024, 100, 8)
     assert config["vocab_size"] == 4096
 
 
 def test_scaled_rope_interpolates_plain_rope_and_refuses_to_replace_an_existing_scaling():
     plain = rope.rope_parameters({"rope_theta": 500000.0, "max_position_embeddings": 16})
-    linear = train.scaled_rope(plain, "linear", 16, 64)
+    linear = options.scaled_rope(plain, "linear", 16, 64)
     assert linear["rope_type"] == "linear" and linear["factor"] == 4.0 and linear["rope_theta"] == 500000.0
     assert linear["original_max_position_embeddings"] == 16
-    assert train.scaled_rope(linear, "none", 16, 64) is linear  # --rope none keeps the checkpoint's scaling
+    assert options.scaled_rope(linear, "none", 16, 64) is linear  # --rope none keeps the checkpoint's scaling
     with pytest.raises(ValueError, match=r"already uses rope scaling 'linear' x4.*--rope none"):
-        train.scaled_rope(linear, "yarn", 64, 256)
+        options.scaled_rope(linear, "yarn", 64, 256)
 
 
 @pytest.mark.parametrize("method", ["pose", "randpos", "plain", "full"])
 def test_every_label_is_the_documents_true_next_token(method, tmp_path):
     docs = [np.arange(1000), np.arange(2000, 2600)]  # token id = its offset (+2000): labels are checkable by eye
-    opts, _ = train.resolve(train.parse_args(["--window", "32", "--target", "256", "--method", method,
+    opts, _ = options.resolve(options.parse_args(["--window", "32", "--target", "256", "--method", method,
                                               "--batch-size", "4", "--out", str(tmp_path)]), 1)
     tokens, targets, positions = train.make_batch(docs, opts, rank=0, step=3, micro=0, accum=1)
     length = 256 if method == "full" else 32
@@ -99,7 +101,7 @@ def test_every_window_starts_with_the_documents_bos_at_position_0(method, tmp_pa
     rng = np.random.default_rng(1)
     docs = [np.concatenate([[1], rng.integers(3, 4096, size=int(n))]) for n in rng.integers(40, 400, size=30)]
     for seed in range(3):
-        opts, _ = train.resolve(train.parse_args(["--window", "32", "--target", "256", "--method", method, "--seed",
+        opts, _ = options.resolve(options.parse_args(["--window", "32", "--target", "256", "--method", method, "--seed",
                                                   str(seed), "--batch-size", "8", "--out", str(tmp_path)]), 1)
         for step in range(0, 40, 3):
             tokens, _, positions = train.make_batch(docs, opts, rank=0, step=step, micro=0, accum=1)
@@ -107,7 +109,7 @@ def test_every_window_starts_with_the_documents_bos_at_position_0(method, tmp_pa
             # RandPos draws all L_c position ids at random (Ruoss et al.; the authors' code too), the first included
             assert (positions[:, 0] == 0).all() if method != "randpos" else (positions[:, 0] < 256).all()
     # --crop random is the explicit alternative: windows then start inside documents
-    opts, _ = train.resolve(train.parse_args(["--window", "32", "--target", "256", "--method", method, "--crop",
+    opts, _ = options.resolve(options.parse_args(["--window", "32", "--target", "256", "--method", method, "--crop",
                                               "random", "--batch-size", "8", "--out", str(tmp_path)]), 1) \
         if method != "pose" else (None, None)
     if opts is not None:
@@ -128,7 +130,7 @@ def test_full_length_truncates_at_the_target_and_pads_shorter_documents(tmp_path
     """The authors' Full-length tokenises with max_length = L_t: a document of fewer tokens is one shorter
     sequence (here padded to the micro-batch's longest row, padding never scored)."""
     docs = [np.arange(1, 41), np.arange(1000, 1500)]  # 40 tokens (>= L_c + 1 = 33) and 500 (> L_t + 1)
-    opts, _ = train.resolve(train.parse_args(["--window", "32", "--target", "256", "--method", "full",
+    opts, _ = options.resolve(options.parse_args(["--window", "32", "--target", "256", "--method", "full",
                                               "--batch-size", "2", "--out", str(tmp_path)]), 1)
     tokens, targets, positions = train.make_batch(docs, opts, rank=0, step=0, micro=0, accum=1)
     assert tokens.shape == (2, 256)
@@ -143,7 +145,7 @@ def test_full_length_truncates_at_the_target_and_pads_shorter_documents(tmp_path
 
 def test_example_stream_is_a_function_of_seed_rank_step_and_ranks_differ(tmp_path):
     docs = [np.arange(5000)]
-    opts, _ = train.resolve(train.parse_args(["--window", "64", "--target", "512", "--out", str(tmp_path)]), 1)
+    opts, _ = options.resolve(options.parse_args(["--window", "64", "--target", "512", "--out", str(tmp_path)]), 1)
 
     def batch(rank, step, micro=0):
         return torch.stack(train.make_batch(docs, opts, rank, step, micro, 2))
@@ -158,8 +160,8 @@ def test_example_stream_is_a_function_of_seed_rank_step_and_ranks_differ(tmp_pat
 def test_single_process_run_logs_finite_losses_and_exports_the_live_models_logits(micro_model, corpus, tmp_path):
     out = tmp_path / "out"
     argv = ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), "--steps", "3", *RUN]
-    with train.distributed() as device:
-        live = train.train(train.parse_args(argv), device)
+    with distributed.distributed() as device:
+        live = train.train(options.parse_args(argv), device)
         tokens = torch.randint(0, 4096, (1, 40), generator=torch.Generator().manual_seed(0))
         positions = torch.tensor([[*range(20), *range(44, 64)]])  # a PoSE-like jump
         with torch.no_grad():
@@ -171,7 +173,7 @@ def test_single_process_run_logs_finite_losses_and_exports_the_live_models_logit
     scaling = config["rope_scaling"]  # alpha = L_t / L_c = 64 / 16, and the window L_c is recorded (issue 5)
     assert scaling["rope_type"] == scaling["type"] == "linear" and scaling["factor"] == 4.0
     assert config["original_max_position_embeddings"] == 16  # beside the rope: no HF validator warns (issue 16)
-    exported = Transformer.from_pretrained(out / "final", dtype=torch.float32)
+    exported = from_pretrained(out / "final", dtype=torch.float32)
     assert exported.args.rope["factor"] == 4.0
     with torch.no_grad():
         torch.testing.assert_close(exported(tokens, positions), want, rtol=0, atol=1e-5)
@@ -200,15 +202,15 @@ def test_a_one_process_checkpoint_resumes_identically_and_loads_into_two_process
     (tmp_path / "c" / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step_000004", tmp_path / "c" / "checkpoints" / "step_000004")
     torchrun(*common, "--out", tmp_path / "c", "--resume")
-    one, two = (Transformer.from_pretrained(tmp_path / run / "final", dtype=torch.float32).state_dict()
+    one, two = (from_pretrained(tmp_path / run / "final", dtype=torch.float32).state_dict()
                 for run in ("a", "c"))
     assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
 
 
 REUSE = """
 import resource, sys, torch
-import train
-kept = train.keep_freed_memory() if sys.argv[1] == "call" else None
+import distributed
+kept = distributed.keep_freed_memory() if sys.argv[1] == "call" else None
 def step():  # a 64 MB and a 16 MB tensor, freed at the end, as a step frees its logits and activations
     x, y = torch.ones(2**24), torch.ones(2**22)
 for _ in range(12):  # the heap settles at its peak layout within about six of these
@@ -221,7 +223,7 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc knobs (train.keep_freed_memory)")
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc knobs (distributed.keep_freed_memory)")
 @pytest.mark.parametrize("case", ["kept", "default", "user's MALLOC_TRIM_THRESHOLD_"])
 def test_keep_freed_memory_lets_each_step_reuse_the_last_steps_pages(case):
     """A CPU run reuses what a step freed: once the heap has settled, five more 64 + 16 MB "steps" take no new
@@ -322,7 +324,7 @@ def bad_inputs(micro_model, corpus, tmp_path):
         "missing model dir": (["--model", str(tmp_path / "nope"), "--data", str(corpus)], "--model"),
         "model without data": (model[:2], "needs --data"),
         "window beyond the checkpoint's context": ([*model, "--window", "32"], "context 16"),
-        "target < window": ([*model, "--window", "16", "--target", "8"], "--target 8 < --window 16"),
+        "target < window": ([*model, "--window", "16", "--target", "8"], "--target 8 < L_c 16"),
         "batch not divisible": ([*model, "--batch-size", "5", "--micro-batch-size", "2"], "not divisible"),
         "missing data": ([*model[:2], "--data", str(tmp_path / "nope.jsonl")], "--data"),
         "empty data folder": ([*model[:2], "--data", str(corpus), str(tmp_path / "empty")], "no readable file"),

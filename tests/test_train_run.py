@@ -27,8 +27,12 @@ import torch
 from safetensors.torch import load_file
 
 import rope
+import distributed
+import metrics
+import options
 import train
-from model import ModelArgs, Transformer
+from hf import args_from_config, save_pretrained
+from model import Transformer
 from conftest import MICRO
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,9 +52,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thr
 def micro_model(tmp_path_factory):
     """A micro LLaMA whose config.json has the keys a real checkpoint carries besides the shape."""
     path = tmp_path_factory.mktemp("micro") / "model"
-    model = Transformer(ModelArgs.from_config(MICRO))
+    model = Transformer(args_from_config(MICRO))
     model.init_weights(seed=0)
-    model.save_pretrained(path)
+    save_pretrained(model, path)
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, **OWN_KEYS}, indent=2))
     (path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 16, "bos_token": "<s>"}))
@@ -118,7 +122,7 @@ def test_a_window_beyond_the_checkpoints_context_is_refused_naming_both(micro_mo
     (scaled / "config.json").write_text(json.dumps(config))
     code, err = main_exits(["--model", str(scaled), *model, "--window", "32", "--rope", "none"], capsys)
     assert code == 2 and "--window 32" in err and "context 16 (original_max_position_embeddings)" in err
-    opts, _ = train.resolve(train.parse_args(["--model", str(scaled), *model, "--rope", "none"]), 1)
+    opts, _ = options.resolve(options.parse_args(["--model", str(scaled), *model, "--rope", "none"]), 1)
     assert opts.window == 16  # the default window is that context too
     assert not (tmp_path / "out").exists()
 
@@ -145,9 +149,10 @@ def test_settings_are_written_after_the_weights_load_and_before_step_1(micro_mod
         seen.append((out / "settings.json").exists())
         raise ValueError("stop here")
 
-    with monkeypatch.context() as patch, train.distributed() as device, pytest.raises(ValueError, match="stop here"):
+    with monkeypatch.context() as patch, distributed.distributed() as device, \
+            pytest.raises(ValueError, match="stop here"):
         patch.setattr(train, "build_model", no_model)
-        train.train(train.parse_args(argv), device)
+        train.train(options.parse_args(argv), device)
     assert seen == [False] and not out.exists()
 
     def no_step(*args, **kwargs):  # the run stops where step 1 would train
@@ -155,8 +160,8 @@ def test_settings_are_written_after_the_weights_load_and_before_step_1(micro_mod
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(train, "train_step", no_step)
-    with train.distributed() as device, pytest.raises(RuntimeError, match="stop here"):
-        train.train(train.parse_args(argv), device)
+    with distributed.distributed() as device, pytest.raises(RuntimeError, match="stop here"):
+        train.train(options.parse_args(argv), device)
     assert json.loads((out / "settings.json").read_text())["options"]["target"] == 64
 
 
@@ -164,8 +169,8 @@ def test_raising_steps_on_resume_restretches_the_linear_decay_instead_of_trainin
     """The 2-step schedule ends at lr 0; resumed with --steps 4, steps 3 and 4 take the 4-step schedule's rates:
     peak x (4 - s) / (4 - warmup) at 0-based step s (PoSE §4.1's linear decay, written out here)."""
     out = copy_run(finished, tmp_path)
-    with train.distributed() as device:
-        train.train(train.parse_args([*with_out(finished[1], out), "--steps", "4", "--resume"]), device)
+    with distributed.distributed() as device:
+        train.train(options.parse_args([*with_out(finished[1], out), "--steps", "4", "--resume"]), device)
     log = capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -189,7 +194,7 @@ def test_the_log_opens_with_a_header_and_logs_step_1_with_an_eta(finished):
     assert lines[0].startswith("model: ") and "parameters, context 16" in lines[0]
     data = 1 + next(i for i, line in enumerate(lines[1:]) if not line.startswith("data: "))
     assert data == 3 and lines[1].startswith("data: 1 file")  # load_data's lines (files, documents), in the header
-    assert lines[2].startswith("data: 8 documents kept, 0 skipped as shorter than L_c + 1 = 17 tokens")
+    assert lines[2].startswith("data: 8 documents kept, 0 skipped as shorter than the window + 1 = 17 tokens")
     assert lines[3].startswith("extension: L_c 16 -> L_t 64, alpha 4 (linear rope x4 on L_c 16); PoSE, 2 chunks")
     assert lines[4].startswith("batch: 4 sequences of <= 16 tokens a step = world 1 (cpu) x micro-batch 2 x "
                                "accumulation 2; 2 steps, lr 0.001")
@@ -200,7 +205,7 @@ def test_the_log_opens_with_a_header_and_logs_step_1_with_an_eta(finished):
 
 
 def test_human_durations():
-    assert [train.human(s) for s in (0.4, 42, 185, 3725, 90061)] == ["0s", "42s", "3m05s", "1h02m", "25h01m"]
+    assert [metrics.human(s) for s in (0.4, 42, 185, 3725, 90061)] == ["0s", "42s", "3m05s", "1h02m", "25h01m"]
 
 
 def test_tensorboard_without_the_package_is_one_line_naming_the_pip_command(micro_model, corpus, tmp_path, capsys,
@@ -231,8 +236,8 @@ def test_tensorboard_gets_every_logged_number_beside_metrics_jsonl(micro_model, 
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
     out = tmp_path / "out"
-    with train.distributed() as device:
-        train.train(train.parse_args(["--model", str(micro_model), "--data", str(corpus), "--out", str(out),
+    with distributed.distributed() as device:
+        train.train(options.parse_args(["--model", str(micro_model), "--data", str(corpus), "--out", str(out),
                                       "--steps", "2", *RUN, "--tensorboard"]), device)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert written[0] == ("dir", str(out / "tensorboard")) and written[-1] == ("closed",)

