@@ -188,7 +188,8 @@ class Attention(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)                                # [B, H, T, D], [B, Hkv, T, D]
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)          # [B, Hkv, T, D]
         # Rotate by the position ids, whatever they are (PoSE's jumps): scores depend on m - n only (Eq. 2).
-        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
+        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)  # contiguous [B, H(kv), T, D]
+        v = v.contiguous() if T > 1 else v  # as q and k: SDPA's CPU kernels read contiguous rows faster
         if cache is not None:
             if cache.len and T > 1:  # SDPA's causal mask is aligned top-left: right only if keys == queries
                 raise ValueError(f"{T} new tokens after {cache.len} cached: prefill once, then decode 1 at a time")
