@@ -256,6 +256,28 @@ def test_kv_cache_decoding_equals_repeated_full_forwards(tied_ckpt):
     assert rel_err(last, model.hidden(seq, pos)[:, -1:]) < 1e-5
 
 
+def test_loss_without_autograd_forms_logits_for_the_scored_rows_only_and_equals_plain_cross_entropy(tied_ckpt):
+    """Evaluation (no autograd): lm_head sees only the rows whose target counts, as in a perplexity window past
+    the first, which scores its last stride tokens; the sum is plain float64 cross-entropy over the full logits."""
+    model = from_pretrained(tied_ckpt[1], dtype=torch.float64)
+    tokens, targets = tokens_for(POSE_POSITIONS), tokens_for(POSE_POSITIONS, seed=2)
+    targets[0, :20] = targets[1, :23] = -100  # 12 + 9 scored rows
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda module, inputs, out: rows.append(inputs[0].shape[0]))
+    with torch.inference_mode():
+        sum_nll, n = model.loss(tokens, targets, POSE_POSITIONS, chunk_size=8)
+        logits = model(tokens, POSE_POSITIONS)  # [B, T, V], the full forward
+    hook.remove()
+    assert rows[:3] == [8, 8, 5] and n.item() == 21  # three chunks of the 21 scored rows (then the full forward)
+    plain = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    assert abs(sum_nll.item() - plain.item()) < 1e-10 * plain.item()
+    with torch.inference_mode():  # nothing scored: no logits, a zero sum
+        rows.clear()
+        hook = model.lm_head.register_forward_hook(lambda module, inputs, out: rows.append(inputs[0].shape[0]))
+        assert model.loss(tokens, torch.full_like(targets, -100), POSE_POSITIONS)[0].item() == 0.0 and rows == []
+        hook.remove()
+
+
 def test_chunked_loss_and_its_gradient_equal_plain_cross_entropy_in_float64(tied_ckpt):
     model = from_pretrained(tied_ckpt[1], dtype=torch.float64)
     tokens = tokens_for(POSE_POSITIONS)
