@@ -15,23 +15,19 @@ rate of the step (train.py), so no generator or scheduler state is saved. Checkp
 per rank), so a run may resume at another world size, and --export-only reads one on a single process. Every file is
 written under a temporary name and renamed, so a kill at any moment leaves the previous checkpoint / export intact.
 
-A run folder may come from elsewhere: every checkpoint is read through SafeReader and SafePlanner, which admit
-only what this project's checkpoints hold and run nothing from the folder (DCP's own reader unpickles .metadata
-and the plain values with no restriction).
+A run folder may come from elsewhere: every checkpoint is read through safe_dcp.dcp_load, which admits only what
+this project's checkpoints hold and runs nothing from the folder (DCP's own reader unpickles .metadata and the
+plain values with no restriction).
 
-In order: settings.json and the resume refusals; checkpoints (latest, save); reading one runs nothing from it
-(the restricted unpickler, SafeReader, SafePlanner, dcp_load); damage, load, the one --export-only picks; the
-Hugging Face folder (export gathers the shards, write_hf_folder writes config, weights and tokenizer files).
+In order: settings.json and the resume refusals; checkpoints (latest, save); loading one (damage, load, the one
+--export-only picks); the Hugging Face folder (export gathers the shards, write_hf_folder writes config, weights
+and tokenizer files).
 """
 import contextlib
 import dataclasses
 import errno
-import io
 import json
 import os
-import pathlib
-import pickle
-import re
 import shlex
 import shutil
 import warnings
@@ -40,18 +36,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
-from torch.distributed.checkpoint import filesystem as dcp_filesystem
-from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 from torch.distributed.tensor import DTensor
-from torch.futures import Future
 
 from data import tokenizer_files
 from hf import save_pretrained
 from model import ModelArgs, Transformer
+from safe_dcp import SafeReader, Untrusted, dcp_load
 
 # ---------------------------------------------------------------- the run's settings (resume safety)
 
@@ -77,7 +70,17 @@ def run_settings(o, world: int, device, tokenizer_path) -> dict:
             "tokenizer_file": None if tokenizer_path is None else str(Path(tokenizer_path).resolve())}
 
 
+# What --resume and --export-only read back from settings.json: check_resume's options, --steps (the schedule's
+# length, train.resume), and export_only's tokenizer and device. Every train.py has written them since settings.json
+# exists (issue 16), but --beta-fast and --context, added since (read_settings gives a settings.json from before them
+# what their absence meant then). The other options (logging, --compile, --eval-*, --plan's) are never read back.
+SETTINGS_READ = ("device", "tokenizer_file")
+OPTIONS_READ = (*RESUME_FIXED, "steps")
+
+
 def read_settings(out: Path) -> dict | None:
+    """--out's settings.json (None when there is none) holding every key that is read back; one missing is refused
+    in one line naming the file and the key: a default in its place would resume or export another run."""
     path = out / "settings.json"
     if not path.is_file():
         return None
@@ -86,22 +89,37 @@ def read_settings(out: Path) -> dict | None:
         assert isinstance(settings["options"], dict)
     except (ValueError, KeyError, TypeError, AssertionError):
         raise ValueError(f"{path}: not a settings file written by train.py") from None
-    if "window" in settings["options"]:  # written before --context existed, when L_c was the training window
-        settings["options"].setdefault("context", settings["options"]["window"])
+    options = settings["options"]
+    options.setdefault("beta_fast", None)  # before issue 25: YaRN's own ramp end, 32, the only one
+    if "window" in options:  # before issue 33 (--context), L_c was the training window
+        options.setdefault("context", options["window"])
+    missing = [f"key {k!r}" for k in SETTINGS_READ if k not in settings] + \
+        [f"options key {k!r}" for k in OPTIONS_READ if k not in options]
+    if missing:
+        raise ValueError(f"{path}: {missing[0]} missing, which every settings.json of train.py holds (hand-edited?): "
+                         f"--resume and --export-only read it back to continue or export the same run")
     return settings
 
 
 def write_settings(out: Path, settings: dict):
-    tmp = out / f".tmp{os.getpid()}-settings.json"
-    tmp.write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(tmp, out / "settings.json")  # atomic: a reader sees the old file or the new one
+    """settings.json, atomically: a reader sees the old file or the new one; out of space, DiskFull and no temporary."""
+    tmp, text = out / f".tmp{os.getpid()}-settings.json", json.dumps(settings, indent=1) + "\n"
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, out / "settings.json")
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if not disk_full(e):
+            raise
+        raise DiskFull(f"{full_disk_line(out / 'settings.json', len(text))}; {out / 'settings.json'} is as it "
+                       f"was") from None
 
 
 def check_resume(o, saved: dict, out: Path):
     """Refuse, in one line, a --resume that changes what is trained (RESUME_FIXED)."""
     now = run_settings(o, 1, torch.device("cpu"), None)["options"]
     for name in RESUME_FIXED:
-        if name in saved["options"] and now[name] != saved["options"][name]:
+        if now[name] != saved["options"][name]:  # read_settings: every one is there
             show = lambda v: " ".join(map(str, v)) if isinstance(v, list) else v  # noqa: E731
             raise ValueError(f"--resume: --{name.replace('_', '-')} {show(now[name])} differs from this run's "
                              f"{show(saved['options'][name])} ({out / 'settings.json'}); a new --out starts a new run")
@@ -160,6 +178,29 @@ def full_disk_line(what: Path, needed: int) -> str:
     free = shutil.disk_usage(next(p for p in (what, *what.parents) if p.exists())).free
     size = lambda n: f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"  # noqa: E731
     return f"{what}: no space left on device (needs about {size(needed)}, {size(free)} free)"
+
+
+def on_rank_0(work, *args, device, what: str, group=None):
+    """work(*args) on rank 0 alone (the export, settings.json, an evaluation) while the others wait, and its failure
+    on every rank: rank 0 raises its own exception, the others one of its kind (DiskFull, ValueError,
+    FileNotFoundError, else RuntimeError), so that all stop together with the exit code and the one line of rank
+    0 (train.run prints rank 0's), instead of waiting at a barrier for a rank that has left. Returns rank 0's
+    result (None on the others). group: a gloo group with a long timeout (an evaluation may outlast NCCL's)."""
+    result, failed, kinds = None, None, (DiskFull, ValueError, FileNotFoundError, Exception)
+    if dist.get_rank() == 0:
+        try:
+            result = work(*args)
+        except Exception as e:
+            failed = e
+    code = torch.tensor([0 if failed is None else 1 + next(i for i, k in enumerate(kinds) if isinstance(failed, k))],
+                        device="cpu" if group is not None else device)
+    dist.all_reduce(code, op=dist.ReduceOp.MAX, group=group)  # rank 0's code: the others hold 0
+    if failed is not None:
+        raise failed
+    if code.item():
+        kind = kinds[int(code.item()) - 1]
+        raise (RuntimeError if kind is Exception else kind)(f"{what} failed on rank 0")
+    return result
 
 
 def agree_any(flag: bool, device) -> bool:
@@ -223,183 +264,7 @@ def _leaves(tree):
         yield tree
 
 
-# ---------------------------------------------------------------- reading a checkpoint runs nothing from it
-
-class Untrusted(ValueError):
-    """A checkpoint file whose pickle names something no checkpoint of this project holds: refused unread."""
-
-
-class Unreadable(ValueError):
-    """A checkpoint file whose bytes are not what its .metadata says (corrupt, sizes intact): damage() cannot
-    see it, DCP finds it while reading, maybe on one rank only."""
-
-
-def _weights_only_error(e: pickle.UnpicklingError, file: Path, what: str) -> ValueError:
-    """torch.load(weights_only=True)'s refusal as our line, never its advice (to retry with weights_only=False):
-    a pickle naming a global it does not admit is Untrusted, anything else a record that is no tensor / value."""
-    text = str(e)
-    if name := re.search(r"GLOBAL (\S+)", text):
-        return Untrusted(f"{file}: refused, the pickle of {what} names {name[1]}, which no checkpoint of this "
-                         f"project holds (nothing from it was run)")
-    reason = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
-    return Unreadable(f"{file}: unreadable, {what} is no pickle torch.load(weights_only=True) reads"
-                      f"{f' ({reason[1]})' if reason else ''}")
-
-
-def _admitted() -> dict:
-    """{(module, name): object} for every global a DCP .metadata of this project names, found by listing the
-    pickles of real checkpoints (world 1 and 2) with pickletools: DCP's metadata dataclasses, the checkpoint's path,
-    torch.Size, dtypes, layouts by name, the memory-format enum. None of them runs anything when the unpickler
-    builds it: a dataclass stores its fields, torch.Size takes ints, _get_layout and an Enum look a name / value
-    up, PosixPath joins strings (no I/O), and a dtype is a constant. The objects are resolved here, so the
-    unpickler imports nothing either."""
-    md = dcp_metadata
-    admitted = {("torch.distributed.checkpoint.metadata", c.__name__): c for c in (
-        md.Metadata, md.MetadataIndex, md.StorageMeta, md.TensorStorageMetadata, md.BytesStorageMetadata,
-        md.ChunkStorageMetadata, md.TensorProperties, md._MEM_FORMAT_ENCODING)}
-    admitted |= {("torch.distributed.checkpoint.filesystem", "_StorageInfo"): dcp_filesystem._StorageInfo,
-                 ("torch", "Size"): torch.Size, ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
-                 ("pathlib", "PosixPath"): pathlib.PosixPath,  # StorageMeta.checkpoint_id
-                 ("pathlib._local", "PosixPath"): pathlib.PosixPath}  # its module from Python 3.13 on
-    return admitted | {("torch", name): v for name, v in vars(torch).items() if isinstance(v, torch.dtype)}
-
-
-_ADMITTED = _admitted()
-_DISTCP = re.compile(r"__\d+_\d+\.distcp")  # what FileSystemWriter names a rank's file: never a path elsewhere
-
-
-class _Unpickler(pickle.Unpickler):
-    """pickle's unpickler, with find_class admitting _ADMITTED only: every global a pickle may call or build
-    (REDUCE, NEWOBJ, BUILD, INST, OBJ, EXT* all go through find_class) is one of those, so nothing else runs."""
-
-    def __init__(self, file, path: Path):
-        super().__init__(file)
-        self.path = path
-
-    def find_class(self, module, name):
-        if (module, name) not in _ADMITTED:
-            raise Untrusted(f"{self.path}: refused, its pickle names {module}.{name}, which no checkpoint of this "
-                            f"project holds (nothing from it was run; share exports, not run folders: README)")
-        return _ADMITTED[module, name]
-
-    def persistent_load(self, pid):
-        raise Untrusted(f"{self.path}: refused, its pickle asks for a persistent object, which no checkpoint of this "
-                        f"project holds")
-
-
-def _check_metadata(metadata, path: Path):
-    """What DCP will follow in a .metadata, checked against what this project writes: tensors under model. and
-    optim.state., the few plain values elsewhere, every entry's bytes in a rank file of this folder, untransformed."""
-    def refuse(what):
-        return Untrusted(f"{path}: refused, not a checkpoint of this project ({what})")
-    md = dcp_metadata
-    if not isinstance(metadata, md.Metadata):
-        raise refuse(f"a pickled {type(metadata).__name__}, not DCP's Metadata")
-    entries, storage = metadata.state_dict_metadata, metadata.storage_data
-    if not isinstance(entries, dict) or not isinstance(storage, dict):
-        raise refuse("state_dict_metadata / storage_data are not dicts")
-    for key, entry in entries.items():
-        tensor = isinstance(key, str) and key.startswith(("model.", "optim.state."))
-        if not isinstance(entry, md.TensorStorageMetadata if tensor else md.BytesStorageMetadata):
-            raise refuse(f"entry {key!r} is a {type(entry).__name__}")
-    for index, info in storage.items():
-        if not (isinstance(index, md.MetadataIndex) and isinstance(info, dcp_filesystem._StorageInfo)):
-            raise refuse(f"a storage entry {type(index).__name__}: {type(info).__name__}")
-        if not (isinstance(info.relative_path, str) and _DISTCP.fullmatch(info.relative_path)):
-            raise refuse(f"{index.fqn!r} is stored in {info.relative_path!r}, not a rank file __R_N.distcp beside it")
-        if not all(type(n) is int and n >= 0 for n in (info.offset, info.length)):
-            raise refuse(f"{index.fqn!r} at offset {info.offset!r}, length {info.length!r}")
-        if info.transform_descriptors:  # DCP would decompress it (ZStandard); this project writes raw bytes
-            raise refuse(f"{index.fqn!r} transformed by {info.transform_descriptors!r}")
-
-
-class SafeReader(FileSystemReader):
-    """DCP's FileSystemReader whose .metadata goes through _Unpickler and _check_metadata (DCP's own is a plain
-    pickle.load: a run folder from elsewhere could run any code). read_metadata takes no rank argument, so DCP
-    never falls back to the rank-local __R.metadata files this project does not write."""
-
-    def read_metadata(self) -> dcp_metadata.Metadata:
-        path = Path(self.path) / ".metadata"
-        with open(path, "rb") as f:
-            metadata = _Unpickler(f, path).load()
-        _check_metadata(metadata, path)
-        if metadata.storage_meta is None:
-            metadata.storage_meta = dcp_metadata.StorageMeta()
-        metadata.storage_meta.load_id = self.load_id  # as DCP's read_metadata does
-        return metadata
-
-    def read_data(self, plan, planner):
-        """DCP's read, one file at a time, so that a record it cannot read is a line naming its file: the tensors'
-        torch.load(weights_only=True) refusing a pickle, a record that is no zip archive."""
-        by_file = {}
-        for item in plan.items:
-            by_file.setdefault(self.storage_data[item.storage_index].relative_path, []).append(item)
-        for name, items in by_file.items():
-            file = Path(self.path) / name
-            try:
-                super().read_data(dataclasses.replace(plan, items=items), planner).wait()
-            except (Untrusted, Unreadable):
-                raise
-            except pickle.UnpicklingError as e:
-                raise _weights_only_error(e, file, "a tensor") from None
-            except (RuntimeError, ValueError, OSError, EOFError) as e:  # e.g. "PytorchStreamReader failed ..."
-                raise Unreadable(f"{file}: unreadable ({type(e).__name__}: "
-                                 f"{(str(e).strip().splitlines() or [''])[0]})") from None
-        done = Future()
-        done.set_result(None)
-        return done
-
-
-class SafePlanner(DefaultLoadPlanner):
-    """DCP's default load planner, except that the plain values of a checkpoint (the step, the seed, Adam's
-    hyper-parameters) are unpickled by torch.load(weights_only=True), as its tensors are: DCP's own load_bytes
-    uses weights_only=False on the .distcp bytes."""
-
-    def __init__(self, checkpoint: Path):
-        super().__init__()
-        self.checkpoint = checkpoint
-
-    def load_bytes(self, read_item, value):
-        try:
-            obj = torch.load(value, weights_only=True)
-        except pickle.UnpicklingError as e:
-            file = self.checkpoint / self.metadata.storage_data[read_item.storage_index].relative_path
-            raise _weights_only_error(e, file, repr(read_item.dest_index.fqn)) from None
-        mine = io.BytesIO()
-        torch.save(obj, mine)  # DCP places the value; it unpickles these bytes, written here from a plain value
-        mine.seek(0)
-        super().load_bytes(read_item, mine)
-
-
-def _ours(e: BaseException) -> ValueError | None:
-    """Our Untrusted / Unreadable inside DCP's CheckpointException (a rank's read failed, maybe another rank's)."""
-    seen = [e]
-    while seen:
-        e = seen.pop()
-        if isinstance(e, (Untrusted, Unreadable)):
-            return e
-        failures = [f[0] if isinstance(f, tuple) else f for f in getattr(e, "failures", {}).values()]
-        seen += [x for x in (e.__cause__, e.__context__, *failures) if isinstance(x, BaseException)]
-    return None
-
-
-def dcp_load(state: dict, checkpoint: Path, no_dist: bool = False):
-    """dcp.load through SafeReader and SafePlanner. DCP gathers every rank's error into the CheckpointException
-    each rank raises, so every rank turns it into the same one line: ours (a refused file, a file whose records
-    are unreadable, which damage() cannot see from the sizes alone), else the lowest failing rank's error (e.g.
-    another model's shapes). A signal (KeyboardInterrupt) inside DCP stays what it is."""
-    try:
-        dcp.load(state, storage_reader=SafeReader(checkpoint), planner=SafePlanner(checkpoint), no_dist=no_dist)
-    except (Exception, CheckpointException) as e:
-        if (mine := _ours(e)) is not None:
-            raise type(mine)(str(mine)) from None
-        failures = sorted((rank, f[0] if isinstance(f, tuple) else f) for rank, f in getattr(e, "failures", {}).items())
-        if failures and all(isinstance(error, Exception) for _, error in failures):
-            rank, error = failures[0]
-            raise Unreadable(f"{checkpoint}: unreadable checkpoint (rank {rank}: {type(error).__name__}: "
-                             f"{(str(error).strip().splitlines() or [''])[0]})") from None
-        raise
-
+# ---------------------------------------------------------------- loading a checkpoint (through safe_dcp)
 
 def damage(checkpoint: Path) -> str | None:
     """What is wrong with a DCP checkpoint folder, from its .metadata and its files' sizes (no data read): a
@@ -503,43 +368,32 @@ def gather_plain(model, args: ModelArgs) -> Transformer | None:
 
 
 def export(model, args: ModelArgs, base: dict | None, opts, tokenizer_path, device) -> Path:
-    """Gather the full state dict on rank 0 and write it to --out/final (write_hf_folder). Rank 0 alone writes,
-    so the kind of its failure (a full disk: DiskFull; bad input: ValueError; anything else) goes to every rank,
-    which raises the same kind: all stop together, with rank 0's one line, instead of waiting at a barrier for a
-    rank that has left."""
+    """Gather the full state dict on rank 0 and write it to --out/final (write_hf_folder). Rank 0 alone writes;
+    its failure stops every rank (on_rank_0)."""
     plain = gather_plain(model, args)
     final = Path(opts.out) / "final"
-    failed, kinds = None, (DiskFull, ValueError, Exception)  # codes 1, 2, 3; 0: written
-    if dist.get_rank() == 0:
-        try:  # bf16 is what LLaMA checkpoints ship; the fp32 masters stay in checkpoints/
-            write_hf_folder(plain, base, opts.model, tokenizer_path, final,
-                            torch.bfloat16 if device.type == "cuda" else None)
-        except Exception as e:
-            failed = e
-    code = torch.tensor([0 if failed is None else 1 + next(i for i, k in enumerate(kinds) if isinstance(failed, k))],
-                        device=device)
-    dist.all_reduce(code, op=dist.ReduceOp.MAX)  # rank 0's code: the others hold 0
-    if failed is not None:
-        raise failed
-    if code.item():
-        kind = kinds[int(code.item()) - 1]
-        raise (RuntimeError if kind is Exception else kind)(f"the export to {final} failed on rank 0")
+    # bf16 is what LLaMA checkpoints ship; the fp32 masters stay in checkpoints/
+    on_rank_0(write_hf_folder, plain, base, opts.model, tokenizer_path, final,
+              torch.bfloat16 if device.type == "cuda" else None, device=device, what=f"the export to {final}")
     return final
 
 
 def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_path, folder: Path, dtype):
     """A Hugging Face folder at `folder`, swapped in whole: config.json is --model's own with only what training
-    changed (hf.config_from_args), plus the tokenizer files transformers / vLLM look for."""
+    changed (hf.config_from_args), plus the tokenizer files transformers / vLLM look for. A failure leaves nothing
+    of it: its temporary is removed, and so is the parent this call made (exports/ of a first --export-only)."""
     if plain.args.tie_word_embeddings:
         plain.lm_head.weight = plain.model.embed_tokens.weight  # assign / to_empty replaced the shared tensor
     if dtype is not None:
         plain.to(dtype)
     tmp, old = folder.with_name(f".tmp-{folder.name}"), folder.with_name(f".old-{folder.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
     files = tokenizer_files(tokenizer_path)  # every tokenizer file of its folder, chat templates included
     if model_dir and (Path(model_dir) / "generation_config.json").is_file():  # what transformers / vLLM read
         files["generation_config.json"] = Path(model_dir) / "generation_config.json"
+    made = not folder.parent.exists()
     try:
+        folder.parent.mkdir(exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed export
         save_pretrained(plain, tmp, base_config=base)  # rope scaling, max_position_embeddings = L_t, L_c recorded
         for name, source in files.items():
             (tmp / name).parent.mkdir(exist_ok=True)  # additional_chat_templates/
@@ -551,11 +405,13 @@ def write_hf_folder(plain: Transformer, base: dict | None, model_dir, tokenizer_
                 tokenizer_config.write_text(json.dumps({**config, "model_max_length": target}, indent=2) + "\n")
     except Exception as e:  # ENOSPC arrives as OSError, or inside safetensors' SafetensorError (os error 28)
         needed = nbytes(plain.state_dict().values()) + sum(f.stat().st_size for f in files.values())
-        if not (disk_full(e) or shutil.disk_usage(folder.parent).free < needed):
-            raise
+        full = disk_full(e) or folder.parent.exists() and shutil.disk_usage(folder.parent).free < needed
         shutil.rmtree(tmp, ignore_errors=True)
-        with contextlib.suppress(OSError):  # exports/ made for this export (final/'s parent, --out, is never empty)
-            folder.parent.rmdir()  # removes an empty folder only
+        if made:
+            with contextlib.suppress(OSError):  # empty now, unless another export writes into it meanwhile
+                folder.parent.rmdir()
+        if not full:
+            raise
         raise DiskFull(f"{full_disk_line(folder, needed)}; removed the partial export, {folder} is as it was") \
             from None
     if folder.exists():

@@ -6,8 +6,9 @@
     python -m pytest tests/test_model.py tests/test_families.py -q
 
 model.py is the network and reads no file; this file is everything between it and a folder on disk. config.json is
-read into ModelArgs (args_from_config) with every key checked for type and range as it is read, and written back
-(config_from_args) so that transformers 4 / 5 and vLLM compute what the model computes. Weights are checked from
+read into ModelArgs (args_from_config) with every key checked for type and range as it is read (a null read as
+transformers 5 reads it, or refused where it fails: NULL_IS_DEFAULT), and written back (config_from_args) so that
+transformers 4 / 5 and vLLM compute what the model computes. Weights are checked from
 the safetensors headers alone before gigabytes are allocated (check_checkpoint), loaded one tensor at a time into a
 meta-built model, and saved sharded under a temporary name. Modules carry Hugging Face's names
 (model.layers.{i}.self_attn.q_proj, ...), so state_dict() keys are the checkpoint keys: no key map.
@@ -79,20 +80,34 @@ REFUSED = {
 REFUSED["gemma3_text"] = REFUSED["gemma3"]
 
 
+# A null config.json key: what transformers 5.25 reads it as, checked for every family in its side environment
+# (benchmarks/hf_nulls.py). Ids and the window: none; rope_scaling / rope_parameters / partial_rotary_factor and a
+# top-level original_max_position_embeddings: absent (rope.py); these keys: their default (absent), for the families
+# listed only, the others failing on it (MistralConfig's num_key_value_heads, Qwen3Config's head_dim) or, where the
+# family does not read the key, treating it as false. Any other null this file reads is refused, never a default.
+NULL_IS_DEFAULT = {"num_key_value_heads": ("llama", "qwen2", "qwen3", "olmo2"),  # = num_attention_heads
+                   "head_dim": ("llama", "mistral"),  # = hidden_size / num_attention_heads
+                   "attention_bias": ("mistral", "qwen2"), "mlp_bias": ("mistral", "qwen2", "qwen3", "olmo2"),
+                   "use_sliding_window": ("llama", "mistral", "olmo2")}
+
+
 def args_from_config(config: dict) -> ModelArgs:
-    """From a config.json dict; omitted keys take HF LlamaConfig's defaults."""
-    family = family_fields(config)
-    config = {**FAMILY_DEFAULTS.get(config.get("model_type"), {}), **config}
-    if config.get("hidden_act", "silu") != "silu":
+    """From a config.json dict; omitted keys take HF LlamaConfig's defaults, null ones as NULL_IS_DEFAULT says."""
+    family, model_type = family_fields(config), config.get("model_type", "llama")
+    config = {**FAMILY_DEFAULTS.get(model_type, {}), **config}
+    if config_value(config, "hidden_act", "silu", str) != "silu":
         raise ValueError(f"hidden_act {config['hidden_act']!r} is not supported (LLaMA's SwiGLU needs 'silu')")
 
+    def read(key, default, kind, **limits):
+        return config_value(config, key, default, kind, null=model_type in NULL_IS_DEFAULT.get(key, ()), **limits)
+
     def positive(key, default):
-        return config_value(config, key, default, int, low=1)
+        return read(key, default, int, low=1)
 
     def flag(key, default=False):
-        return config_value(config, key, default, bool)
+        return read(key, default, bool)
 
-    def token_ids(key, default):  # an id, a list of them (Llama 3 Instruct's EOS) or null
+    def token_ids(key, default):  # an id, a list of them (Llama 3 Instruct's EOS) or null (none)
         value = config.get(key, default)
         for i in value if isinstance(value, list) else [] if value is None else [value]:
             if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < 2**31:
@@ -104,13 +119,14 @@ def args_from_config(config: dict) -> ModelArgs:
     n_kv_heads = positive("num_key_value_heads", n_heads)
     if n_heads % n_kv_heads:
         raise ValueError(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}")
-    if config.get("head_dim") is None and dim % n_heads:
+    head_dim = positive("head_dim", None)
+    if head_dim is None and dim % n_heads:
         raise ValueError(f"hidden_size {dim} is not divisible by num_attention_heads {n_heads} (set head_dim)")
     window = config.get("sliding_window") if flag("use_sliding_window", True) else None  # Qwen's: refused
     return ModelArgs(dim=dim, n_layers=positive("num_hidden_layers", 32), n_heads=n_heads, n_kv_heads=n_kv_heads,
-                     head_dim=positive("head_dim", dim // n_heads), hidden_dim=positive("intermediate_size", 11008),
+                     head_dim=head_dim or dim // n_heads, hidden_dim=positive("intermediate_size", 11008),
                      vocab_size=positive("vocab_size", 32000),
-                     norm_eps=config_value(config, "rms_norm_eps", 1e-6, above=0),  # 0: rsqrt(0) of a zero row
+                     norm_eps=read("rms_norm_eps", 1e-6, float, above=0),  # 0: rsqrt(0) of a zero row
                      max_position_embeddings=positive("max_position_embeddings", 2048), rope=rope_parameters(config),
                      tie_word_embeddings=flag("tie_word_embeddings"), mlp_bias=flag("mlp_bias"),
                      sliding_window=None if window is None else positive("sliding_window", None),
@@ -122,14 +138,16 @@ def config_from_args(args: ModelArgs, dtype: torch.dtype = torch.float32, base: 
     """A Hugging Face config.json dict that makes other LLaMA tools compute what this model computes.
 
     base: the config.json this model was loaded from. Its keys are all kept (pad_token_id, use_cache,
-    initializer_range, ...) but those training changes: the rope keys, max_position_embeddings and the
-    dtype. Without it the config is built from these args alone (a model trained from scratch).
+    initializer_range, ...) but those training changes: the rope keys and max_position_embeddings, rewritten when
+    they changed (in both conventions: scaling_to_config), kept as they were when not, and the dtype. Without it
+    the config is built from these args alone (a model trained from scratch).
     """
+    unchanged = False
     if base is not None:
-        same = dataclasses.replace(args_from_config(base), rope=args.rope,
-                                   max_position_embeddings=args.max_position_embeddings)
-        if same != args:
+        read = args_from_config(base)
+        if dataclasses.replace(read, rope=args.rope, max_position_embeddings=args.max_position_embeddings) != args:
             raise ValueError("the base config.json describes another model than the one being saved")
+        unchanged = (read.rope, read.max_position_embeddings) == (args.rope, args.max_position_embeddings)
     rope = scaling_to_config(args.rope, args.head_dim)  # ntk -> raised rope_theta; yarn-revised -> refused type
     # HF's dynamic NTK takes its original window from max_position_embeddings (see rope.scaling_to_config).
     dynamic = args.rope["rope_type"] == "dynamic"
@@ -150,16 +168,19 @@ def config_from_args(args: ModelArgs, dtype: torch.dtype = torch.float32, base: 
             "bos_token_id": args.bos_token_id, "eos_token_id": args.eos_token_id}
         if args.sliding_window:
             config["sliding_window"] = args.sliding_window
-    else:  # every rope key is rewritten below: a stale one of the other convention would contradict it
-        config = {k: v for k, v in base.items() if k not in
-                  ("rope_theta", "rope_scaling", "rope_parameters", "original_max_position_embeddings")}
+    else:  # a changed rope's keys are all rewritten below: a stale one of the other convention would contradict it
+        config = dict(base) if unchanged else {k: v for k, v in base.items() if k not in
+                                               ("rope_theta", "rope_scaling", "rope_parameters",
+                                                "original_max_position_embeddings")}
         # A bare config may lack what picks the class (vLLM reads architectures, transformers model_type).
         config.setdefault("model_type", "mistral" if args.sliding_window else "llama")
         config.setdefault("architectures", [ARCHITECTURES[config["model_type"]]])
-    config["max_position_embeddings"] = context
     # transformers 4 reads "torch_dtype", 5 writes "dtype" (and reads both): update the checkpoint's own.
     for key in [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]:
         config[key] = str(dtype).removeprefix("torch.")
+    if unchanged:  # its own rope keys and window, which its readers read as the model computes
+        return config
+    config["max_position_embeddings"] = context
     if config["model_type"] == "olmo2" and rope.get("rope_scaling", {}).get("type") in ("linear", "dynamic"):
         # transformers 4's Olmo2Config refuses a rope_scaling of other than exactly {type, factor}
         rope["rope_scaling"] = {k: rope["rope_scaling"][k] for k in ("type", "factor")}
@@ -220,9 +241,10 @@ def from_pretrained(path, device="cpu", dtype=torch.bfloat16, rope_scaling: dict
     The model is built on the meta device, materialised once on `device` in `dtype`, and filled one
     tensor at a time, so host memory holds the weights once plus the largest single tensor. The headers
     are checked against the config first (check_checkpoint); a NaN or infinite weight is refused by name.
+    model.source_config is config.json as read (before the override): save_pretrained writes it back.
     """
     path = Path(path)
-    config = load_config(path)
+    config = source = load_config(path)
     try:
         if rope_scaling is not None:
             config = {**config, "rope_scaling": dict(rope_scaling)}
@@ -253,12 +275,14 @@ def from_pretrained(path, device="cpu", dtype=torch.bfloat16, rope_scaling: dict
                         expected[name].copy_(tensor)  # casts to dtype and moves to device in place
             except (SafetensorError, OSError) as e:
                 raise ValueError(f"{file}: unreadable safetensors ({str(e).splitlines()[0]})") from None
+    model.source_config = source
     return model
 
 
 def save_pretrained(model: Transformer, path, max_shard_size: int = 5 * 2**30, base_config: dict | None = None):
     """Write config.json + model.safetensors (or model-0000i-of-0000n.safetensors + index) in HF's layout.
-    base_config: the config.json the weights came from, kept but for what training changed (config_from_args).
+    base_config: the config.json the weights came from, kept but for what training changed (config_from_args);
+    by default the one from_pretrained read (model.source_config), so that every family saves as it loads.
 
     Everything is written into a sibling temp folder first; a failure leaves `path` as it was. Into an
     existing folder, our files replace the old weights and config and leave others (tokenizer) alone.
@@ -282,7 +306,8 @@ def save_pretrained(model: Transformer, path, max_shard_size: int = 5 * 2**30, b
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        config = config_from_args(model.args, model.model.embed_tokens.weight.dtype, base_config)
+        config = config_from_args(model.args, model.model.embed_tokens.weight.dtype,
+                                  model.source_config if base_config is None else base_config)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         names = ["model.safetensors"] if len(shards) == 1 else \
             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]

@@ -29,19 +29,34 @@ class Log:
             for line in lines:
                 print(line, flush=True)
 
-    def open(self, out: Path, start: int, tensorboard: bool) -> list[dict]:
-        """Start writing: metrics.jsonl keeps the rows of the steps a resumed run continues after and drops those a
-        killed run logged beyond them. Returns the rows kept (rank 0; [] elsewhere)."""
-        if not self.on:
+    def read(self, out: Path, start: int) -> list[dict]:
+        """The rows of --out/metrics.jsonl that a run resumed at step `start` keeps (rank 0; [] elsewhere and when
+        starting afresh), read before anything is written: a line that is no row of train.py's (a run folder from
+        elsewhere, a hand edit) is one line naming the file and the line."""
+        metrics = out / "metrics.jsonl"
+        if not (self.on and start and metrics.exists()):
             return []
+        kept = []
+        for number, line in enumerate(metrics.read_text().splitlines(), 1):
+            try:
+                row = json.loads(line)
+                assert isinstance(row, dict) and type(row["step"]) is int
+            except (ValueError, KeyError, AssertionError):
+                raise ValueError(f"{metrics}:{number}: not a row of train.py's metrics.jsonl (a JSON object with an "
+                                 f"integer 'step')") from None
+            if row["step"] <= start:
+                kept.append(row)
+        return kept
+
+    def open(self, out: Path, kept: list[dict], tensorboard: bool):
+        """Start writing: metrics.jsonl holds the rows kept (read) and drops those a killed run logged beyond them."""
+        if not self.on:
+            return
         self.metrics = out / "metrics.jsonl"
-        rows = self.metrics.read_text().splitlines() if self.metrics.exists() and start else []
-        kept = [json.loads(r) for r in rows if json.loads(r)["step"] <= start]
         self.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # checked in options.check_inputs
             self.board = SummaryWriter(log_dir=str(out / "tensorboard"))
-        return kept
 
     def row(self, row: dict, line: str, scalars: dict[str, float]):
         """One logged step or evaluation: its line, its metrics.jsonl row, its TensorBoard scalars."""

@@ -294,6 +294,7 @@ class Transformer(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
+        self.source_config: dict | None = None  # the config.json hf.from_pretrained read (save_pretrained's base)
         self.model = nn.ModuleDict(dict(  # the "model." prefix of HF keys
             embed_tokens=nn.Embedding(args.vocab_size, args.dim),
             layers=nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers)),

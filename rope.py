@@ -155,30 +155,41 @@ def interpolate(rope: dict, kind: str, alpha: float, original: int, beta_fast: f
     return rope_parameters(scaled)
 
 
-def config_value(config: dict, key: str, default=None, kind=float, low=None, above=None):
-    """config[key] (default when absent or null), checked as it is read: one ValueError naming the key and the
-    value, so that no TypeError / OverflowError from a malformed config.json reaches the user further on.
+def config_value(config: dict, key: str, default=None, kind=float, low=None, above=None, null: bool = False):
+    """config[key] (default when absent), checked as it is read: one ValueError naming the key and the value, so
+    that no TypeError / OverflowError from a malformed config.json reaches the user further on.
     kind float: a finite number (an int is fine) >= low and > above; int: an integer in low .. 2^31 - 1 (a shape
-    or a position; larger ones overflow torch's sizes); bool, str, dict, list: that JSON type."""
+    or a position; larger ones overflow torch's sizes); bool, str, dict, list: that JSON type.
+    null: whether a null reads as absent (the default), as transformers reads it; else it is refused, never
+    guessed (transformers fails on it, or reads it as something other than the key's default)."""
     value = config.get(key)
-    if value is None:
-        return default
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is float:
-        finite = number and -1e308 < value < 1e308  # False for NaN and inf; no OverflowError for a 400-digit int
-        ok = finite and (low is None or value >= low) and (above is None or value > above)
         what = "a finite number" + (f" >= {low:g}" if low is not None else "") + (f" > {above:g}" if above is not None
                                                                                   else "")
     elif kind is int:
-        ok = number and isinstance(value, int) and (low is None or value >= low) and value < 2**31
         what = f"an integer in {low if low is not None else -2**31} .. {2**31 - 1}"
     else:
-        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
         what = {bool: "true or false", str: "a string", dict: "an object", list: "a list"}[kind]
+    if value is None and (null or key not in config):
+        return default
+    if value is None:
+        raise ValueError(f"config key {key!r} must be {what}, got null (transformers does not read this null as a "
+                         f"default either)")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is float:
+        ok = number and -1e308 < value < 1e308 and (low is None or value >= low) and (above is None or value > above)
+    elif kind is int:  # -1e308 < value < 1e308: False for NaN and inf; no OverflowError for a 400-digit int
+        ok = number and isinstance(value, int) and (low is None or value >= low) and value < 2**31
+    else:
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
     if not ok:
         raise ValueError(f"config key {key!r} must be {what}, got {value!r}")
     return float(value) if kind is float else value
 
+
+# YaRN's optional keys that transformers reads as their defaults when null (`get(key) or 32`, `if ... is None`);
+# a null truncate it reads as false (its default is true), a null llama3 band factor it fails on: both refused.
+_NULL_IS_DEFAULT = ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim")
 
 
 def rope_parameters(config: dict) -> dict:
@@ -187,28 +198,30 @@ def rope_parameters(config: dict) -> dict:
     Old: top-level rope_theta + rope_scaling {"type"|"rope_type", "factor", ...}; new: rope_parameters
     {"rope_type", "rope_theta", ...}. A non-null rope_scaling wins (as in HF, so it works as an override);
     a canonical dict (top-level rope_type) is returned normalised, so the function is idempotent.
-    Every key read is checked for type and range (config_value): a NaN factor or a negative base is one line.
+    Every key read is checked for type and range (config_value): a NaN factor or a negative base is one line; a
+    null is read as transformers 5 reads it (absent) or refused where it fails on it or reads something else.
     """
-    blocks = {key: config_value(config, key, {}, dict) for key in ("rope_scaling", "rope_parameters")}
+    blocks = {key: config_value(config, key, {}, dict, null=True) for key in ("rope_scaling", "rope_parameters")}
     if "rope_type" in config and not blocks["rope_scaling"] and not blocks["rope_parameters"]:
         scaling = dict(config)
     else:
         scaling = dict(blocks["rope_scaling"] or blocks["rope_parameters"])
-    # θ_j = base^(-2j/d) needs base > 1: at 1 every pair turns alike (and YaRN's ramp divides by ln base).
-    theta = next((config_value(c, "rope_theta", above=1) for c in (scaling, config, blocks["rope_parameters"])
-                  if c.get("rope_theta")), 10000.0)
+    theta = rope_theta(config, scaling, blocks)
     name = config_value(scaling, "rope_type", None, str) or config_value(scaling, "type", None, str) or "default"
     rope_type = _ALIASES.get(name, name)
     if rope_type not in ROPE_TYPES:
         raise ValueError(f"unknown rope type {name!r} in config; supported: {', '.join(ROPE_TYPES)}")
     for c in (scaling, config):  # transformers 5 reads it from the rope block, 4 from the top level
-        if config_value(c, "partial_rotary_factor", 1.0) != 1.0:
+        if config_value(c, "partial_rotary_factor", 1.0, null=True) != 1.0:
             raise ValueError(f"partial_rotary_factor={c['partial_rotary_factor']} is not supported (only 1.0)")
-    # HF reads the pre-training window from rope_scaling, else a top-level key (Phi-3), else max_position_embeddings.
-    original = next((config_value(c, k, kind=int, low=1) for c, k in (
-        (scaling, "original_max_position_embeddings"), (config, "original_max_position_embeddings"),
-        (config, "max_position_embeddings")) if c.get(k)), 2048)
-    factor = config_value(scaling, "factor", low=1)
+    # HF reads the pre-training window from the rope block, else a top-level key (Phi-3), else
+    # max_position_embeddings. A null one in the block: yarn and llama3 fail on it, the other types do not read it.
+    own = rope_type in ("yarn", "yarn-revised", "llama3")
+    original = next((v for c, k, null in ((scaling, "original_max_position_embeddings", not own),
+                                          (config, "original_max_position_embeddings", True),
+                                          (config, "max_position_embeddings", False))
+                     if (v := config_value(c, k, None, int, low=1, null=null)) is not None), 2048)
+    factor = config_value(scaling, "factor", low=1, null=True)  # null: absent, as HF reads it (yarn's fallback)
     if rope_type == "default":
         factor = 1.0
     elif factor is None and rope_type == "yarn" and config.get("max_position_embeddings"):
@@ -220,9 +233,11 @@ def rope_parameters(config: dict) -> dict:
     rope = {"rope_type": rope_type, "rope_theta": theta, "factor": factor,
             "original_max_position_embeddings": original}
     for key in _EXTRA.get(rope_type, ()):
-        if scaling.get(key) is not None:
-            rope[key] = config_value(scaling, key, kind=bool) if key == "truncate" else \
-                config_value(scaling, key, above=0 if key in ("beta_fast", "beta_slow", "attention_factor") else None)
+        value = config_value(scaling, key, None, bool if key == "truncate" else float,
+                             above=0 if key in ("beta_fast", "beta_slow", "attention_factor") else None,
+                             null=key in _NULL_IS_DEFAULT)
+        if value is not None:
+            rope[key] = value
     if rope_type == "llama3" and not {"low_freq_factor", "high_freq_factor"} <= rope.keys():
         raise ValueError("rope type 'llama3' needs 'low_freq_factor' and 'high_freq_factor'")
     if rope_type == "llama3" and rope["high_freq_factor"] <= rope["low_freq_factor"]:  # the blend divides by it
@@ -230,6 +245,27 @@ def rope_parameters(config: dict) -> dict:
                          f"{rope['low_freq_factor']}")
     return rope
 
+
+def rope_theta(config: dict, scaling: dict, blocks: dict) -> float:
+    """The rope base, from wherever config.json gives it. transformers 4 reads the top-level rope_theta; 5 reads
+    the rope block's (rope_scaling's if that is non-null, else rope_parameters'), else the top-level one. Given in
+    two places with two values, the base is ambiguous: refused, naming both and what each version reads."""
+    # θ_j = base^(-2j/d) needs base > 1: at 1 every pair turns alike (and YaRN's ramp divides by ln base).
+    in_block = any(b.get("rope_theta") is not None for b in blocks.values())
+    given = {}
+    for where, c in (("rope_theta", config), ("rope_scaling's rope_theta", blocks["rope_scaling"]),
+                     ("rope_parameters' rope_theta", blocks["rope_parameters"])):
+        # a null top-level one transformers 5 reads past, to the block's; a null in a block it fails on
+        value = config_value(c, "rope_theta", None, above=1, null=c is config and in_block)
+        if value is not None:
+            given[where] = value
+    if len(set(given.values())) > 1:
+        v4 = given.get("rope_theta", 10000.0)
+        v5 = config_value(scaling, "rope_theta", None, above=1) or v4
+        both = " and ".join(f"{where} {value:g}" for where, value in given.items())
+        raise ValueError(f"config keys disagree on the rope base: {both} (transformers 4 reads {v4:g}, "
+                         f"transformers 5 {v5:g}): make them equal")
+    return next(iter(given.values()), 10000.0)  # one value wherever it is given (an override keeps the block's)
 
 
 def scaling_to_config(rope: dict, head_dim: int) -> dict:

@@ -20,6 +20,7 @@ import functools
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -33,8 +34,8 @@ from torch.distributed.tensor import DTensor
 
 import pose
 from checkpoints import (DiskFull, checkpoint_state, export, find_checkpoint, latest_checkpoint, load_checkpoint,
-                         load_weights, read_settings, run_settings, save_checkpoint, weights_finite, write_hf_folder,
-                         write_settings)
+                         load_weights, on_rank_0, read_settings, run_settings, save_checkpoint, weights_finite,
+                         write_hf_folder, write_settings)
 from data import Tokenizer, as_list, check_vocabulary, default_tokenizer, describe, find_files, needs_tokenizer, \
     read_documents
 from distributed import (agreed, attention_kernels, build_model, build_optimizer, distributed, keep_freed_memory)
@@ -237,10 +238,8 @@ def train(opts: TrainOptions, device, signals: Signals | None = None) -> Transfo
     start = resume(model, optim, opts, log) if opts.resume else 0
     # Only now, with the data read, the weights loaded (and found finite) and any checkpoint resumed, is anything
     # written: a bad input found on the way leaves a fresh --out absent and a resumed one as it was.
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        write_settings(out, run_settings(opts, world, device, tokenizer_path))
-    kept = log.open(out, start, opts.tensorboard)
+    kept = on_rank_0(open_run, out, run_settings(opts, world, device, tokenizer_path), log, start, opts.tensorboard,
+                     device=device, what=f"writing {out / 'settings.json'}") or []
     evaluate_at = functools.partial(evaluate_step, model, args, ev, device, wait_group, log, opts.steps)
     flops = flops_per_token(model, opts.target if opts.method == "full" else opts.window)
     try:
@@ -308,6 +307,21 @@ def resume(model, optim, opts: TrainOptions, log: Log) -> int:
     return start
 
 
+def open_run(out: Path, settings: dict, log: Log, start: int, tensorboard: bool) -> list[dict]:
+    """Rank 0's first writes: --out, settings.json, metrics.jsonl; returns the metrics rows a resumed run keeps.
+    metrics.jsonl is read before anything is written, and an --out made here is removed again on a failure."""
+    kept, made = log.read(out, start), not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_settings(out, settings)
+        log.open(out, kept, tensorboard)
+    except Exception:
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return kept
+
+
 def save(model, optim, step: int, opts: TrainOptions):
     """A checkpoint of this step, never of non-finite weights (a finite loss, then an infinite gradient)."""
     out = Path(opts.out)
@@ -319,9 +333,10 @@ def save(model, optim, step: int, opts: TrainOptions):
 
 # ---------------------------------------------------------------- --export-only, main
 
-def export_only(opts: TrainOptions) -> Path:
+def export_only(opts: TrainOptions, device) -> Path:
     """--export-only: --out's checkpoint (--checkpoint step_N, default the latest) as a Hugging Face folder
-    --out/exports/step_N; the run's settings.json says what was trained (checkpoints.py does the loading)."""
+    --out/exports/step_N; the run's settings.json says what was trained (checkpoints.py does the loading). Rank 0
+    alone loads and writes; its failure stops every rank (on_rank_0)."""
     out = Path(opts.out)
     settings = read_settings(out)
     if settings is None:
@@ -330,12 +345,13 @@ def export_only(opts: TrainOptions) -> Path:
     checkpoint = find_checkpoint(out, opts.checkpoint)
     config = checkpoint_config(run)
     folder = out / "exports" / checkpoint.name
-    if dist.get_rank() == 0:
-        plain = load_weights(training_args(run, config), checkpoint)
-        folder.parent.mkdir(exist_ok=True)
-        write_hf_folder(plain, config if run.model else None, run.model, settings["tokenizer_file"], folder,
+
+    def write():
+        write_hf_folder(load_weights(training_args(run, config), checkpoint), config if run.model else None,
+                        run.model, settings["tokenizer_file"], folder,
                         torch.bfloat16 if settings["device"] == "cuda" else None)
-    dist.barrier()
+
+    on_rank_0(write, device=device, what=f"the export to {folder}")
     return folder
 
 
@@ -361,7 +377,7 @@ def run(opts: TrainOptions, device, signals: Signals, argv: list[str]) -> tuple[
     """(exit code, the one line to print) of a run; nothing of it (no traceback, no model) outlives the call."""
     try:
         if opts.export_only:
-            folder = export_only(opts)
+            folder = export_only(opts, device)
             return 0, f"exported {folder}"
         train(opts, device, signals)
         return 0, None

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 import evaluate
-from checkpoints import gather_plain
+from checkpoints import gather_plain, on_rank_0
 from data import Tokenizer
 from metrics import Log, eval_line
 from model import ModelArgs
@@ -107,27 +107,28 @@ def run_eval(model, args: ModelArgs, ev: Evaluation | None, device, wait_group) 
     number of forwards on every rank (greedy decoding stops on EOS per prompt), and its numbers would come from
     FSDP2's mixed-precision path, --compile's kernels and activation checkpointing rather than from evaluate.py's
     plain model. The price is one full copy on rank 0 for the duration (bf16 on a GPU: 2 bytes a parameter,
-    after 4 of host memory for the gathered fp32 weights, as export() takes), and idle ranks. They wait in a
-    barrier on wait_group, a gloo group with a long timeout: an evaluation may outlast NCCL's default collective
-    timeout (10 minutes; gloo's is 30)."""
+    after 4 of host memory for the gathered fp32 weights, as export() takes), and idle ranks. They wait for rank
+    0's outcome (checkpoints.on_rank_0: its failure stops every rank) on wait_group, a gloo group with a long
+    timeout: an evaluation may outlast NCCL's default collective timeout (10 minutes; gloo's is 30)."""
     plain = gather_plain(model, args)
-    row = None
-    if plain is not None:
+
+    def scores(plain):  # rank 0, on the gathered copy
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # evaluate.py's load_model default
-        plain = plain.to(device=device, dtype=dtype).eval()
+        copy = plain.to(device=device, dtype=dtype).eval()
         p, k = ev.ppl, ev.passkey
-        ppl = evaluate.perplexity(plain, ev.documents, p.lengths, p.stride, ev.bos_id, p.truncate, device, every=None)
-        keys = evaluate.passkey(plain, ev.tokenizer, k.lengths, k.trials, k.depths, k.seed, k.new_tokens, device,
+        ppl = evaluate.perplexity(copy, ev.documents, p.lengths, p.stride, ev.bos_id, p.truncate, device, every=None)
+        keys = evaluate.passkey(copy, ev.tokenizer, k.lengths, k.trials, k.depths, k.seed, k.new_tokens, device,
                                 every=None, fit=k.fit)
         by_length = lambda rows, key: {str(r["length"]): r[key] for r in rows}  # noqa: E731
-        row = {"ppl": by_length(ppl, "ppl"), "passkey": by_length(keys, "accuracy"),
-               "passkey_digits": by_length(keys, "digit_accuracy"), "key_logprob": by_length(keys, "key_logprob")}
+        return {"ppl": by_length(ppl, "ppl"), "passkey": by_length(keys, "accuracy"),
+                "passkey_digits": by_length(keys, "digit_accuracy"), "key_logprob": by_length(keys, "key_logprob")}
+
+    try:  # the others wait in wait_group for rank 0's row, or for its failure, which every rank then raises
+        return on_rank_0(scores, plain, device=device, group=wait_group, what="the evaluation")
+    finally:
         del plain
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the copy's memory back to the training steps
-    if wait_group is not None:
-        dist.barrier(group=wait_group)
-    return row
 
 
 def evaluate_step(model, args: ModelArgs, ev: Evaluation | None, device, wait_group, log: Log, steps: int,

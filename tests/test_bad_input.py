@@ -252,6 +252,19 @@ CONFIGS = {  # config.json keys -> the key the one line names
     "eos_token_id a list with null": ({"eos_token_id": [2, None]}, "'eos_token_id'"),
     "sliding_window 0": ({"model_type": "mistral", "sliding_window": 0}, "'sliding_window'"),
     "use_sliding_window a string": ({"use_sliding_window": "true"}, "'use_sliding_window'"),
+    # issue 35: a null transformers fails on is no default (section 11 has every family); a 0 is no absent key
+    "rms_norm_eps null": ({"rms_norm_eps": None}, "'rms_norm_eps' must be a finite number > 0, got null"),
+    "rope_theta null, no rope block": ({"rope_theta": None, "rope_parameters": None},
+                                       "'rope_theta' must be a finite number > 1, got null"),
+    "rope_theta 0": ({"rope_theta": 0, "rope_parameters": None}, "'rope_theta' must be a finite number > 1, got 0"),
+    "rope_parameters' rope_theta 0": ({"rope_parameters": {"rope_type": "default", "rope_theta": 0}},
+                                      "'rope_theta' must be a finite number > 1, got 0"),
+    "original window 0": ({"rope_scaling": {"type": "linear", "factor": 2, "original_max_position_embeddings": 0}},
+                          "'original_max_position_embeddings' must be an integer in 1 .. 2147483647, got 0"),
+    "rope_theta disagreeing with rope_parameters'": (
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}},
+        "config keys disagree on the rope base: rope_theta 10000 and rope_parameters' rope_theta 500000 "
+        "(transformers 4 reads 10000, transformers 5 500000): make them equal"),
 }
 
 
@@ -433,6 +446,7 @@ import errno  # noqa: E402
 import shutil  # noqa: E402
 
 import checkpoints  # noqa: E402
+import safe_dcp  # noqa: E402
 
 
 def snapshot(folder: Path) -> dict:
@@ -581,6 +595,28 @@ def test_an_export_out_of_space_removes_its_temporary_and_leaves_no_final(finish
     assert not (out / "exports").exists() and snapshot(out / "checkpoints") == before
 
 
+def test_an_export_that_fails_for_another_reason_leaves_no_temporary_and_no_exports_folder(finished, tmp_path,
+                                                                                          monkeypatch):
+    """write_hf_folder makes exports/ and removes what it made whatever the failure (here a write refused after the
+    weights were written); the failure stays its own (a bug's traceback, not a disk-full line)."""
+    out, _ = run_copy(finished, tmp_path)
+    import hf
+    real = hf.save_file
+
+    def refused(*args, **kwargs):
+        real(*args, **kwargs)
+        raise PermissionError(13, "Permission denied", str(args[1]))
+
+    monkeypatch.setattr(hf, "save_file", refused)
+    before = snapshot(out)
+    with pytest.raises(PermissionError):
+        train.main(["--export-only", "--out", str(out)])
+    assert not (out / "exports").exists() and snapshot(out) == before
+    monkeypatch.undo()
+    train.main(["--export-only", "--out", str(out)])
+    assert sorted(p.name for p in (out / "exports").iterdir()) == ["step_000002"]
+
+
 def test_a_npy_out_of_space_removes_its_temporary_and_says_how_far_it_got(spm_model, tmp_path, capsys, monkeypatch):
     real_open = open
 
@@ -708,16 +744,16 @@ def test_a_genuine_checkpoint_passes_the_restricted_reader_and_resumes_through_i
     test_train.py's, which now load through them too)."""
     out, argv = run_copy(finished, tmp_path)
     used = []
-    real_load = checkpoints.dcp.load
+    real_load = safe_dcp.dcp.load
 
     def load(state, **kwargs):
         used.append((type(kwargs["storage_reader"]), type(kwargs["planner"])))
         return real_load(state, **kwargs)
 
-    monkeypatch.setattr(checkpoints.dcp, "load", load)
+    monkeypatch.setattr(safe_dcp.dcp, "load", load)
     train.main([*argv, "--steps", "3", "--resume"])
     train.main(["--export-only", "--out", str(out), "--checkpoint", "2"])
-    assert used == [(checkpoints.SafeReader, checkpoints.SafePlanner)] * 2
+    assert used == [(safe_dcp.SafeReader, safe_dcp.SafePlanner)] * 2
     assert "resumed from" in capsys.readouterr().out
 
 
@@ -1011,7 +1047,7 @@ def test_a_tensor_record_that_is_no_tensor_or_would_run_code_is_one_line_naming_
 def test_a_checkpoint_only_rank_1_cannot_read_is_one_line_of_ours_and_every_rank_exits_2(micro_model, corpus,
                                                                                          tmp_path):
     """A world-2 checkpoint whose rank-1 file holds zeros where a weight's bytes were: only rank 1 reads that
-    file on a world-2 resume. DCP gathers its error to both ranks (checkpoints.dcp_load), so both exit 2 and
+    file on a world-2 resume. DCP gathers its error to both ranks (safe_dcp.dcp_load), so both exit 2 and
     rank 0 prints rank 1's reason; nothing of the run folder changes."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -1029,3 +1065,267 @@ def test_a_checkpoint_only_rank_1_cannot_read_is_one_line_of_ours_and_every_rank
                     "torch.load(weights_only=True) reads (Unsupported operand 0)"], done.stderr[-3000:]
     assert 'File "' + str(ROOT) not in done.stderr and "exitcode  : 2" in done.stderr
     assert snapshot(out) == before
+
+
+# ---------------------------------------------------------------- 11. nulls in config.json (issue 35)
+
+# What transformers 5.25 does with a null key, every family (benchmarks/hf_nulls.py, by hand in its side venv): the
+# keys it fails on for every family, those it fails on for some, and what the nulls it reads mean (an equivalent
+# config.json change). The null truncate it reads as false, not as its default true: refused too.
+FAMILY_TYPES = ("llama", "mistral", "qwen2", "qwen3", "olmo2")
+NULL_FAILS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+              "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings", "hidden_act")
+NULL_FAILS_FOR = {"num_key_value_heads": ("mistral",), "head_dim": ("qwen2", "qwen3", "olmo2"),
+                  "attention_bias": ("llama", "qwen3", "olmo2"), "mlp_bias": ("llama",),
+                  "use_sliding_window": ("qwen2", "qwen3")}
+NULL_MEANS = {"num_key_value_heads": {"num_key_value_heads": 4}, "head_dim": {"head_dim": 16},  # 4 heads, 64 / 4
+              "attention_bias": {"attention_bias": False}, "mlp_bias": {"mlp_bias": False},
+              "use_sliding_window": {}, "sliding_window": {}, "bos_token_id": {"bos_token_id": "NONE"},
+              "eos_token_id": {"eos_token_id": "NONE"}, "rope_scaling": {}, "rope_parameters": {},
+              "partial_rotary_factor": {}, "original_max_position_embeddings": {}}
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 16}
+ROPE_NULLS_REFUSED = {  # config.json change -> the key the one line names (transformers 5 fails on all but truncate)
+    "rope_parameters' rope_theta": ({"rope_theta": None, "rope_parameters": {"rope_type": "default",
+                                                                             "rope_theta": None}}, "'rope_theta'"),
+    "rope_parameters' rope_theta, a top-level one given": ({"rope_parameters": {"rope_type": "default",
+                                                                                "rope_theta": None}}, "'rope_theta'"),
+    "rope_type (type linear)": ({"rope_scaling": {"rope_type": None, "type": "linear", "factor": 2.0}},
+                                "'rope_type' must be a string"),
+    "yarn's original window": ({"rope_scaling": dict(YARN, original_max_position_embeddings=None)},
+                               "'original_max_position_embeddings' must be an integer"),
+    "yarn's truncate": ({"rope_scaling": dict(YARN, truncate=None)}, "'truncate' must be true or false"),
+    "llama3's low_freq_factor": ({"rope_scaling": dict(LLAMA3, low_freq_factor=None)}, "'low_freq_factor'"),
+}
+ROPE_NULLS_READ = {  # config.json change with a null -> the same config without it (transformers 5 reads these)
+    "top-level rope_theta, rope_parameters has one": ({"rope_theta": None}, {"rope_theta": 1e4}),
+    "yarn's factor (max_position_embeddings / the original window)": (  # MICRO's 16 / 4
+        {"rope_scaling": dict(YARN, factor=None, original_max_position_embeddings=4)},
+        {"rope_scaling": dict(YARN, factor=4.0, original_max_position_embeddings=4)}),
+    **{f"yarn's {key}": ({"rope_scaling": dict(YARN, **{key: None})}, {"rope_scaling": YARN})
+       for key in ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim")},
+    "linear's original window (linear does not read it)": (
+        {"rope_scaling": {"rope_type": "linear", "factor": 2.0, "original_max_position_embeddings": None}},
+        {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    "type (rope_type linear)": ({"rope_scaling": {"rope_type": "linear", "type": None, "factor": 2.0}},
+                                {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    "rope_parameters' partial_rotary_factor": (
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": None}}, {}),
+}
+
+
+def family_config(family: str, **change) -> dict:
+    """MICRO's shape as `family`, its keys all given (as released configs give them), then changed."""
+    config = dict(MICRO, model_type=family, head_dim=16, rms_norm_eps=1e-5, rope_theta=1e4, tie_word_embeddings=False,
+                  attention_bias=False, mlp_bias=False, hidden_act="silu", bos_token_id=1, eos_token_id=2,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1e4}, **(
+                      {"sliding_window": 4096} if family == "mistral" else {"use_sliding_window": False}
+                      if family in ("qwen2", "qwen3") else {}))
+    config.update(change)
+    return {k: (None if v == "NONE" else v) for k, v in config.items() if v != "ABSENT"}
+
+
+NULLS_REFUSED = [(f, k) for f in FAMILY_TYPES for k in NULL_FAILS] + [
+    (f, k) for k, families in NULL_FAILS_FOR.items() for f in families]
+
+
+@pytest.mark.parametrize("family,key", NULLS_REFUSED, ids=[f"{f} {k}" for f, k in NULLS_REFUSED])
+def test_a_null_transformers_fails_on_is_refused_in_one_line_naming_file_key_and_null(micro_model, tmp_path, capsys,
+                                                                                     family, key):
+    """Never the silent default it used to be (rms_norm_eps null was 1e-6); from every entry point for LLaMA."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(family_config(family, **{key: None})))
+    with pytest.raises(ValueError) as e:
+        load_config(model)
+    assert str(e.value).startswith(f"{model / 'config.json'}: config key {key!r} must be ") and \
+        str(e.value).endswith("got null (transformers does not read this null as a default either)"), e.value
+    if family == "llama":
+        (model / "model.safetensors").write_bytes((micro_model / "model.safetensors").read_bytes())
+        code, err = exits(evaluate.main, ["ppl", "--model", str(model), "--out", str(tmp_path / "r.json")], capsys)
+        one_line(code, err, f"{model / 'config.json'}: config key {key!r}", "got null")
+        code, err = exits(train.main, ["--model", str(model), "--data", str(tmp_path), "--out", str(tmp_path / "o")],
+                          capsys)
+        one_line(code, err, f"config key {key!r}", "got null")
+        assert not (tmp_path / "r.json").exists() and not (tmp_path / "o").exists()
+
+
+NULLS_READ = [(f, k) for f in FAMILY_TYPES for k in NULL_MEANS if f not in NULL_FAILS_FOR.get(k, ())]
+
+
+@pytest.mark.parametrize("family,key", NULLS_READ, ids=[f"{f} {k}" for f, k in NULLS_READ])
+def test_a_null_transformers_reads_means_what_it_means_there(family, key):
+    """Ids none, windows none, the rope blocks absent, the head count and head size their defaults."""
+    null = args_from_config(family_config(family, **{key: None}))
+    assert null == args_from_config(family_config(family, **{key: "ABSENT", **NULL_MEANS[key]}))
+    if key in ("bos_token_id", "eos_token_id"):
+        assert getattr(null, key) is None
+
+
+@pytest.mark.parametrize("case", ROPE_NULLS_REFUSED)
+def test_a_null_in_the_rope_blocks_that_transformers_fails_on_is_refused_naming_the_key(tmp_path, case):
+    change, needle = ROPE_NULLS_REFUSED[case]
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(family_config("llama", **change)))
+    with pytest.raises(ValueError) as e:
+        load_config(model)
+    assert str(e.value).startswith(f"{model / 'config.json'}: config key {needle}") and "got null" in str(e.value)
+
+
+@pytest.mark.parametrize("case", ROPE_NULLS_READ)
+def test_a_null_in_the_rope_blocks_that_transformers_reads_is_read_as_it_does(case):
+    null, plain = ROPE_NULLS_READ[case]
+    assert args_from_config(family_config("llama", **null)) == args_from_config(family_config("llama", **plain))
+
+
+@pytest.mark.parametrize("kind", ["default", "linear", "ntk", "yarn", "yarn-revised", "dynamic", "llama3"])
+def test_every_export_writes_one_rope_theta_in_both_conventions(kind):
+    """The refusal of a disagreeing rope_theta never meets our own exports: config_from_args writes the top-level
+    rope_theta (transformers 4) and rope_parameters' (5) equal, and what it writes reads back."""
+    import dataclasses
+    from hf import config_from_args
+    from rope import interpolate, rope_parameters
+    base = args_from_config(family_config("llama"))
+    rope = {"rope_type": "llama3", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 16,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0} if kind == "llama3" else \
+        base.rope if kind == "default" else interpolate(base.rope, kind, 4.0, 16)
+    config = config_from_args(dataclasses.replace(base, rope=rope, max_position_embeddings=64))
+    thetas = [config["rope_theta"], config["rope_parameters"]["rope_theta"]]
+    assert thetas[0] == thetas[1] and "rope_theta" not in config.get("rope_scaling", {})
+    read = rope_parameters(config)  # nothing to refuse
+    assert read["rope_theta"] == thetas[0] and read["rope_type"] == ("default" if kind == "ntk" else kind)
+
+
+# ---------------------------------------------------------------- 12. settings.json lacking keys (issue 35)
+
+# What --resume and --export-only read back, which every settings.json has held since issue 16 wrote the first.
+READ_BACK = [*[("options", k) for k in ("model", "preset", "data", "text_field", "tokenizer", "window", "target",
+                                        "method", "chunks", "content", "crop", "rope", "batch_size", "lr", "warmup",
+                                        "weight_decay", "grad_clip", "seed", "max_documents", "steps")],
+             (None, "device"), (None, "tokenizer_file")]
+
+
+@pytest.mark.parametrize("where,key", READ_BACK, ids=[k for _, k in READ_BACK])
+def test_a_settings_json_lacking_a_key_that_is_read_back_is_one_line_naming_it_and_nothing_is_written(
+        finished, tmp_path, capsys, where, key):
+    """Before: a KeyError on every rank (--resume: max_documents, steps), a silently skipped comparison (the other
+    resume-fixed options), or an export at the default (a missing target exported at 8 x L_c)."""
+    out, argv = run_copy(finished, tmp_path)
+    settings = json.loads((out / "settings.json").read_text())
+    del (settings["options"] if where else settings)[key]
+    (out / "settings.json").write_text(json.dumps(settings))
+    before = snapshot(out)
+    for args in ([*argv, "--steps", "3", "--resume"], ["--export-only", "--out", str(out)]):
+        code, err = exits(train.main, args, capsys)
+        one_line(code, err, f"error: {out / 'settings.json'}: {'options key' if where else 'key'} {key!r} missing")
+        assert snapshot(out) == before and not (out / "exports").exists()
+
+
+def test_a_settings_json_from_before_the_later_options_resumes_and_exports_as_it_did_then(finished, tmp_path,
+                                                                                          capsys):
+    """--context (L_c was the window), --beta-fast (YaRN's own 32), --compile, --eval-* and --plan's flags came after
+    settings.json: a run folder without them exports what one with them exports, and resumes."""
+    out, argv = run_copy(finished, tmp_path)
+    intact = tmp_path / "intact"
+    shutil.copytree(out, intact)
+    settings = json.loads((out / "settings.json").read_text())
+    later = ("context", "beta_fast", "compile", "eval_every", "eval_data", "eval_lengths", "eval_docs", "eval_stride",
+             "eval_trials", "eval_max_tokens", "plan", "world_size", "gpu_memory", "plan_json")
+    assert set(later) <= set(settings["options"])
+    settings["options"] = {k: v for k, v in settings["options"].items() if k not in later}
+    (out / "settings.json").write_text(json.dumps(settings))
+    for run in (out, intact):
+        train.main(["--export-only", "--out", str(run)])
+    assert snapshot(out / "exports") == snapshot(intact / "exports")
+    train.main([*argv, "--steps", "3", "--resume"])
+    assert f"resumed from {out / 'checkpoints' / 'step_000002'} at step 2" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- 13. rank 0's writes, agreed (issue 35)
+
+def test_a_metrics_jsonl_that_is_not_train_pys_is_one_line_naming_its_line_and_resume_writes_nothing(finished,
+                                                                                                   tmp_path, capsys):
+    out, argv = run_copy(finished, tmp_path)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"loss": 1.0}\n')
+    lines = len((out / "metrics.jsonl").read_text().splitlines())
+    before = snapshot(out)
+    code, err = exits(train.main, [*argv, "--steps", "3", "--resume"], capsys)
+    one_line(code, err, f"error: {out / 'metrics.jsonl'}:{lines}: not a row of train.py's metrics.jsonl")
+    assert snapshot(out) == before
+
+
+def test_settings_json_out_of_space_is_one_line_and_leaves_a_fresh_out_absent(micro_model, corpus, tmp_path, capsys,
+                                                                             monkeypatch):
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "settings.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "out"
+    code, err = exits(train.main, ["--model", str(micro_model), "--data", str(corpus), "--out", str(out), *RUN],
+                      capsys)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {out / 'settings.json'}: no space left on device (needs about ")
+    assert err.endswith(f"{out / 'settings.json'} is as it was") and not out.exists()
+
+
+RANK_0_FAILS = """
+import errno, os, runpy, sys
+sys.path.insert(0, {root!r})
+if os.environ["RANK"] == "0":
+{patch}
+sys.argv[0] = {train!r}
+runpy.run_path({train!r}, run_name="__main__")
+"""
+SETTINGS_FULL = """
+    real = os.replace
+
+    def replace(src, dst):  # rank 0 alone writes settings.json: its disk is full
+        if os.path.basename(dst) == "settings.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    os.replace = replace
+"""
+def torchrun(tmp_path, patch: str | None, args: list[str]) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """train.py on 2 CPU ranks (rank 0 patched by `patch`); its stderr's lines of ours."""
+    script = ROOT / "train.py"
+    if patch is not None:
+        script = tmp_path / "rank_0_fails.py"
+        script.write_text(RANK_0_FAILS.format(root=str(ROOT), train=str(ROOT / "train.py"), patch=patch))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), *args], capture_output=True, text=True, timeout=900, cwd=ROOT,  # a hang guard
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    return done, [line for line in done.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_rank_0s_settings_json_out_of_space_stops_every_rank_with_its_line(micro_model, corpus, tmp_path):
+    """Rank 0 alone writes settings.json (train.open_run); its failure reaches rank 1 (checkpoints.on_rank_0): both
+    exit 1, one line, no rank's traceback, a fresh --out absent."""
+    out = tmp_path / "out"
+    done, ours = torchrun(tmp_path, SETTINGS_FULL, ["--model", str(micro_model), "--data", str(corpus), "--out",
+                                                    str(out), *RUN, "--batch-size", "4"])
+    assert len(ours) == 1 and ours[0].startswith(f"error: {out / 'settings.json'}: no space left on device"), \
+        done.stderr[-3000:]
+    assert "Connection" not in done.stderr and 'File "' + str(ROOT) not in done.stderr
+    assert "exitcode  : 1" in done.stderr and "exitcode  : 2" not in done.stderr and not out.exists()
+
+
+@pytest.mark.slow
+def test_rank_0s_failed_export_only_stops_every_rank_with_its_line(finished, tmp_path):
+    """--export-only under torchrun: rank 0 alone loads and writes; a damaged checkpoint it finds stops rank 1 too."""
+    out, _ = run_copy(finished, tmp_path)
+    (out / "checkpoints" / "step_000002" / ".metadata").unlink()
+    before = snapshot(out)
+    done, ours = torchrun(tmp_path, None, ["--export-only", "--out", str(out)])
+    assert len(ours) == 1 and ours[0].startswith(f"error: {out / 'checkpoints' / 'step_000002'}: damaged checkpoint"), \
+        done.stderr[-3000:]
+    assert "Connection" not in done.stderr and 'File "' + str(ROOT) not in done.stderr
+    assert "exitcode  : 2" in done.stderr and "exitcode  : 1" not in done.stderr and snapshot(out) == before

@@ -238,3 +238,36 @@ def test_eval_max_tokens_cuts_the_documents_as_evaluate_py_ppl_max_tokens_does(m
     assert all(np.array_equal(a, b) for a, b in zip(ev.documents, want))
     whole = evaluate.load_documents(evaluate.PplOptions(data=[str(eval_data)], docs=3), args, 256, model)[0]
     assert all(np.array_equal(a, b[:300]) and len(b) > 300 for a, b in zip(ev.documents, whole))
+
+
+EVALUATION_FAILS = """
+import os, runpy, sys
+sys.path.insert(0, {root!r})
+if os.environ["RANK"] == "0":  # rank 0 alone evaluates, the other ranks wait for it: its evaluation fails
+    import evaluate
+
+    def perplexity(*args, **kwargs):
+        raise ValueError("perplexity is NaN at L = 256 (injected)")
+
+    evaluate.perplexity = perplexity
+sys.argv[0] = {train!r}
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_failure_of_rank_0s_evaluation_stops_every_rank_with_its_line(micro, tmp_path):
+    """Issue 35: rank 1 waits for rank 0's evaluation in a gloo group with a 7-day timeout (run_eval); rank 0's
+    failure reaches it (checkpoints.on_rank_0): both exit 2 at step 0's evaluation, rank 0's one line, no rank's
+    traceback. Before, rank 0 left alone and rank 1 died in its barrier ("Connection closed by peer")."""
+    model, data, eval_data = micro
+    (tmp_path / "fails.py").write_text(EVALUATION_FAILS.format(root=str(ROOT), train=str(ROOT / "train.py")))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "fails.py"), "--model", str(model), "--data", str(data), "--out",
+                           str(tmp_path / "out"), *RUN, "--steps", "2", *EVAL, "--eval-data", str(eval_data)],
+                          capture_output=True, text=True, timeout=WAIT, env=ENV, cwd=ROOT)
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert ours == ["error: perplexity is NaN at L = 256 (injected)"], done.stderr[-3000:]
+    assert "Connection" not in done.stderr and 'File "' + str(ROOT) not in done.stderr
+    assert "exitcode  : 2" in done.stderr and "exitcode  : 1" not in done.stderr
+    assert not list((tmp_path / "out").glob("checkpoints/step_*"))  # stopped before step 1

@@ -212,6 +212,36 @@ def test_save_pretrained_round_trip_keeps_every_config_key_and_the_weights_bit_e
         assert set(f.keys()) == set(W)  # transformers' names, nothing more (no lm_head when tied), nothing less
 
 
+def test_every_family_saves_as_it_loads_without_a_base_config(family, tmp_path):
+    """Issue 35: save_pretrained(from_pretrained(folder)) writes the folder's own config.json back (model.source_config;
+    before: refused for qwen2 / qwen3 / olmo2, which a config built from the args alone cannot describe). Unchanged,
+    its keys are all the source's, rope keys and window as they were; only the dtype changes (a bare config also
+    gains the architectures that pick the class). The weights and logits come back bit for bit."""
+    name, W, path = family
+    source = json.loads((path / "config.json").read_text())
+    model = from_pretrained(path, dtype=torch.float64)
+    save_pretrained(model, tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    bare = {} if "architectures" in source else {"architectures": [{"qwen3": "Qwen3ForCausalLM",
+                                                                    "llama": "LlamaForCausalLM"}[source["model_type"]]]}
+    assert saved == {**source, **bare, "torch_dtype": "float64"}
+    loaded = from_pretrained(tmp_path / "out", dtype=torch.float64)
+    assert loaded.args == model.args
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    tokens = tokens_for(POSE_POSITIONS, FAMILIES[name]["vocab_size"])
+    assert torch.equal(loaded(tokens, POSE_POSITIONS), model(tokens, POSE_POSITIONS))
+    # a rope override is what changed: the rope keys and the window are rewritten, every other key is the source's
+    scaled = from_pretrained(path, dtype=torch.float64, rope_scaling={"type": "yarn", "factor": 4.0})
+    save_pretrained(scaled, tmp_path / "scaled")
+    again = from_pretrained(tmp_path / "scaled", dtype=torch.float64)
+    assert again.args == scaled.args and torch.equal(again(tokens, POSE_POSITIONS), scaled(tokens, POSE_POSITIONS))
+    rewritten = {"rope_theta", "rope_scaling", "rope_parameters", "original_max_position_embeddings",
+                 "max_position_embeddings", "torch_dtype"}
+    kept = json.loads((tmp_path / "scaled" / "config.json").read_text())
+    assert {k: v for k, v in kept.items() if k not in rewritten} == {
+        k: v for k, v in {**source, **bare}.items() if k not in rewritten}
+
+
 def test_olmo2_exports_a_linear_rope_scaling_of_exactly_type_and_factor(family, tmp_path):
     """transformers 4's Olmo2Config refuses any other rope_scaling; transformers 5 reads rope_parameters too."""
     name, W, path = family

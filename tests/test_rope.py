@@ -413,7 +413,10 @@ def test_rope_parameters_precedence_and_fallbacks():
     # an override of a transformers-5 config keeps the rope_theta that lives in its rope_parameters
     new = {"max_position_embeddings": 4096, "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}
     assert rope_parameters({**new, "rope_scaling": {"type": "linear", "factor": 2.0}})["rope_theta"] == 5e5
-    assert rope_parameters({**new, "rope_theta": BASE})["rope_theta"] == 5e5  # the scaling dict's own wins
+    # issue 35: a top-level rope_theta that disagrees with the block's is refused (it was: the block's wins)
+    with pytest.raises(ValueError, match=r"rope_theta 10000 and rope_parameters' rope_theta 500000 \(transformers 4 "
+                                         r"reads 10000, transformers 5 500000\): make them equal"):
+        rope_parameters({**new, "rope_theta": BASE})
     # the original window: the scaling's, else a top-level original_max_position_embeddings (Phi-3), else 2048
     phi3 = {"max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
             "rope_scaling": {"type": "linear", "factor": 32.0}}
