@@ -75,8 +75,10 @@ class KVCache:
     """One layer's keys/values for incremental decoding, allocated on first use: [B, Hkv, max_len, D], or with a
     sliding window W < max_len a rolling buffer of W slots, token index i in slot i % W (Mistral's rolling cache).
 
-    The rule is "prefill once, then decode 1 at a time": a decoded token attends to every stored key with no
-    mask, so the order of the slots does not matter, and W slots hold exactly its window i - W < j <= i.
+    The rule is "prefill, then decode 1 at a time": a decoded token attends to every stored key with no mask, so
+    the order of the slots does not matter, and W slots hold exactly its window i - W < j <= i. A prefill may also
+    continue a cached prefix (PromptCache, without a window): its tokens attend to the prefix and causally to each
+    other (continued_attention).
     """
 
     def __init__(self, max_len: int):
@@ -98,6 +100,41 @@ class KVCache:
         self.v.index_copy_(2, slots, v[:, :, T - keep:])
         self.len += T
         return self.k[:, :, :min(self.len, size)], self.v[:, :, :min(self.len, size)]
+
+    def save(self, n: int):
+        """What storing the next n tokens changes, for restore(): the length, and copies of the slots they will
+        overwrite. In a rolling buffer those hold tokens still in the window of the tokens after them."""
+        slots = torch.arange(self.len, self.len + n, device=self.k.device) % self.k.shape[2]
+        return self.len, slots, self.k[:, :, slots].clone(), self.v[:, :, slots].clone()
+
+    def restore(self, saved):
+        """Back to the state save() recorded: the tokens stored since are forgotten, their slots as they were."""
+        self.len, slots, k, v = saved
+        self.k.index_copy_(2, slots, k)  # a slot listed twice (n > W) holds its saved value in both copies
+        self.v.index_copy_(2, slots, v)
+
+
+class PromptCache:
+    """Every layer's KVCache and the token ids they hold, for prompts that share a prefix: reuse(ids) keeps the
+    cached keys / values of the tokens ids shares with the last prompt, so that only the rest is prefilled
+    (evaluate.py's passkey prompts share the filler before their key). Exact: a token's keys and values depend on
+    the tokens before it only. Not under a sliding window, whose rolling buffer forgets the prefix."""
+
+    def __init__(self, n_layers: int, max_len: int):
+        self.layers, self.ids = [KVCache(max_len) for _ in range(n_layers)], []
+
+    def reuse(self, ids: list[int]) -> int:
+        """How many leading tokens of ids are cached (the rest are forgotten); at most len(ids) - 1, as the
+        prompt's last token is fed again for the logits that start its answer."""
+        n = 0
+        for a, b in zip(self.ids[:len(ids) - 1], ids):
+            if a != b:
+                break
+            n += 1
+        for cache in self.layers:
+            cache.len = min(cache.len, n)
+        self.ids = list(ids)
+        return n
 
 
 # Where sliding-window attention runs as FlexAttention (fused, block-sparse: memory O(T·W)) rather than SDPA with a
@@ -138,6 +175,26 @@ def sliding_window_attention(q, k, v, window: int):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=band, enable_gqa=gqa)
 
 
+def continued_attention(q, k, v, cached: int):
+    """Causal attention of T new tokens after `cached` ones: q [B, H, T, D], k / v [B, Hkv, cached + T, D] (GQA
+    when Hkv < H). Query i sees every cached key and the new keys up to its own: SDPA's is_causal would align the
+    mask top-left (query i sees keys 0..i), so the two parts run as two passes merged by their log-sum-exps, the
+    way flash attention merges its blocks: cached keys unmasked, new keys causal. On CPU the flash kernel returns the
+    log-sum-exp; elsewhere one SDPA call with the bottom-right mask."""
+    T, groups = q.shape[2], q.shape[1] // k.shape[1]
+    if q.device.type != "cpu":
+        mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - T)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=groups > 1)
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    expand = lambda x: x.repeat_interleave(groups, dim=1) if groups > 1 else x  # noqa: E731  (no GQA in the op)
+    old, old_lse = flash(q, expand(k[:, :, :cached]), expand(v[:, :, :cached]))
+    new, new_lse = flash(q, expand(k[:, :, cached:]), expand(v[:, :, cached:]), is_causal=True)
+    top = torch.maximum(old_lse, new_lse)  # [B, H, T], float32 or wider: softmax over both = the sums reweighted
+    w_old, w_new = (old_lse - top).exp()[..., None], (new_lse - top).exp()[..., None]
+    wide = torch.promote_types(q.dtype, torch.float32)
+    return ((old.to(wide) * w_old + new.to(wide) * w_new) / (w_old + w_new)).to(q.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with RoPE and GQA; causal, or Mistral v0.1's sliding window.
 
@@ -176,14 +233,19 @@ class Attention(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)                                # [B, H, T, D], [B, Hkv, T, D]
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)          # [B, Hkv, T, D]
         # Rotate by the position ids, whatever they are (PoSE's jumps): scores depend on m - n only (Eq. 2).
-        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
+        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)  # contiguous [B, H(kv), T, D]
+        v = v.contiguous() if T > 1 else v  # as q and k: SDPA's CPU kernels read contiguous rows faster
+        cached = 0 if cache is None else cache.len
         if cache is not None:
-            if cache.len and T > 1:  # SDPA's causal mask is aligned top-left: right only if keys == queries
-                raise ValueError(f"{T} new tokens after {cache.len} cached: prefill once, then decode 1 at a time")
+            if cached and T > 1 and self.window is not None:  # the rolling buffer may have lost the prefix
+                raise ValueError(f"{T} new tokens after {cached} cached under a sliding window: prefill once, then "
+                                 "decode 1 at a time")
             stored_k, stored_v = cache.update(k, v, self.window)  # [B, Hkv, S, D], S = min(tokens so far, W)
             if T == 1:  # decoding: exactly the keys in its window; a prefill attends over its own k, v below
                 k, v = stored_k, stored_v
-        if self.window is not None and T > self.window:
+        if cached and T > 1:  # a prompt continuing a cached prefix (PromptCache)
+            out = continued_attention(q, stored_k, stored_v, cached)  # [B, H, T, D]
+        elif self.window is not None and T > self.window:
             out = sliding_window_attention(q, k, v, self.window)  # [B, H, T, D]
         else:
             # Within the window the band is plain causal attention. is_causal=True instead of a [T, T] mask keeps
@@ -308,10 +370,15 @@ class Transformer(nn.Module):
         (checkpoint), so no [B*T, V] tensor ever exists: 128k tokens x 32k vocab in fp32 would be 16 GB.
         The last chunk is kept instead: backward starts with it, so its saved logits cost no more memory
         than recomputing them would (one chunk and its gradient either way), and a sequence that fits in
-        one chunk (every short training step) pays no recompute at all.
+        one chunk (every short training step) pays no recompute at all. Without autograd (evaluation) the rows
+        whose target is ignored get no logits at all: a perplexity window past the first scores its last stride
+        tokens only, and lm_head with its log-softmax was ~1/5 of a 2k window's work on SmolLM2-135M.
         """
         h = self.hidden(tokens, positions).flatten(0, 1)  # [B*T, dim]
         targets = targets.flatten().to(h.device)          # [B*T]
+        if not torch.is_grad_enabled():  # under autograd a gather and a host sync each step, for padding only
+            scored = (targets != -100).nonzero().squeeze(1)
+            h, targets = h[scored], targets[scored]
         total = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
         for i in range(0, h.shape[0], chunk_size):
             args = (h[i:i + chunk_size], targets[i:i + chunk_size])
@@ -326,18 +393,42 @@ class Transformer(nn.Module):
         return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
 
     @torch.no_grad()
-    def generate(self, tokens, max_new_tokens: int, positions=None, stop_ids=()):
+    def generate(self, tokens, max_new_tokens: int, positions=None, stop_ids=(), score=None,
+                 prompts: PromptCache | None = None):
         """Greedy decoding with a KV cache: prefill the prompt, then one token at a time at the next position
         id (last prompt position + 1, + 2, ...). Returns the new ids [B, n], n = max_new_tokens, or fewer when
         every row has produced one of stop_ids (e.g. EOS) by then. Under a sliding window W each layer's cache
-        keeps the last W tokens only (KVCache), however long the prompt."""
+        keeps the last W tokens only (KVCache), however long the prompt.
+
+        score: ids [B, m] to teacher-force after the same prompt; then returns (new ids, log p(score | prompt)
+        [B] in float32 or wider: the sum over its m tokens, each given the prompt and those before it). They are
+        decoded one at a time from the prompt's prefill, and the caches rewound to it before the greedy decoding
+        (KVCache.save / restore), so the prompt is read once for both (evaluate.py's passkey).
+
+        prompts: the caches of earlier prompts (one row, B = 1): the tokens this prompt shares with the last one are
+        not prefilled again (PromptCache.reuse), only the rest, after them (continued_attention)."""
         B, T = tokens.shape
         if positions is None:
             positions = torch.arange(T, device=tokens.device)
         positions = positions.expand(B, T)
-        cache = [KVCache(T + max_new_tokens) for _ in self.model.layers]
-        logits = self.lm_head(self.hidden(tokens, positions, cache)[:, -1:])  # [B, 1, V]: no [T, V] prefill logits
-        new, pos = [], positions[:, -1:]
+        forced = 0 if score is None else score.shape[1]
+        if prompts is None:
+            cache, cached = [KVCache(T + max(max_new_tokens, forced)) for _ in self.model.layers], 0
+        else:
+            cache, cached = prompts.layers, prompts.reuse(tokens[0].tolist())
+        # [B, 1, V]: no [T, V] prefill logits
+        prefill = self.lm_head(self.hidden(tokens[:, cached:], positions[:, cached:], cache)[:, -1:])
+        if score is not None:
+            saved = [c.save(forced) for c in cache]
+            logits, logprob = prefill, 0.0
+            for i in range(forced):
+                logp = torch.log_softmax(logits[:, 0].to(torch.promote_types(logits.dtype, torch.float32)), -1)
+                logprob = logprob + logp.gather(1, score[:, i:i + 1])[:, 0]  # [B]
+                if i + 1 < forced:
+                    logits = self.lm_head(self.hidden(score[:, i:i + 1], positions[:, -1:] + 1 + i, cache))
+            for c, s in zip(cache, saved):
+                c.restore(s)
+        logits, new, pos = prefill, [], positions[:, -1:]
         stop = torch.as_tensor(list(stop_ids), dtype=torch.long, device=tokens.device)
         stopped = torch.zeros(B, 1, dtype=torch.bool, device=tokens.device)
         for step in range(max_new_tokens):
@@ -348,4 +439,5 @@ class Transformer(nn.Module):
                 logits = self.lm_head(self.hidden(new[-1], pos, cache))
             else:
                 break
-        return torch.cat(new, dim=1) if new else tokens.new_empty(B, 0)
+        new = torch.cat(new, dim=1) if new else tokens.new_empty(B, 0)
+        return new if score is None else (new, logprob)

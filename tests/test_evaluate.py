@@ -8,6 +8,7 @@ trained on a few KB of text in a temp folder keep the file to seconds on two CPU
 import io
 import json
 import re
+import types
 import sys
 from pathlib import Path
 
@@ -177,17 +178,15 @@ def test_passkey_prompt_has_the_requested_token_length_and_holds_its_key_at_the_
 
 class Oracle:
     """A stand-in for Transformer.generate that reads the key from the prompt and answers it (or key + 1)."""
+    args = types.SimpleNamespace(n_layers=1, sliding_window=None)  # what passkey reads to cache shared prefixes
 
     def __init__(self, tokenizer, wrong=False):
         self.tokenizer, self.wrong = tokenizer, wrong
 
-    def generate(self, tokens, max_new_tokens, stop_ids=()):
+    def generate(self, tokens, max_new_tokens, stop_ids=(), score=None, prompts=None):
         key = int(re.search(r"The pass key is (\d+)", self.tokenizer.decode(tokens[0].tolist())).group(1))
-        ids = self.tokenizer.encode(f" {key + self.wrong}. Remember it.", bos=False)[:max_new_tokens]
-        return torch.tensor([ids])
-
-    def loss(self, tokens, targets):  # certain of every token it is asked about: log p(key) = 0
-        return torch.zeros(()), (targets != -100).sum()
+        ids = torch.tensor([self.tokenizer.encode(f" {key + self.wrong}. Remember it.", bos=False)[:max_new_tokens]])
+        return ids if score is None else (ids, torch.zeros(1))  # certain of every token it is asked: log p(key) = 0
 
 
 @pytest.mark.parametrize("wrong,accuracy", [(False, 1.0), (True, 0.0)])
@@ -208,18 +207,19 @@ def test_scorer_gives_one_to_a_model_that_answers_the_key_and_zero_to_one_that_d
 class Answers:
     """A stand-in for Transformer.generate that answers `template` filled with the prompt's key, and keeps each
     prompt's text."""
+    args = Oracle.args
 
     def __init__(self, tokenizer, template="{key}"):
         self.tokenizer, self.template, self.prompts = tokenizer, template, []
+        self.by_key = {}  # key -> the prompt that asked it (passkey reads the deepest key first)
 
-    def generate(self, tokens, max_new_tokens, stop_ids=()):
+    def generate(self, tokens, max_new_tokens, stop_ids=(), score=None, prompts=None):
         self.prompts.append(self.tokenizer.decode(tokens[0].tolist()))
         key = int(re.search(r"The pass key is (\d+)", self.prompts[-1]).group(1))
+        self.by_key[key] = self.prompts[-1]
         answer = self.template.format(key=key, other=key - 4321, head=str(key)[:3], tail=str(key)[3:])
-        return torch.tensor([self.tokenizer.encode(answer, bos=False)[:max_new_tokens]])
-
-    def loss(self, tokens, targets):  # key_logprob's teacher forcing: log p(key) = 0, as Oracle
-        return torch.zeros(()), (targets != -100).sum()
+        ids = torch.tensor([self.tokenizer.encode(answer, bos=False)[:max_new_tokens]])
+        return ids if score is None else (ids, torch.zeros(1))  # log p(key) = 0, as Oracle
 
 
 @pytest.mark.parametrize("template,passed", [
@@ -243,7 +243,7 @@ def test_the_keys_depth_is_drawn_at_random_for_each_prompt_and_the_seed_decides_
     cases = evaluate.passkey(model, tokenizer, [400], trials=40, seed=0)[0]["cases"]
     depths = [c["depth"] for c in cases]
     assert len(set(depths)) == 40 and min(depths) < 0.1 and max(depths) > 0.9 and 0.35 < np.mean(depths) < 0.65
-    for case, text in zip(cases, model.prompts):
+    for case, text in ((c, model.by_key[c["key"]]) for c in cases):
         before, after = text.split(f"The pass key is {case['key']}.")
         ahead, behind = before.count(".") - 3, after.count(".") - 2  # filler sentences (TASK: 3; the key line: 2)
         assert ahead / (ahead + behind) == pytest.approx(case["depth"], abs=0.03)
@@ -274,6 +274,29 @@ def test_key_logprob_is_the_teacher_forced_log_probability_of_the_keys_tokens(mi
         want = sum(logp[i - 1, full[i]].item() for i in range(len(ids), len(full)))
         assert case["key_logprob"] == pytest.approx(want, rel=1e-10) and want < -1
     assert row["key_logprob"] == pytest.approx(sum(c["key_logprob"] for c in row["cases"]) / 3, rel=1e-12)
+
+
+def test_passkey_reads_each_prompt_once_and_equals_the_two_forward_answer_and_key_logprob_in_float32(micro):
+    """One prefill per prompt (the key's tokens decoded from its KV cache, then rewound for the greedy answer)
+    against what passkey computed before, written out here: generate() alone for the answer, and a second full
+    forward of prompt + key for log p(key). Same answers and digits; log p(key) within 1e-4 nats in float32."""
+    tokenizer = Tokenizer(micro)
+    model = from_pretrained(micro, dtype=torch.float32)
+    prefills = []
+    hook = model.model.layers[0].register_forward_hook(lambda m, args, out: prefills.append(args[0].shape[1]))
+    rows = evaluate.passkey(model, tokenizer, [200, 300], trials=4, seed=7, new_tokens=6)
+    hook.remove()
+    assert sum(n > 1 for n in prefills) == 8  # one forward of more than one token per prompt: its prefill
+    for row in rows:
+        for case in row["cases"]:
+            ids, right = evaluate.passkey_ids(tokenizer, row["length"], case["key"], case["depth"])
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ids]), 6, stop_ids=[tokenizer.eos_id])[0].tolist()
+                logp = torch.log_softmax(model(torch.tensor([ids + right]))[0], dim=-1)  # [T, V]
+            out = out[:out.index(tokenizer.eos_id)] if tokenizer.eos_id in out else out
+            assert case["answer"] == tokenizer.decode(out) and case["tokens"] == len(ids)
+            want = sum(logp[i - 1, t].item() for i, t in enumerate(right, start=len(ids)))
+            assert abs(case["key_logprob"] - want) < 1e-4 and want < -1
 
 
 def test_every_issue_flag_exists_and_the_defaults_are_the_papers():
@@ -422,3 +445,23 @@ def test_plot_overlays_ppl_and_passkey_results(tmp_path, monkeypatch):
     assert len(plt.axes) == 2 and (tmp_path / "fig.png").read_bytes() == b"figure"
     assert [(label, xs) for label, xs, _ in plt.lines] == [("a", [64, 128]), ("b", [64, 128]), ("c", [64, 128])]
     assert [y for *_, ys in plt.lines for y in ys] == pytest.approx([1.64, 2.28, 1.64, 2.28, 2.14, 2.78])
+
+
+def test_passkey_prefills_each_prompt_from_its_key_on_after_the_first(micro):
+    """The prompts of a length share the filler before their keys: read deepest key first, every prompt after the
+    first is prefilled from where it parts from the one before (its key line), not whole; the answers and log
+    p(key) are those of prompts read whole (test_passkey_reads_each_prompt_once... checks them)."""
+    tokenizer = Tokenizer(micro)
+    model = from_pretrained(micro, dtype=torch.float32)
+    fed = []
+    hook = model.model.layers[0].register_forward_hook(lambda m, args, out: fed.append(args[0].shape[1]))
+    (row,) = evaluate.passkey(model, tokenizer, [300], trials=6, seed=2, new_tokens=3)
+    hook.remove()
+    asked = [evaluate.passkey_ids(tokenizer, 300, c["key"], c["depth"])[0]
+             for c in sorted(row["cases"], key=lambda c: -c["depth"])]
+    want = [len(asked[0])]
+    for before, ids in zip(asked, asked[1:]):
+        same = next(i for i, (a, b) in enumerate(zip(before, ids)) if a != b)
+        want.append(len(ids) - same)
+    assert [n for n in fed if n > 1] == want
+    assert sum(want) < 0.7 * sum(map(len, asked))  # these six depths: under 70 % of the tokens read whole

@@ -256,6 +256,28 @@ def test_kv_cache_decoding_equals_repeated_full_forwards(tied_ckpt):
     assert rel_err(last, model.hidden(seq, pos)[:, -1:]) < 1e-5
 
 
+def test_loss_without_autograd_forms_logits_for_the_scored_rows_only_and_equals_plain_cross_entropy(tied_ckpt):
+    """Evaluation (no autograd): lm_head sees only the rows whose target counts, as in a perplexity window past
+    the first, which scores its last stride tokens; the sum is plain float64 cross-entropy over the full logits."""
+    model = from_pretrained(tied_ckpt[1], dtype=torch.float64)
+    tokens, targets = tokens_for(POSE_POSITIONS), tokens_for(POSE_POSITIONS, seed=2)
+    targets[0, :20] = targets[1, :23] = -100  # 12 + 9 scored rows
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda module, inputs, out: rows.append(inputs[0].shape[0]))
+    with torch.inference_mode():
+        sum_nll, n = model.loss(tokens, targets, POSE_POSITIONS, chunk_size=8)
+        logits = model(tokens, POSE_POSITIONS)  # [B, T, V], the full forward
+    hook.remove()
+    assert rows[:3] == [8, 8, 5] and n.item() == 21  # three chunks of the 21 scored rows (then the full forward)
+    plain = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    assert abs(sum_nll.item() - plain.item()) < 1e-10 * plain.item()
+    with torch.inference_mode():  # nothing scored: no logits, a zero sum
+        rows.clear()
+        hook = model.lm_head.register_forward_hook(lambda module, inputs, out: rows.append(inputs[0].shape[0]))
+        assert model.loss(tokens, torch.full_like(targets, -100), POSE_POSITIONS)[0].item() == 0.0 and rows == []
+        hook.remove()
+
+
 def test_chunked_loss_and_its_gradient_equal_plain_cross_entropy_in_float64(tied_ckpt):
     model = from_pretrained(tied_ckpt[1], dtype=torch.float64)
     tokens = tokens_for(POSE_POSITIONS)
@@ -498,3 +520,51 @@ def test_a_failed_save_leaves_nothing_written_and_an_existing_folder_untouched(t
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
     assert (tmp_path / "old" / "model.safetensors").read_bytes() == b"previous weights"
 
+
+
+# ---------------------------------------------------------------- prompts that share a prefix (PromptCache)
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("cached, new", [(1, 7), (30, 1), (40, 25), (5, 60)])
+def test_continued_attention_equals_causal_attention_over_the_whole_sequence(cached, new, dtype, tol):
+    """T new queries after `cached` positions, GQA: their rows of causal attention over all cached + T keys,
+    written as a float64 softmax over the allowed keys (query i sees keys 0 .. cached + i)."""
+    g = torch.Generator().manual_seed(cached * 100 + new)
+    q = torch.randn(2, 6, new, 16, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, 3, cached + new, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    scores = q @ k.repeat_interleave(2, 1).transpose(-1, -2) / 4.0  # [2, 6, new, cached + new]
+    allowed = torch.arange(cached + new)[None] <= cached + torch.arange(new)[:, None]
+    want = scores.masked_fill(~allowed, -math.inf).softmax(-1) @ v.repeat_interleave(2, 1)
+    got = model_py.continued_attention(q.to(dtype), k.to(dtype), v.to(dtype), cached)
+    assert got.dtype == dtype and (got.double() - want).abs().max() < tol
+
+
+def test_prompts_sharing_a_prefix_decode_and_score_as_if_each_were_read_whole(tied_ckpt):
+    """generate(prompts=PromptCache): each prompt is prefilled from where it parts from the one before (the
+    passkey's prompts part at their keys), and its greedy tokens and teacher-forced log-probability equal those of
+    the prompt read whole, in float64 to 1e-10; a prompt equal to the last one re-reads its last token only."""
+    model = from_pretrained(tied_ckpt[1], dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    shared = torch.randint(0, V, (40,), generator=g).tolist()
+    prompts = [shared + torch.randint(0, V, (n,), generator=g).tolist() for n in (12, 30, 5)]
+    prompts.append(shared[:25] + torch.randint(0, V, (15,), generator=g).tolist())  # parts earlier: at 25
+    prompts.append(prompts[-1])  # the same prompt again
+
+    def common(a, b):  # leading tokens of b that a also has, at most len(b) - 1
+        n = 0
+        while n < min(len(a), len(b) - 1) and a[n] == b[n]:
+            n += 1
+        return n
+
+    cache, fed, last = model_py.PromptCache(LAYERS, 100), [], []
+    hook = model.model.layers[0].register_forward_hook(lambda m, args, out: fed.append(args[0].shape[1]))
+    for ids in prompts:
+        answer = torch.randint(0, V, (1, 4), generator=g)
+        fed.clear()
+        new, logp = model.generate(torch.tensor([ids]), 6, score=answer, prompts=cache)
+        assert fed[0] == len(ids) - common(last, ids)  # the prefill: what the last prompt did not share
+        alone, logp_alone = model.generate(torch.tensor([ids]), 6, score=answer)
+        assert torch.equal(new, alone) and abs(float(logp - logp_alone)) < 1e-10
+        last = ids
+    hook.remove()
+    assert [len(ids) - common(a, ids) for a, ids in zip([[]] + prompts, prompts)] == [52, 30, 5, 15, 1]

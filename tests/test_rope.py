@@ -261,6 +261,22 @@ def test_apply_rotary_emb_keeps_dtype_and_computes_in_float32():
     torch.testing.assert_close(y, apply_rotary_emb(x.float(), cos, sin).bfloat16(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_apply_rotary_emb_of_the_projections_transposed_view_is_contiguous_and_the_same_numbers(dtype):
+    """q arrives as [B, T, H, D].transpose(1, 2); the result is laid out as [B, H, T, D] (what SDPA's CPU kernel
+    reads fastest) and holds, bit for bit, x * cos + rotate_half(x) * sin computed plainly in >= float32."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 7, 3, D, generator=gen).to(dtype).transpose(1, 2)  # [B, H, T, D], strided
+    cos, sin = RotaryEmbedding(canon("yarn"), D)(torch.randint(0, 10**5, (2, 7), generator=gen))
+    y = apply_rotary_emb(x, cos, sin)
+    assert y.is_contiguous() and y.dtype == dtype and y.shape == x.shape
+    wide = torch.promote_types(dtype, torch.float32)
+    h = D // 2
+    xf, c, s = x.to(wide), cos[:, None].to(wide), sin[:, None].to(wide)
+    plain = xf * c + torch.cat([-xf[..., h:], xf[..., :h]], dim=-1) * s
+    assert torch.equal(y, plain.to(dtype))
+
+
 def test_rotary_embedding_survives_meta_device_construction():
     with torch.device("meta"):
         emb = RotaryEmbedding(canon("yarn"), D)

@@ -117,6 +117,26 @@ def test_greedy_generate_past_the_window_equals_a_float64_reference_that_recompu
     assert not torch.equal(new, greedy(None))  # the window changes what is generated
 
 
+@pytest.mark.parametrize("case", PROMPTS)
+def test_generate_scores_forced_tokens_from_the_prefill_and_rewinds_the_rolling_cache_for_the_greedy_answer(
+        mistral, case):
+    """generate(score=): log p of SW + 3 forced tokens after the prompt, decoded from the prefill's cache (more than
+    the window: they overwrite every slot of the rolling buffer, some twice), against the float64 band reference's
+    full forward of prompt + forced tokens (within the float32 rounding of rope.py's cos/sin); the greedy tokens
+    after the rewind equal a generate() without score."""
+    W, path = mistral
+    model = from_pretrained(path, dtype=torch.float64)
+    positions = PROMPTS[case]
+    prompt, forced = tokens_for(positions, seed=5), tokens_for(torch.zeros(positions.shape[0], SW + 3), seed=6)
+    new, logprob = model.generate(prompt, 20, positions, score=forced)
+    assert torch.equal(new, model.generate(prompt, 20, positions))
+    T, m = prompt.shape[1], forced.shape[1]
+    seq, pos = torch.cat([prompt, forced], 1), torch.cat([positions, positions[:, -1:] + 1 + torch.arange(m)], 1)
+    logp = torch.log_softmax(reference_logits(W, seq, pos, window=SW), dim=-1)  # [B, T + m, V]
+    want = sum(logp[:, T - 1 + i].gather(1, forced[:, i:i + 1])[:, 0] for i in range(m))  # [B]
+    assert logprob.dtype == torch.float64 and torch.allclose(logprob, want, rtol=1e-7, atol=0)  # fp32 cos/sin
+
+
 def test_kv_cache_keeps_the_last_window_in_a_rolling_buffer_and_decodes_what_a_full_forward_computes(mistral):
     model = from_pretrained(mistral[1], dtype=torch.float64)
     seq, pos = tokens_for(POSE_POSITIONS), POSE_POSITIONS
