@@ -31,14 +31,17 @@ SEED=0
 if [[ "${1:-}" == "--quick" ]]; then  # the same stages on a pretended L_c of 256 (--context): 256 -> 512, alpha 2
     shift
     OUT=${1:-runs/real-quick}
-    LC=256 LT=512 WINDOW=128 STEPS=2 BATCH=1 FULL_STEPS=1 EVAL_EVERY=2 EVAL_TRIALS=1
-    PPL_LENGTHS="256 512" KEY_LENGTHS="256 512" DOCS=1 TRIALS=2
+    LC=256 LT=512 PPL_LENGTHS="256 512" KEY_LENGTHS="256 512"
+    defaults=(WINDOW=128 STEPS=2 BATCH=1 FULL_STEPS=1 EVAL_EVERY=2 EVAL_TRIALS=1 DOCS=1 TRIALS=2 STRIDE=64 WARMUP=1)
 else
     OUT=${1:-runs/real}
-    LC=8192 LT=16384 WINDOW=1024 STEPS=100 BATCH=2 FULL_STEPS=6 EVAL_EVERY=50 EVAL_TRIALS=5
-    PPL_LENGTHS="2048 4096 8192 16384" KEY_LENGTHS="4096 8192 16384" DOCS=3 TRIALS=20
+    LC=8192 LT=16384 PPL_LENGTHS="2048 4096 8192 16384" KEY_LENGTHS="4096 8192 16384"
+    defaults=(WINDOW=1024 STEPS=100 BATCH=2 FULL_STEPS=6 EVAL_EVERY=50 EVAL_TRIALS=5 DOCS=3 TRIALS=20 STRIDE=2048
+              WARMUP=10)
 fi
-LR=1e-4 WARMUP=10
+# Each size may be set in the environment, e.g. `STEPS=20 TRIALS=5 bash benchmarks/real.sh` (BENCHMARKS.md names
+# what its run used); FULL_STEPS=0 leaves out the Full-length row, EVAL_EVERY=0 the fine-tunes' curves.
+for d in "${defaults[@]}" LR=2e-5; do name=${d%%=*}; [[ -n "${!name:-}" ]] || declare "$d"; done  # LR: the paper's (§4.1)
 ALPHA=$((LT / LC))
 TOP=${PPL_LENGTHS##* }  # every document is cut to the largest length, so that every length scores the same tokens
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
@@ -63,7 +66,7 @@ evaluate() {  # evaluate NAME MODEL [--rope ...]: two one-thread processes side 
     (export OMP_NUM_THREADS=1; passkey "$name" short "$model" "${KEY_LENGTHS% *}" "$@"
      step "$name.ppl" "$OUT/results/$name.ppl.json" \
         "$PYTHON" evaluate.py ppl --model "$model" "$@" --data "$DATA/heldout.jsonl" --lengths $PPL_LENGTHS \
-            --docs $DOCS --max-tokens $((TOP - 1)) --min-tokens $((TOP - 1)) --stride $((TOP / 8)) --label "$name" \
+            --docs $DOCS --max-tokens $((TOP - 1)) --min-tokens $((TOP - 1)) --stride $STRIDE --label "$name" \
             --out "$OUT/results/$name.ppl.json") & pids+=($!)
     for pid in "${pids[@]}"; do wait "$pid" || exit 1; done
 }
@@ -74,21 +77,27 @@ evaluate ntk "$MODEL" --rope ntk "${SCALED[@]}"
 evaluate yarn "$MODEL" --rope yarn-revised "${SCALED[@]}"  # the paper's YaRN (the authors' revised one)
 
 finetune() {  # finetune NAME METHOD ROPE STEPS: the same checkpoint, documents, batch and learning rate for all
-    local name=$1 method=$2 rope=$3 steps=$4
+    local name=$1 method=$2 rope=$3 steps=$4 curves=()
+    if ((EVAL_EVERY > 0)); then  # the fine-tune scores itself against its steps: passkey and perplexity at L_t
+        curves=(--eval-every $((EVAL_EVERY < steps ? EVAL_EVERY : steps)) --eval-data "$DATA/heldout.jsonl"
+                --eval-lengths $LT --eval-docs 1 --eval-max-tokens $LT --eval-trials $EVAL_TRIALS)
+    fi
     step "$name" "$OUT/$name/final" \
         "$PYTHON" train.py --model "$MODEL" --data "$DATA/finetune.jsonl" --context $LC --window $WINDOW \
             --target $LT --method "$method" --rope "$rope" --steps "$steps" --batch-size $BATCH --lr $LR \
-            --warmup $WARMUP --seed $SEED --log-every 5 --resume --out "$OUT/$name" \
-            --eval-every $((EVAL_EVERY < steps ? EVAL_EVERY : steps)) --eval-data "$DATA/heldout.jsonl" \
-            --eval-lengths $LT --eval-docs 1 --eval-max-tokens $LT --eval-trials $EVAL_TRIALS
+            --warmup $WARMUP --seed $SEED --log-every 5 --resume --out "$OUT/$name" "${curves[@]}"
 }
 finetune pose-linear pose linear $STEPS
 finetune pose-yarn pose yarn-revised $STEPS
 finetune pi-ft plain linear $STEPS  # PI fine-tuning, no skips: positions 0..window-1, alpha 2
 finetune randpos randpos linear $STEPS
-finetune full full linear $FULL_STEPS  # L_t tokens a sequence: the steps the budget allows (BENCHMARKS.md)
+TUNED=(pose-linear pose-yarn pi-ft randpos)
+if ((FULL_STEPS > 0)); then  # L_t tokens a sequence: the steps the budget allows (BENCHMARKS.md)
+    finetune full full linear $FULL_STEPS
+    TUNED+=(full)
+fi
 
-for name in pose-linear pose-yarn pi-ft randpos full; do
+for name in "${TUNED[@]}"; do
     evaluate "$name" "$OUT/$name/final"
 done
 
