@@ -37,7 +37,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from data import (Tokenizer, as_list, check_out, check_vocabulary, describe, find_files, iter_documents,
                   needs_tokenizer)
 from hf import from_pretrained, load_config
-from model import PromptCache, Transformer
+from generate import PromptCache, generate
+from model import Transformer
 from rope import ROPE_TYPES, rope_parameters
 from ruler import (NEW_TOKENS, DoesNotFit, effective_length, fit_prompt, postprocess, print_ruler_table, read_haystack,
                    ruler_averages, ruler_sample, ruler_tasks, string_match_all)
@@ -406,16 +407,16 @@ def greedy_answer(model, tokenizer, ids: list[int], new_tokens: int, device, sco
     """Greedy decoding of new_tokens tokens after the prompt with the KV cache, as text: cut at EOS (where
     generation would stop) and without ids beyond the tokenizer's pieces (a padded embedding's). score: ids whose
     teacher-forced log-probability after the prompt to return too, (text, nats), from the same prefill. prompts:
-    the caches of the prompts before, whose shared prefix is not read again (model.PromptCache)."""
+    the caches of the prompts before, whose shared prefix is not read again (generate.PromptCache)."""
     with attention(model, device):
         stop = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
         prompt = torch.tensor([ids], device=device)
         reuse = {} if prompts is None else {"prompts": prompts}
         if score is None:
-            out = model.generate(prompt, new_tokens, stop_ids=stop, **reuse)
+            out = generate(model, prompt, new_tokens, stop_ids=stop, **reuse)
         else:
-            out, logprob = model.generate(prompt, new_tokens, stop_ids=stop, score=torch.tensor([score], device=device),
-                                          **reuse)
+            out, logprob = generate(model, prompt, new_tokens, stop_ids=stop,
+                                    score=torch.tensor([score], device=device), **reuse)
     out = out[0].tolist()
     out = out[:out.index(tokenizer.eos_id)] if tokenizer.eos_id in out else out
     text = tokenizer.decode([i for i in out if 0 <= i < tokenizer.vocab_size])
@@ -434,7 +435,7 @@ def passkey(model, tokenizer, lengths, trials, depths=None, seed=0, new_tokens=1
     and the mean teacher-forced log-probability of the key's tokens (key_logprob, nats).
 
     The prompts of a length share their filler up to the key line: read deepest key first, each prompt's prefill
-    starts at its own key (model.PromptCache), about 2/3 of the work of reading every prompt whole at 16k tokens
+    starts at its own key (generate.PromptCache), about 2/3 of the work of reading every prompt whole at 16k tokens
     (none is saved under a sliding window, whose cache forgets the prefix)."""
     grid = [(L, d) for d in (depths or [None]) for L in lengths]
     progress, rows = Progress(sum(L for L, _ in grid) * trials, "tok", every), []

@@ -7,7 +7,8 @@
 
 Read top to bottom: ModelArgs (the shape; hf.args_from_config fills it from config.json), RMSNorm, the KV cache,
 Attention (RoPE at the position ids it is given, whatever they are: Eq. 2 makes scores depend on m - n only),
-the SwiGLU FeedForward, the pre-norm block, and Transformer (hidden, forward, a chunked loss, greedy generate).
+the SwiGLU FeedForward, the pre-norm block, and Transformer (hidden, forward, a chunked loss); greedy
+decoding with the cache is generate.py's.
 The rope itself (Eq. 1 and the interpolations of §3.1) is rope.py's. This file reads and writes no file.
 
 Names. Modules carry Hugging Face's names (model.layers.{i}.self_attn.q_proj, ...), so state_dict() keys are the
@@ -77,8 +78,8 @@ class KVCache:
 
     The rule is "prefill, then decode 1 at a time": a decoded token attends to every stored key with no mask, so
     the order of the slots does not matter, and W slots hold exactly its window i - W < j <= i. A prefill may also
-    continue a cached prefix (PromptCache, without a window): its tokens attend to the prefix and causally to each
-    other (continued_attention).
+    continue a cached prefix (generate.PromptCache, without a window): its tokens attend to the prefix and
+    causally to each other (continued_attention).
     """
 
     def __init__(self, max_len: int):
@@ -112,29 +113,6 @@ class KVCache:
         self.len, slots, k, v = saved
         self.k.index_copy_(2, slots, k)  # a slot listed twice (n > W) holds its saved value in both copies
         self.v.index_copy_(2, slots, v)
-
-
-class PromptCache:
-    """Every layer's KVCache and the token ids they hold, for prompts that share a prefix: reuse(ids) keeps the
-    cached keys / values of the tokens ids shares with the last prompt, so that only the rest is prefilled
-    (evaluate.py's passkey prompts share the filler before their key). Exact: a token's keys and values depend on
-    the tokens before it only. Not under a sliding window, whose rolling buffer forgets the prefix."""
-
-    def __init__(self, n_layers: int, max_len: int):
-        self.layers, self.ids = [KVCache(max_len) for _ in range(n_layers)], []
-
-    def reuse(self, ids: list[int]) -> int:
-        """How many leading tokens of ids are cached (the rest are forgotten); at most len(ids) - 1, as the
-        prompt's last token is fed again for the logits that start its answer."""
-        n = 0
-        for a, b in zip(self.ids[:len(ids) - 1], ids):
-            if a != b:
-                break
-            n += 1
-        for cache in self.layers:
-            cache.len = min(cache.len, n)
-        self.ids = list(ids)
-        return n
 
 
 # Where sliding-window attention runs as FlexAttention (fused, block-sparse: memory O(T·W)) rather than SDPA with a
@@ -243,7 +221,7 @@ class Attention(nn.Module):
             stored_k, stored_v = cache.update(k, v, self.window)  # [B, Hkv, S, D], S = min(tokens so far, W)
             if T == 1:  # decoding: exactly the keys in its window; a prefill attends over its own k, v below
                 k, v = stored_k, stored_v
-        if cached and T > 1:  # a prompt continuing a cached prefix (PromptCache)
+        if cached and T > 1:  # a prompt continuing a cached prefix (generate.PromptCache)
             out = continued_attention(q, stored_k, stored_v, cached)  # [B, H, T, D]
         elif self.window is not None and T > self.window:
             out = sliding_window_attention(q, k, v, self.window)  # [B, H, T, D]
@@ -359,7 +337,7 @@ class Transformer(nn.Module):
         return self.model.norm(h)
 
     def forward(self, tokens, positions=None):
-        """Logits [B, T, V] float32. For long T use loss() (no [T, V] tensor) or generate()."""
+        """Logits [B, T, V] float32. For long T use loss() (no [T, V] tensor) or generate.generate()."""
         logits = self.lm_head(self.hidden(tokens, positions))
         return logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32; a float64 model stays
 
@@ -391,53 +369,3 @@ class Transformer(nn.Module):
         logits = self.lm_head(h)  # [chunk, V]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
-
-    @torch.no_grad()
-    def generate(self, tokens, max_new_tokens: int, positions=None, stop_ids=(), score=None,
-                 prompts: PromptCache | None = None):
-        """Greedy decoding with a KV cache: prefill the prompt, then one token at a time at the next position
-        id (last prompt position + 1, + 2, ...). Returns the new ids [B, n], n = max_new_tokens, or fewer when
-        every row has produced one of stop_ids (e.g. EOS) by then. Under a sliding window W each layer's cache
-        keeps the last W tokens only (KVCache), however long the prompt.
-
-        score: ids [B, m] to teacher-force after the same prompt; then returns (new ids, log p(score | prompt)
-        [B] in float32 or wider: the sum over its m tokens, each given the prompt and those before it). They are
-        decoded one at a time from the prompt's prefill, and the caches rewound to it before the greedy decoding
-        (KVCache.save / restore), so the prompt is read once for both (evaluate.py's passkey).
-
-        prompts: the caches of earlier prompts (one row, B = 1): the tokens this prompt shares with the last one are
-        not prefilled again (PromptCache.reuse), only the rest, after them (continued_attention)."""
-        B, T = tokens.shape
-        if positions is None:
-            positions = torch.arange(T, device=tokens.device)
-        positions = positions.expand(B, T)
-        forced = 0 if score is None else score.shape[1]
-        if prompts is None:
-            cache, cached = [KVCache(T + max(max_new_tokens, forced)) for _ in self.model.layers], 0
-        else:
-            cache, cached = prompts.layers, prompts.reuse(tokens[0].tolist())
-        # [B, 1, V]: no [T, V] prefill logits
-        prefill = self.lm_head(self.hidden(tokens[:, cached:], positions[:, cached:], cache)[:, -1:])
-        if score is not None:
-            saved = [c.save(forced) for c in cache]
-            logits, logprob = prefill, 0.0
-            for i in range(forced):
-                logp = torch.log_softmax(logits[:, 0].to(torch.promote_types(logits.dtype, torch.float32)), -1)
-                logprob = logprob + logp.gather(1, score[:, i:i + 1])[:, 0]  # [B]
-                if i + 1 < forced:
-                    logits = self.lm_head(self.hidden(score[:, i:i + 1], positions[:, -1:] + 1 + i, cache))
-            for c, s in zip(cache, saved):
-                c.restore(s)
-        logits, new, pos = prefill, [], positions[:, -1:]
-        stop = torch.as_tensor(list(stop_ids), dtype=torch.long, device=tokens.device)
-        stopped = torch.zeros(B, 1, dtype=torch.bool, device=tokens.device)
-        for step in range(max_new_tokens):
-            new.append(logits.argmax(-1))  # [B, 1]
-            stopped |= torch.isin(new[-1], stop)
-            if step + 1 < max_new_tokens and not (len(stop) and bool(stopped.all())):
-                pos = pos + 1
-                logits = self.lm_head(self.hidden(new[-1], pos, cache))
-            else:
-                break
-        new = torch.cat(new, dim=1) if new else tokens.new_empty(B, 0)
-        return new if score is None else (new, logprob)

@@ -57,6 +57,7 @@ import options  # noqa: E402
 import train  # noqa: E402
 from bench_evaluate import build, cell  # noqa: E402
 from bench_train import synthetic_documents, time_steps  # noqa: E402
+from generate import generate  # noqa: E402
 from hf import PRESETS, args_from_config  # noqa: E402
 from rope import rope_parameters  # noqa: E402
 
@@ -187,7 +188,7 @@ def flash_eval(S, T: int) -> dict:
     t0 = time.perf_counter()
     with only_flash():
         nll, n = evaluate.window_nll(model, doc, 0, T - 1, 0, 1, device)
-        model.generate(torch.tensor(doc[None, :T - 4], device=device), 3)
+        generate(model, torch.tensor(doc[None, :T - 4], device=device), 3)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data import Tokenizer  # noqa: E402
+from generate import generate  # noqa: E402
 from hf import from_pretrained  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
@@ -67,7 +68,7 @@ def main():
             got = ours(x)
         diff, scale = (got - want).abs().max().item(), want.abs().max().item()
         # both stop at EOS (tokenizer_config's eos_token, <|im_end|> here), the token included
-        new = ours.generate(x, a.new_tokens, stop_ids=[tok.eos_id])[0].tolist()
+        new = generate(ours, x, a.new_tokens, stop_ids=[tok.eos_id])[0].tolist()
         ref = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=a.new_tokens, do_sample=False,
                           pad_token_id=hf_tok.pad_token_id)[0, len(ids):].tolist()
         same = new == ref

@@ -27,6 +27,7 @@ from packaging.version import Version
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from generate import generate  # noqa: E402
 from hf import from_pretrained, load_config, save_pretrained  # noqa: E402
 
 SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
@@ -117,7 +118,7 @@ def check(label, cls_name, extra, root):
         rotary.forward = f32
     worst.append(exact)
     prompt, positions = tokens[:1], POSE[:1]
-    new = ours.generate(prompt, 6, positions)
+    new = generate(ours, prompt, 6, positions)
     seq, pos = prompt, positions
     for _ in range(6):
         nxt = hf_logits(hf, seq, pos)[:, -1:].argmax(-1)

@@ -20,6 +20,7 @@ from hypothesis import given, strategies as st
 import evaluate
 from data import Tokenizer
 from hf import PRESETS, args_from_config, from_pretrained, save_pretrained
+from generate import generate
 from model import Transformer
 
 MICRO = dict(PRESETS["tiny"], hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -176,8 +177,15 @@ def test_passkey_prompt_has_the_requested_token_length_and_holds_its_key_at_the_
     assert fraction == pytest.approx(depth, abs=0.02)
 
 
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    """evaluate.py decodes through generate.generate(model, ...); a stand-in model answers with its own generate."""
+    monkeypatch.setattr(evaluate, "generate", lambda model, *args, **kwargs: model.generate(*args, **kwargs))
+
+
 class Oracle:
-    """A stand-in for Transformer.generate that reads the key from the prompt and answers it (or key + 1)."""
+    """A stand-in model (stand_ins) that reads the key from the prompt and answers it (or key + 1)."""
     args = types.SimpleNamespace(n_layers=1, sliding_window=None)  # what passkey reads to cache shared prefixes
 
     def __init__(self, tokenizer, wrong=False):
@@ -190,7 +198,8 @@ class Oracle:
 
 
 @pytest.mark.parametrize("wrong,accuracy", [(False, 1.0), (True, 0.0)])
-def test_scorer_gives_one_to_a_model_that_answers_the_key_and_zero_to_one_that_does_not(micro, wrong, accuracy):
+def test_scorer_gives_one_to_a_model_that_answers_the_key_and_zero_to_one_that_does_not(micro, wrong, accuracy,
+                                                                                      stand_ins):
     tokenizer = Tokenizer(micro)
     rows = evaluate.passkey(Oracle(tokenizer, wrong), tokenizer, [300, 600], trials=5, seed=3)
     assert [r["accuracy"] for r in rows] == [accuracy, accuracy]
@@ -205,7 +214,7 @@ def test_scorer_gives_one_to_a_model_that_answers_the_key_and_zero_to_one_that_d
 
 
 class Answers:
-    """A stand-in for Transformer.generate that answers `template` filled with the prompt's key, and keeps each
+    """A stand-in model (stand_ins) that answers `template` filled with the prompt's key, and keeps each
     prompt's text."""
     args = Oracle.args
 
@@ -226,7 +235,7 @@ class Answers:
     (" {key}. Remember it.", True), ("{key}", True), (" The pass key is {key}.", True), (" pass key: {key}0", False),
     (" {other}, no: {key}", False), (" 9{key}", False), (" {key}0", False), (" {head} {tail}", False),
     (" {head}.{tail}", False), (" I do not know.", False)])
-def test_a_passkey_answer_passes_only_when_its_first_integer_is_the_key(micro, template, passed):
+def test_a_passkey_answer_passes_only_when_its_first_integer_is_the_key(micro, template, passed, stand_ins):
     """§4.3's rule, as the authors' eval: the first integer of the answer must be the key. A key said second, or
     inside a longer number, or split, fails."""
     tokenizer = Tokenizer(micro)
@@ -235,7 +244,7 @@ def test_a_passkey_answer_passes_only_when_its_first_integer_is_the_key(micro, t
     assert rows[0]["accuracy"] == float(passed)
 
 
-def test_the_keys_depth_is_drawn_at_random_for_each_prompt_and_the_seed_decides_it(micro):
+def test_the_keys_depth_is_drawn_at_random_for_each_prompt_and_the_seed_decides_it(micro, stand_ins):
     """Without --depths every trial draws its key (5 digits) and its depth, uniform in [0, 1): the depths vary and
     cover the range, the key sits at that depth of the filler, and another seed draws other keys and depths."""
     tokenizer = Tokenizer(micro)
@@ -291,7 +300,7 @@ def test_passkey_reads_each_prompt_once_and_equals_the_two_forward_answer_and_ke
         for case in row["cases"]:
             ids, right = evaluate.passkey_ids(tokenizer, row["length"], case["key"], case["depth"])
             with torch.no_grad():
-                out = model.generate(torch.tensor([ids]), 6, stop_ids=[tokenizer.eos_id])[0].tolist()
+                out = generate(model, torch.tensor([ids]), 6, stop_ids=[tokenizer.eos_id])[0].tolist()
                 logp = torch.log_softmax(model(torch.tensor([ids + right]))[0], dim=-1)  # [T, V]
             out = out[:out.index(tokenizer.eos_id)] if tokenizer.eos_id in out else out
             assert case["answer"] == tokenizer.decode(out) and case["tokens"] == len(ids)
@@ -348,7 +357,7 @@ def test_ppl_and_passkey_commands_write_results_json_with_rope_override(micro, t
         for case in row["cases"]:
             ids = evaluate.passkey_prompt(tokenizer, 200, case["key"], case["depth"])
             assert case["tokens"] == len(ids) <= 200
-            assert case["answer"] == tokenizer.decode(model.generate(torch.tensor([ids]), 3)[0].tolist())
+            assert case["answer"] == tokenizer.decode(generate(model, torch.tensor([ids]), 3)[0].tolist())
             assert case["passed"] == (evaluate.first_integer(case["answer"]) == case["key"])
         assert row["accuracy"] == sum(c["passed"] for c in row["cases"]) / 2
 

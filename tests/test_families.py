@@ -23,6 +23,7 @@ import distributed
 import options
 import train
 from hf import args_from_config, config_from_args, from_pretrained, load_config, save_pretrained
+from generate import generate
 from model import Transformer
 from test_rope import llama3_inv_freq
 
@@ -180,7 +181,7 @@ def test_each_family_decodes_greedily_with_the_kv_cache_what_the_reference_decod
     name, W, path = family
     model = from_pretrained(path, dtype=torch.float64)
     prompt, positions = tokens_for(POSE_POSITIONS, FAMILIES[name]["vocab_size"])[:1], POSE_POSITIONS[:1]
-    new = model.generate(prompt, 5, positions)
+    new = generate(model, prompt, 5, positions)
     seq, pos = prompt, positions
     for _ in range(5):  # no cache: the reference on the whole sequence, next position = last + 1
         logits = reference_logits(name, W, seq, pos)[0, -1]

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 import hf
 import model as model_py
+from generate import PromptCache, generate
 from model import Transformer
 from hf import args_from_config, config_from_args, from_preset, from_pretrained, load_config, save_pretrained
 from test_rope import ref_inv_freq
@@ -158,15 +159,15 @@ def test_linear_rope_override_equals_reference_at_positions_divided_by_alpha(tie
 def test_generate_stops_once_every_row_has_produced_a_stop_id(tied_ckpt):
     model = from_pretrained(tied_ckpt[1], dtype=torch.float32)
     prompt = tokens_for(POSE_POSITIONS)
-    full = model.generate(prompt, 12)  # [2, 12] without stopping
+    full = generate(model, prompt, 12)  # [2, 12] without stopping
     assert full.shape == (2, 12)
     first, second = full[0].tolist(), full[1].tolist()
     stop = first[3]  # a token row 0 produces at step 3
-    assert torch.equal(model.generate(prompt[:1], 12, stop_ids=[stop]), full[:1, :first.index(stop) + 1])
+    assert torch.equal(generate(model, prompt[:1], 12, stop_ids=[stop]), full[:1, :first.index(stop) + 1])
     # a batch runs until its last row has stopped; rows that stopped earlier keep their (unused) greedy tokens
     both = max(first.index(stop), second.index(stop) if stop in second else 11) + 1
-    assert torch.equal(model.generate(prompt, 12, stop_ids=[stop]), full[:, :both])
-    assert torch.equal(model.generate(prompt, 12, stop_ids=[]), full)
+    assert torch.equal(generate(model, prompt, 12, stop_ids=[stop]), full[:, :both])
+    assert torch.equal(generate(model, prompt, 12, stop_ids=[]), full)
 
 
 SCALED = {  # rope_scaling overrides of the tied checkpoint (L_c = 64, d = 16): every band of each type in use
@@ -206,7 +207,7 @@ def test_every_scaled_rope_generates_what_the_float64_reference_decodes_greedily
     W, path = tied_ckpt
     model = from_pretrained(path, dtype=torch.float32, rope_scaling=SCALED[rope_type])
     prompt, positions = tokens_for(POSE_POSITIONS)[:1], POSE_POSITIONS[:1]
-    new = model.generate(prompt, 5, positions)
+    new = generate(model, prompt, 5, positions)
     seq, pos = prompt, positions
     call_len = [int(positions.max()) + 1] * positions.shape[1]  # the seq_len each token's call saw
     for _ in range(5):
@@ -244,7 +245,7 @@ def test_a_model_built_on_the_meta_device_holds_real_rope_tables(rope_type):
 def test_kv_cache_decoding_equals_repeated_full_forwards(tied_ckpt):
     model = from_pretrained(tied_ckpt[1], dtype=torch.float32)
     prompt, positions = tokens_for(POSE_POSITIONS)[:1], POSE_POSITIONS[:1]
-    new = model.generate(prompt, 6, positions)
+    new = generate(model, prompt, 6, positions)
     seq, pos = prompt, positions
     for _ in range(6):  # no cache: the whole sequence again each step, next position = last + 1
         logits = model(seq, pos)
@@ -331,7 +332,7 @@ def test_compiled_regions_give_the_float64_reference_loss_and_the_eager_gradient
         assert rel_err(b.grad, a.grad) < 1e-5, name
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # one for both blocks, one for the loss chunk
     prompt, positions = tokens[:1], POSE_POSITIONS[:1]
-    assert torch.equal(compiled.generate(prompt, 4, positions), eager.generate(prompt, 4, positions))
+    assert torch.equal(generate(compiled, prompt, 4, positions), generate(eager, prompt, 4, positions))
 
 
 # ---------------------------------------------------------------- save / load
@@ -556,14 +557,14 @@ def test_prompts_sharing_a_prefix_decode_and_score_as_if_each_were_read_whole(ti
             n += 1
         return n
 
-    cache, fed, last = model_py.PromptCache(LAYERS, 100), [], []
+    cache, fed, last = PromptCache(LAYERS, 100), [], []
     hook = model.model.layers[0].register_forward_hook(lambda m, args, out: fed.append(args[0].shape[1]))
     for ids in prompts:
         answer = torch.randint(0, V, (1, 4), generator=g)
         fed.clear()
-        new, logp = model.generate(torch.tensor([ids]), 6, score=answer, prompts=cache)
+        new, logp = generate(model, torch.tensor([ids]), 6, score=answer, prompts=cache)
         assert fed[0] == len(ids) - common(last, ids)  # the prefill: what the last prompt did not share
-        alone, logp_alone = model.generate(torch.tensor([ids]), 6, score=answer)
+        alone, logp_alone = generate(model, torch.tensor([ids]), 6, score=answer)
         assert torch.equal(new, alone) and abs(float(logp - logp_alone)) < 1e-10
         last = ids
     hook.remove()

@@ -330,8 +330,15 @@ def test_effective_length_is_the_longest_run_of_passing_lengths_from_the_shortes
     assert ruler.effective_length(averages, threshold) == expected
 
 
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    """evaluate.py decodes through generate.generate(model, ...); a stand-in model answers with its own generate."""
+    monkeypatch.setattr(evaluate, "generate", lambda model, *args, **kwargs: model.generate(*args, **kwargs))
+
+
 class Oracle:
-    """Stands in for Transformer.generate: answers a known prompt with all its answers, or with the first half
+    """A stand-in model (stand_ins): answers a known prompt with all its answers, or with the first half
     before EOS and the rest after it (generation stops at EOS, so the rest must not count)."""
 
     def __init__(self, tok, answers_of, half=False):
@@ -346,7 +353,7 @@ class Oracle:
 
 
 @pytest.mark.parametrize("half,score", [(False, 100.0), (True, 50.0)])
-def test_runner_scores_an_oracle_in_percent_and_stops_at_eos(tok, half, score):
+def test_runner_scores_an_oracle_in_percent_and_stops_at_eos(tok, half, score, stand_ins):
     tasks, lengths = ["niah_multivalue", "niah_multiquery", "fwe"], [512, 1024]
     answers_of = {tuple(s["ids"]): s["answers"] for L in lengths for t in tasks for i in range(3)
                   for s in [ruler.ruler_sample(t, tok, L, 1, i)]}
@@ -360,7 +367,7 @@ def test_runner_scores_an_oracle_in_percent_and_stops_at_eos(tok, half, score):
 
 
 class Silent:
-    """Stands in for Transformer.generate: answers EOS at once."""
+    """A stand-in model (stand_ins): answers EOS at once."""
 
     def __init__(self, tok):
         self.tok = tok
@@ -369,7 +376,7 @@ class Silent:
         return torch.tensor([[self.tok.eos_id]])
 
 
-def test_the_seed_reaches_every_ruler_prompt(tok):
+def test_the_seed_reaches_every_ruler_prompt(tok, stand_ins):
     """ruler()'s seed decides every prompt: seed 1 twice asks the same, seed 2 asks other needles, chains, words."""
     tasks = ["niah_single_1", "niah_multikey_3", "vt", "fwe"]
     asked = {seed: [c["answers"] for r in evaluate.ruler(Silent(tok), tok, [512], tasks, samples=2, seed=seed)

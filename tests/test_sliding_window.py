@@ -18,6 +18,7 @@ import distributed
 import options
 import train
 from hf import from_pretrained
+from generate import generate
 from model import KVCache
 from test_model import (LAYERS, POSE_POSITIONS, V, config, meta_weights, reference_logits, rel_err, tokens_for,
                         write_checkpoint)
@@ -104,7 +105,7 @@ def test_greedy_generate_past_the_window_equals_a_float64_reference_that_recompu
     model = from_pretrained(path, dtype=torch.float64)
     positions = PROMPTS[case]
     prompt = tokens_for(positions, seed=5)
-    new = model.generate(prompt, 20, positions)
+    new = generate(model, prompt, 20, positions)
 
     def greedy(window):  # no cache: the whole sequence again each step, next position = last + 1
         seq, pos = prompt, positions
@@ -128,8 +129,8 @@ def test_generate_scores_forced_tokens_from_the_prefill_and_rewinds_the_rolling_
     model = from_pretrained(path, dtype=torch.float64)
     positions = PROMPTS[case]
     prompt, forced = tokens_for(positions, seed=5), tokens_for(torch.zeros(positions.shape[0], SW + 3), seed=6)
-    new, logprob = model.generate(prompt, 20, positions, score=forced)
-    assert torch.equal(new, model.generate(prompt, 20, positions))
+    new, logprob = generate(model, prompt, 20, positions, score=forced)
+    assert torch.equal(new, generate(model, prompt, 20, positions))
     T, m = prompt.shape[1], forced.shape[1]
     seq, pos = torch.cat([prompt, forced], 1), torch.cat([positions, positions[:, -1:] + 1 + torch.arange(m)], 1)
     logp = torch.log_softmax(reference_logits(W, seq, pos, window=SW), dim=-1)  # [B, T + m, V]
