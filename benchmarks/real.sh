@@ -101,7 +101,4 @@ for name in "${TUNED[@]}"; do
     evaluate "$name" "$OUT/$name/final"
 done
 
-report=("$PYTHON" benchmarks/real_report.py "$OUT")
-[[ "$OUT" == runs/real ]] && report+=(--into BENCHMARKS.md --plot benchmarks/real.png)
-echo "== report: ${report[*]}"
-"${report[@]}"
+report benchmarks/real_report.py runs/real benchmarks/real.png

@@ -114,7 +114,4 @@ for name in full full-tokens full-yarn-b2 randpos pose pose-ntk pose-yarn pose-y
     evaluate "$name" "$OUT/$name/final"
 done
 
-report=("$PYTHON" benchmarks/repro_report.py "$OUT")
-[[ "$OUT" == runs/repro ]] && report+=(--into BENCHMARKS.md --plot benchmarks/reproduce.png)
-echo "== report: ${report[*]}"
-"${report[@]}"
+report benchmarks/repro_report.py runs/repro benchmarks/reproduce.png

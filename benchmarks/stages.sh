@@ -1,4 +1,4 @@
-# Sourced by the benchmark pipelines (reproduce.sh, real.sh): one cached, logged, timed stage at a time.
+# Sourced by the benchmark pipelines (reproduce.sh, real.sh): one cached, logged, timed stage at a time; the report.
 # Needs OUT (the run folder, with OUT/logs) and PYTHON (the interpreter with torch) set by the caller.
 
 step() {  # step NAME OUTPUT COMMAND...: run COMMAND unless OUTPUT exists; log it, time it
@@ -11,4 +11,11 @@ step() {  # step NAME OUTPUT COMMAND...: run COMMAND unless OUTPUT exists; log i
     local t0=$SECONDS
     "$@" > "$OUT/logs/$name.log" 2>&1 || { echo "error: step $name failed, see $OUT/logs/$name.log" >&2; tail -5 "$OUT/logs/$name.log" >&2; exit 1; }
     printf '%s\t%s\n' "$name" $((SECONDS - t0)) >> "$OUT/times.tsv"
+}
+
+report() {  # report SCRIPT DEFAULT_OUT PNG: the tables; a run in the default OUT also rewrites BENCHMARKS.md's block
+    local cmd=("$PYTHON" "$1" "$OUT")
+    [[ "$OUT" == "$2" ]] && cmd+=(--into BENCHMARKS.md --plot "$3")
+    echo "== report: ${cmd[*]}"
+    "${cmd[@]}"
 }
