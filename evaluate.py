@@ -410,13 +410,10 @@ def greedy_answer(model, tokenizer, ids: list[int], new_tokens: int, device, sco
     the caches of the prompts before, whose shared prefix is not read again (generate.PromptCache)."""
     with attention(model, device):
         stop = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
-        prompt = torch.tensor([ids], device=device)
-        reuse = {} if prompts is None else {"prompts": prompts}
-        if score is None:
-            out = generate(model, prompt, new_tokens, stop_ids=stop, **reuse)
-        else:
-            out, logprob = generate(model, prompt, new_tokens, stop_ids=stop,
-                                    score=torch.tensor([score], device=device), **reuse)
+        forced = None if score is None else torch.tensor([score], device=device)
+        out = generate(model, torch.tensor([ids], device=device), new_tokens, stop_ids=stop, score=forced,
+                       prompts=prompts)
+    out, logprob = (out, None) if score is None else out
     out = out[0].tolist()
     out = out[:out.index(tokenizer.eos_id)] if tokenizer.eos_id in out else out
     text = tokenizer.decode([i for i in out if 0 <= i < tokenizer.vocab_size])

@@ -344,7 +344,7 @@ class Oracle:
     def __init__(self, tok, answers_of, half=False):
         self.tok, self.answers_of, self.half = tok, answers_of, half
 
-    def generate(self, tokens, max_new_tokens, stop_ids=()):
+    def generate(self, tokens, max_new_tokens, stop_ids=(), score=None, prompts=None):
         answers = self.answers_of[tuple(tokens[0].tolist())]
         cut = len(answers) // 2 if self.half else len(answers)
         ids = self.tok.encode(" " + ", ".join(answers[:cut]), bos=False) + [self.tok.eos_id] + \
@@ -372,7 +372,7 @@ class Silent:
     def __init__(self, tok):
         self.tok = tok
 
-    def generate(self, tokens, max_new_tokens, stop_ids=()):
+    def generate(self, tokens, max_new_tokens, stop_ids=(), score=None, prompts=None):
         return torch.tensor([[self.tok.eos_id]])
 
 
